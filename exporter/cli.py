@@ -1,0 +1,139 @@
+"""Command line: flags, subcommands, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Optional, Sequence
+
+from . import __version__
+from .config import ConfigError, load_file
+
+DEFAULT_LISTEN = "127.0.0.1:9877"
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config.file", dest="config_file", metavar="FILE",
+        help="scenario YAML (default: the scenarios shipped with the package)",
+    )
+    parser.add_argument(
+        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"],
+        help="log level (default: info)",
+    )
+
+
+def _exporter_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ollama-perf-exporter",
+        description="Prometheus exporter that runs benchmark scenarios against Ollama on a schedule. "
+        "Subcommand: 'bench' runs the scenarios once and writes a report.",
+    )
+    _common(p)
+    p.add_argument("--config.check", dest="config_check", action="store_true", help="validate the config and exit")
+    p.add_argument(
+        "--web.listen-address", dest="listen_address", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+        help=f"where to serve /metrics (default: {DEFAULT_LISTEN})",
+    )
+    p.add_argument("--results.file", dest="results_file", metavar="PATH", help="append every result record to this JSON-lines file")
+    p.add_argument(
+        "--shutdown.grace", dest="shutdown_grace", type=float, default=10.0, metavar="SECONDS",
+        help="on SIGTERM, how long to let requests in flight finish (default: 10)",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ollama-perf-exporter bench",
+        description="Run the scenarios once and write a report (raw JSON, REPORT.md, plots).",
+    )
+    _common(p)
+    p.add_argument("--output", required=True, metavar="DIR", help="report directory (created)")
+    p.add_argument("--compare", metavar="OLD_DIR", help="an earlier report directory to compare against")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+        stream=sys.stderr,
+    )
+    # APScheduler logs every job start and end at INFO: noise at one line per probe run.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _load_or_report(path: Optional[str]):
+    try:
+        return load_file(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+
+
+def run_exporter(args: argparse.Namespace) -> int:
+    from .http import HTTPServer, parse_listen_address
+    from .service import Exporter
+
+    config = _load_or_report(args.config_file)
+    if config is None:
+        return EXIT_CONFIG
+    if args.config_check:
+        print(
+            f"{config.source}: OK: {len(config.scenarios)} scenario(s), {len(config.targets)} target(s), "
+            f"{config.label_combinations} label combination(s)"
+        )
+        return EXIT_OK
+    try:
+        host, port = parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    log = logging.getLogger("exporter")
+    exporter = Exporter(args.config_file, config, results_path=args.results_file)
+    try:
+        server = HTTPServer(exporter, host, port)
+    except OSError as exc:
+        print(f"cannot listen on {args.listen_address}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # The reload runs on its own thread: a signal handler must not block on the reload lock.
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, name="reload", daemon=True).start())
+    server.start()
+    exporter.start()
+    log.info("listening on %s:%d, version %s", host, server.port, __version__)
+    stop.wait()
+    log.info("shutting down")
+    server.stop()
+    exporter.shutdown(args.shutdown_grace)
+    log.info("stopped")
+    return EXIT_OK
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .report.bench import run_bench as bench
+
+    config = _load_or_report(args.config_file)
+    if config is None:
+        return EXIT_CONFIG
+    return bench(config, args.output, compare=args.compare, quiet=args.quiet)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        args = _bench_parser().parse_args(argv[1:])
+        _setup_logging(args.log_level)
+        return run_bench(args)
+    args = _exporter_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    return run_exporter(args)

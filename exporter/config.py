@@ -1,0 +1,474 @@
+"""Scenario YAML -> validated, expanded configuration.
+
+Parsing is strict (unknown keys are errors) and every problem is collected
+before reporting, so a user fixes a file in one pass instead of one error at a
+time. Sweeps are expanded here, so the rest of the program only ever sees
+concrete cases, and the label budget is enforced before anything starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+DEFAULT_CONFIG_RESOURCE = "default.yaml"  # shipped inside the package, same as scenarios/default.yaml
+# A config that would create more label combinations than this is refused: each
+# combination is a dozen histograms of ~20 buckets, so 2000 is ~500k samples per scrape.
+DEFAULT_MAX_LABEL_COMBINATIONS = 2000
+LABEL_VALUE_MAX_LEN = 64
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:@=/+-]{1,%d}$" % LABEL_VALUE_MAX_LEN)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` lists every one found, each with its path."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def parse_duration(value: Any) -> float:
+    """'90s', '5m', '1h', '250ms' or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
+    if seconds <= 0:
+        raise ValueError("duration must be positive")
+    return seconds
+
+
+def default_ollama_url() -> str:
+    """$OLLAMA_HOST as Ollama's own tools read it (host, host:port or a URL), else the default."""
+    host = os.environ.get("OLLAMA_HOST", "").strip()
+    if not host:
+        return DEFAULT_OLLAMA_URL
+    if "://" not in host:
+        host = "http://" + host
+    scheme, rest = host.split("://", 1)
+    hostport = rest.split("/", 1)[0]
+    if hostport.startswith("["):
+        has_port = "]:" in hostport
+    else:
+        has_port = ":" in hostport
+    if not has_port:
+        hostport += ":11434"
+    if hostport.startswith("0.0.0.0"):
+        hostport = "127.0.0.1" + hostport[len("0.0.0.0"):]
+    return f"{scheme}://{hostport}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Options(_Strict):
+    """Ollama request options; an explicit list so that typos (temprature) are caught."""
+
+    temperature: Optional[float] = Field(None, ge=0)
+    seed: Optional[int] = None
+    num_predict: Optional[int] = None
+    num_ctx: Optional[int] = Field(None, gt=0)
+    num_batch: Optional[int] = Field(None, gt=0)
+    num_thread: Optional[int] = Field(None, gt=0)
+    num_gpu: Optional[int] = None
+    num_keep: Optional[int] = None
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
+    typical_p: Optional[float] = None
+    repeat_last_n: Optional[int] = None
+    repeat_penalty: Optional[float] = None
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    stop: Optional[list[str]] = None
+
+    def merged(self, override: Optional["Options"]) -> "Options":
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_none=True))
+
+    def as_request(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+SWEEPABLE_OPTIONS = tuple(Options.model_fields)
+
+
+class Auth(_Strict):
+    """Credentials for a target behind an authenticating proxy, read from the environment or a file."""
+
+    bearer_token_env: Optional[str] = None
+    bearer_token_file: Optional[str] = None
+    basic_user: Optional[str] = None
+    basic_password_env: Optional[str] = None
+    basic_password_file: Optional[str] = None
+
+
+class Target(_Strict):
+    name: str = "local"
+    url: str = Field(default_factory=default_ollama_url)
+    # Regex matched against the command line of local processes to find the server's
+    # process tree; null turns process metrics off for this target.
+    process_match: Optional[str] = r"(^|/)ollama serve\b"
+    auth: Optional[Auth] = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+    @field_validator("process_match")
+    @classmethod
+    def _regex(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+
+class Schedule(_Strict):
+    interval: Optional[float] = None
+    cron: Optional[str] = None
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval(cls, v):
+        return None if v is None else parse_duration(v)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v):
+        if v is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(v)
+            except ValueError as exc:
+                raise ValueError(f"not a valid crontab expression: {exc}") from None
+        return v
+
+
+class CaseSpec(_Strict):
+    prompt: str = Field(min_length=1)
+    system: Optional[str] = None
+    options: Optional[Options] = None
+    # Repeat the prompt text this many times: a cheap way to build long prompts for
+    # prompt-length experiments without pasting pages of text into YAML.
+    prompt_repeat: int = Field(1, ge=1, le=10000)
+
+
+class Sweep(_Strict):
+    """Each list multiplies the cases: every case runs at every listed value."""
+
+    temperature: Optional[list[float]] = None
+    num_predict: Optional[list[int]] = None
+    num_ctx: Optional[list[int]] = None
+    top_k: Optional[list[int]] = None
+    top_p: Optional[list[float]] = None
+    seed: Optional[list[int]] = None
+    prompt_repeat: Optional[list[int]] = None
+
+
+class ScenarioSpec(_Strict):
+    name: str
+    model: str = Field(min_length=1)
+    api: Literal["generate", "chat"] = "generate"
+    targets: Optional[list[str]] = None  # default: every target
+    schedule: Schedule = Schedule(interval=60.0)
+    repeats: int = Field(1, ge=1, le=10000)
+    warmup: int = Field(0, ge=0, le=100)
+    concurrency: list[int] = Field(default_factory=lambda: [1])
+    keep_alive: Any = None
+    timeout: float = 120.0
+    think: Optional[bool] = None
+    options: Options = Options()
+    cases: dict[str, CaseSpec] = Field(min_length=1)
+    sweep: Optional[Sweep] = None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive(cls, v):
+        # Passed through to Ollama, which takes seconds or a Go duration ("5m", "-1").
+        if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            return v
+        if isinstance(v, str) and re.match(r"^-?\d+(\.\d+)?(ns|us|ms|s|m|h)?$", v.strip()):
+            return v.strip()
+        raise ValueError("expected seconds or a duration such as 5m, 0 or -1")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v):
+        return parse_duration(v)
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("needs at least one level")
+        if any(c < 1 or c > 256 for c in v):
+            raise ValueError("levels must be between 1 and 256")
+        if len(set(v)) != len(v):
+            raise ValueError("levels must be distinct")
+        return v
+
+
+class Limits(_Strict):
+    max_label_combinations: int = Field(DEFAULT_MAX_LABEL_COMBINATIONS, ge=1)
+
+
+class ServerStatsSpec(_Strict):
+    interval: float = 15.0
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval(cls, v):
+        return parse_duration(v)
+
+
+class FileSpec(_Strict):
+    targets: Optional[list[Target]] = None
+    scenarios: list[ScenarioSpec] = Field(min_length=1)
+    limits: Limits = Limits()
+    server_stats: ServerStatsSpec = ServerStatsSpec()
+
+
+# ---- the validated, expanded config the rest of the program uses ----
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    prompt: str
+    system: Optional[str]
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    model: str
+    api: str
+    targets: tuple[Target, ...]
+    interval: Optional[float]
+    cron: Optional[str]
+    repeats: int
+    warmup: int
+    concurrency: tuple[int, ...]
+    keep_alive: Optional[Union[str, int, float]]
+    timeout: float
+    think: Optional[bool]
+    cases: tuple[Case, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    targets: tuple[Target, ...]
+    scenarios: tuple[Scenario, ...]
+    server_stats_interval: float
+    label_combinations: int
+    source: str = "config"
+    max_label_combinations: int = DEFAULT_MAX_LABEL_COMBINATIONS
+    extra: dict = field(default_factory=dict)
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _format_pydantic(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = err["loc"]
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "required key missing"
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+        line = f"{_format_loc(loc)}: {msg}"
+        if line not in problems:
+            problems.append(line)
+    return problems
+
+
+def _case_name(base: str, params: dict[str, Any]) -> str:
+    if not params:
+        return base
+    suffix = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    return f"{base}@{suffix}"
+
+
+def _expand_cases(spec: ScenarioSpec) -> list[Case]:
+    sweep = spec.sweep.model_dump(exclude_none=True) if spec.sweep else {}
+    keys = list(sweep)
+    cases = []
+    for case_name, case in spec.cases.items():
+        for values in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
+            params = dict(zip(keys, values))
+            repeat = params.get("prompt_repeat", case.prompt_repeat)
+            option_params = {k: v for k, v in params.items() if k != "prompt_repeat"}
+            options = spec.options.merged(case.options).model_copy(update=option_params)
+            prompt = " ".join([case.prompt] * repeat)
+            cases.append(Case(_case_name(case_name, params), prompt, case.system, options.as_request()))
+    return cases
+
+
+def build_config(raw: Any, source: str = "config") -> Config:
+    """Validate a parsed YAML document; raise ConfigError listing every problem."""
+    if raw is None:
+        raise ConfigError(["(top level): the file is empty"], source)
+    if not isinstance(raw, dict):
+        raise ConfigError([f"(top level): expected a mapping, got {type(raw).__name__}"], source)
+    try:
+        spec = FileSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_pydantic(exc), source) from None
+
+    problems: list[str] = []
+    targets = tuple(spec.targets) if spec.targets else (Target(),)
+    target_names = [t.name for t in targets]
+    for i, t in enumerate(targets):
+        if not _NAME_RE.match(t.name):
+            problems.append(f"targets[{i}].name: must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+-")
+        if target_names.count(t.name) > 1 and target_names.index(t.name) != i:
+            problems.append(f"targets[{i}].name: duplicate target name {t.name!r}")
+    by_name = {t.name: t for t in targets}
+
+    scenarios: list[Scenario] = []
+    seen_scenarios: set[str] = set()
+    combinations = 0
+    for i, s in enumerate(spec.scenarios):
+        where = f"scenarios[{i}]"
+        if not _NAME_RE.match(s.name):
+            problems.append(f"{where}.name: must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+-")
+        if s.name in seen_scenarios:
+            problems.append(f"{where}.name: duplicate scenario name {s.name!r}")
+        seen_scenarios.add(s.name)
+        if len(s.model) > LABEL_VALUE_MAX_LEN:
+            problems.append(f"{where}.model: longer than {LABEL_VALUE_MAX_LEN} characters")
+        if (s.schedule.interval is None) == (s.schedule.cron is None):
+            problems.append(f"{where}.schedule: give exactly one of interval or cron")
+        chosen: list[Target] = []
+        for j, name in enumerate(s.targets if s.targets is not None else target_names):
+            if name not in by_name:
+                problems.append(f"{where}.targets[{j}]: no target named {name!r} (known: {', '.join(target_names)})")
+            else:
+                chosen.append(by_name[name])
+        if s.targets is not None and not s.targets:
+            problems.append(f"{where}.targets: needs at least one target")
+        cases = _expand_cases(s)
+        for case in cases:
+            if not _NAME_RE.match(case.name):
+                problems.append(f"{where}.cases.{case.name}: case names must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+- (after sweep expansion)")
+        # Each (target, case, concurrency) gets its own series, twice for cold/warm.
+        combinations += len(chosen) * len(cases) * len(s.concurrency)
+        scenarios.append(
+            Scenario(
+                name=s.name,
+                model=s.model,
+                api=s.api,
+                targets=tuple(chosen),
+                interval=s.schedule.interval,
+                cron=s.schedule.cron,
+                repeats=s.repeats,
+                warmup=s.warmup,
+                concurrency=tuple(s.concurrency),
+                keep_alive=s.keep_alive,
+                timeout=s.timeout,
+                think=s.think,
+                cases=tuple(cases),
+            )
+        )
+    limit = spec.limits.max_label_combinations
+    if combinations > limit:
+        problems.append(
+            f"limits.max_label_combinations: this config creates {combinations} target/scenario/case/concurrency "
+            f"combinations, more than the limit of {limit}; shrink the sweeps or raise the limit"
+        )
+    if problems:
+        raise ConfigError(problems, source)
+    return Config(
+        targets=targets,
+        scenarios=tuple(scenarios),
+        server_stats_interval=spec.server_stats.interval,
+        label_combinations=combinations,
+        source=source,
+        max_label_combinations=limit,
+    )
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, source: str = "config") -> str:
+    """${NAME} and ${NAME:-default} are replaced from the environment (compose passes the model this way)."""
+    missing: list[str] = []
+
+    def sub(m: re.Match) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None or (value == "" and m.group(2) is not None):
+            if m.group(2) is None:
+                missing.append(m.group(1))
+                return ""
+            return m.group(2)
+        return value
+
+    out = _ENV_RE.sub(sub, text)
+    if missing:
+        raise ConfigError([f"(environment): ${{{name}}} is not set and has no default" for name in dict.fromkeys(missing)], source)
+    return out
+
+
+def load_text(text: str, source: str = "config") -> Config:
+    text = expand_env(text, source)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top level)"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"], source) from None
+    return build_config(raw, source)
+
+
+def load_file(path: Union[str, Path, None]) -> Config:
+    """Load a scenario file; None means the default scenarios shipped in the package."""
+    if path is None:
+        from importlib.resources import files
+
+        text = files("exporter").joinpath(DEFAULT_CONFIG_RESOURCE).read_text(encoding="utf-8")
+        return load_text(text, "built-in default scenarios")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"(file): cannot read: {exc}"], str(path)) from None
+    return load_text(text, str(path))

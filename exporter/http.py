@@ -1,0 +1,122 @@
+"""The HTTP side: /metrics, a landing page, health, readiness and reload."""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+from typing import Callable, Optional
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from . import __version__
+from .service import Exporter
+
+log = logging.getLogger(__name__)
+
+
+def _landing(exporter: Exporter) -> bytes:
+    rows = []
+    for scenario in exporter.config.scenarios:
+        for target in scenario.targets:
+            schedule = f"every {scenario.interval:g}s" if scenario.interval else f"cron {scenario.cron}"
+            rows.append(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+                    *(html.escape(str(x)) for x in (scenario.name, target.name, scenario.model, len(scenario.cases), schedule))
+                )
+            )
+    body = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>ollama-perf-exporter</title></head>
+<body>
+<h1>ollama-perf-exporter {html.escape(__version__)}</h1>
+<p>Continuous performance probes of Ollama servers. Probe metrics come from scheduled background runs.</p>
+<ul>
+<li><a href="metrics">Metrics</a></li>
+<li><a href="-/healthy">Health</a> and <a href="-/ready">readiness</a></li>
+</ul>
+<h2>Scenarios</h2>
+<table border="1" cellpadding="4">
+<tr><th>scenario</th><th>target</th><th>model</th><th>cases</th><th>schedule</th></tr>
+{''.join(rows)}
+</table>
+<p>Config: {html.escape(exporter.config.source)}</p>
+</body></html>
+"""
+    return body.encode()
+
+
+def create_app(exporter: Exporter) -> Callable:
+    """WSGI app; /metrics is prometheus_client's own (content negotiation, gzip)."""
+    metrics_app = make_wsgi_app(exporter.registry)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "/")
+        method = environ.get("REQUEST_METHOD", "GET")
+
+        def reply(status: str, body: bytes, ctype: str = "text/plain; charset=utf-8"):
+            start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+            return [body]
+
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/-/reload":
+            if method not in ("POST", "PUT"):
+                return reply("405 Method Not Allowed", b"use POST to reload the config\n")
+            ok, message = exporter.reload()
+            return reply("200 OK" if ok else "500 Internal Server Error", (message + "\n").encode())
+        if method not in ("GET", "HEAD"):
+            return reply("405 Method Not Allowed", b"method not allowed\n")
+        if path == "/":
+            return reply("200 OK", _landing(exporter), "text/html; charset=utf-8")
+        if path == "/-/healthy":
+            return reply("200 OK", b"Healthy\n")
+        if path == "/-/ready":
+            if exporter.ready:
+                return reply("200 OK", b"Ready\n")
+            return reply("503 Service Unavailable", b"Not ready\n")
+        return reply("404 Not Found", b"not found\n")
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature from the base class
+        log.debug("http: " + format, *args)
+
+
+class HTTPServer:
+    """The WSGI app on a threaded server, in a background thread."""
+
+    def __init__(self, exporter: Exporter, host: str, port: int):
+        server_cls = type("ExporterWSGIServer", (ThreadingWSGIServer,), {"address_family": _family(host)})
+        self.server = make_server(host, port, create_app(exporter), server_cls, handler_class=_QuietHandler)
+        self.thread: Optional[threading.Thread] = None
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _family(host: str):
+    import socket
+
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """'127.0.0.1:9877', ':9877' (all interfaces, as the user asked) or '[::1]:9877'."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--web.listen-address {value!r}: expected HOST:PORT")
+    host = host.strip("[]")
+    return (host or "0.0.0.0"), int(port)

@@ -1,0 +1,121 @@
+"""One request -> one result record. The client clock lives here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+from .config import Case, Scenario
+from .ollama_api import OllamaClient, OllamaError
+from .results import ProbeResult
+
+log = logging.getLogger(__name__)
+NS = 1e-9
+ERROR_TEXT_MAX = 300
+
+
+def _seconds(final: dict[str, Any], key: str) -> Optional[float]:
+    value = final.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return value * NS
+    return None
+
+
+def _count(final: dict[str, Any], key: str) -> Optional[int]:
+    value = final.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def run_probe(
+    client: OllamaClient,
+    scenario: Scenario,
+    case: Case,
+    *,
+    concurrency: int = 1,
+    start: str = "warm",
+    batch: int = 0,
+    run_id: str = "",
+) -> ProbeResult:
+    """Stream one generation and measure it. Never raises for anything the server does."""
+    result = ProbeResult(
+        target=client.target.name,
+        scenario=scenario.name,
+        model=scenario.model,
+        case=case.name,
+        concurrency=concurrency,
+        api=scenario.api,
+        start=start,
+        batch=batch,
+        run_id=run_id,
+        options=dict(case.options),
+        prompt_chars=len(case.prompt),
+    )
+    result.started_at = time.time()
+    t0 = time.monotonic()
+    first: Optional[float] = None
+    last: Optional[float] = None
+    gaps = result.inter_token_gaps_s
+    chunks = 0
+    chars = 0
+    final: Optional[dict[str, Any]] = None
+    try:
+        for chunk in client.stream(
+            scenario.api,
+            scenario.model,
+            case.prompt,
+            system=case.system,
+            options=case.options,
+            keep_alive=scenario.keep_alive,
+            think=scenario.think,
+            timeout=scenario.timeout,
+        ):
+            if chunk.text_len:
+                # Only non-empty chunks are tokens; the final chunk usually carries none.
+                if first is None:
+                    first = chunk.received
+                else:
+                    gaps.append(chunk.received - last)
+                last = chunk.received
+                chunks += 1
+                chars += chunk.text_len
+            if chunk.final is not None:
+                final = chunk.final
+        end = time.monotonic()
+        if final is None:  # the client raises before this; kept as a guard for future edits
+            raise OllamaError("stream_error", "stream ended before the final done chunk")
+        if chunks == 0:
+            raise OllamaError("empty_response", f"model produced no tokens (done_reason={final.get('done_reason')!r})")
+        result.ok = True
+        result.ttft_s = first - t0
+        result.request_duration_s = end - t0
+        result.load_duration_s = _seconds(final, "load_duration")
+        result.prompt_eval_count = _count(final, "prompt_eval_count")
+        result.prompt_eval_duration_s = _seconds(final, "prompt_eval_duration")
+        result.eval_count = _count(final, "eval_count")
+        result.eval_duration_s = _seconds(final, "eval_duration")
+        result.total_duration_s = _seconds(final, "total_duration")
+        reason = final.get("done_reason")
+        result.done_reason = reason if isinstance(reason, str) else None
+    except OllamaError as exc:
+        end = time.monotonic()
+        result.ok = False
+        result.reason = exc.reason
+        result.error = exc.message[:ERROR_TEXT_MAX]
+        result.http_status = exc.http_status
+        result.request_duration_s = end - t0
+        if first is not None:
+            result.ttft_s = first - t0
+    except Exception as exc:  # a bug of ours must not take the scheduler thread down
+        end = time.monotonic()
+        log.exception("unexpected error while probing %s", client.target.name)
+        result.ok = False
+        result.reason = "stream_error"
+        result.error = f"internal error: {exc!r}"[:ERROR_TEXT_MAX]
+        result.request_duration_s = end - t0
+    result.output_chunks = chunks
+    result.response_chars = chars
+    result.ended_at = result.started_at + (end - t0)
+    return result

@@ -1,0 +1,1 @@
+"""bench: one-shot benchmark report (statistics, Markdown, plots, system info)."""

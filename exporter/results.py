@@ -1,0 +1,245 @@
+"""The result record, and the JSON-lines file that keeps every one of them.
+
+Every number the exporter shows starts life in a ProbeResult. Metrics, the
+results file and the bench report are views of these records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+log = logging.getLogger(__name__)
+
+# The fixed set of failure reasons (DESIGN.md); metric labels only ever take these.
+FAILURE_REASONS = (
+    "connection",
+    "timeout",
+    "model_not_found",
+    "server_busy",
+    "http_error",
+    "stream_error",
+    "malformed_response",
+    "empty_response",
+)
+
+
+@dataclass
+class ProbeResult:
+    """One request, from the client's clock and the server's own timings."""
+
+    target: str
+    scenario: str
+    model: str
+    case: str
+    concurrency: int = 1
+    api: str = "generate"
+    start: str = "warm"  # "cold" when the model had to be loaded for this request
+    batch: int = 0  # requests of one concurrency batch share a batch number within a run
+    run_id: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    prompt_chars: int = 0
+    # Wall clock (Unix seconds) for humans and joins; durations come from the monotonic clock.
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    ok: bool = False
+    reason: Optional[str] = None
+    error: Optional[str] = None
+    http_status: Optional[int] = None
+    # client clock
+    ttft_s: Optional[float] = None
+    request_duration_s: Optional[float] = None
+    inter_token_gaps_s: list[float] = field(default_factory=list)
+    output_chunks: int = 0
+    response_chars: int = 0
+    # server timings (seconds) and counts; any may be missing (Ollama omits zero values)
+    load_duration_s: Optional[float] = None
+    prompt_eval_count: Optional[int] = None
+    prompt_eval_duration_s: Optional[float] = None
+    eval_count: Optional[int] = None
+    eval_duration_s: Optional[float] = None
+    total_duration_s: Optional[float] = None
+    done_reason: Optional[str] = None
+
+    # ---- derived views; computed, never stored separately ----
+    @property
+    def output_tokens_per_s(self) -> Optional[float]:
+        """Server decode speed."""
+        if self.eval_count and self.eval_duration_s:
+            return self.eval_count / self.eval_duration_s
+        return None
+
+    @property
+    def prompt_tokens_per_s(self) -> Optional[float]:
+        """Server prefill speed."""
+        if self.prompt_eval_count and self.prompt_eval_duration_s:
+            return self.prompt_eval_count / self.prompt_eval_duration_s
+        return None
+
+    @property
+    def time_per_output_token_s(self) -> Optional[float]:
+        tokens = self.eval_count or self.output_chunks
+        if self.ttft_s is None or self.request_duration_s is None or tokens < 2:
+            return None
+        return max(self.request_duration_s - self.ttft_s, 0.0) / (tokens - 1)
+
+    @property
+    def client_tokens_per_s(self) -> Optional[float]:
+        """Decode speed seen by the client: streamed chunks after the first over their span."""
+        span = sum(self.inter_token_gaps_s)
+        if len(self.inter_token_gaps_s) < 1 or span <= 0:
+            return None
+        return len(self.inter_token_gaps_s) / span
+
+    @property
+    def queue_duration_s(self) -> Optional[float]:
+        """Client end-to-end minus server total: time queued and in transport."""
+        if self.request_duration_s is None or self.total_duration_s is None:
+            return None
+        return max(self.request_duration_s - self.total_duration_s, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["inter_token_gaps_s"] = [round(g, 7) for g in self.inter_token_gaps_s]
+        d["output_tokens_per_s"] = self.output_tokens_per_s
+        d["prompt_tokens_per_s"] = self.prompt_tokens_per_s
+        d["time_per_output_token_s"] = self.time_per_output_token_s
+        d["client_tokens_per_s"] = self.client_tokens_per_s
+        d["queue_duration_s"] = self.queue_duration_s
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ProbeResult":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class BatchSummary:
+    target: str
+    scenario: str
+    model: str
+    case: str
+    concurrency: int
+    requests: int
+    failures: int
+    output_tokens_per_s: Optional[float]
+
+
+@dataclass
+class RunSummary:
+    target: str
+    scenario: str
+    run_id: str
+    started_at: float
+    ended_at: float
+    requests: int
+    failures: int
+    stopped: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended_at - self.started_at
+
+    @property
+    def success(self) -> bool:
+        return self.failures == 0 and self.requests > 0
+
+
+def batch_output_tokens_per_s(records: Iterable[ProbeResult]) -> Optional[float]:
+    """Aggregate decode throughput of one batch: all output tokens over the batch's wall time."""
+    records = list(records)
+    if not records:
+        return None
+    tokens = sum((r.eval_count or r.output_chunks) for r in records if r.ok)
+    wall = max(r.ended_at for r in records) - min(r.started_at for r in records)
+    if wall <= 0 or tokens == 0:
+        return None
+    return tokens / wall
+
+
+class ResultsWriter:
+    """Appends one JSON line per record.
+
+    Each line goes out in a single os.write on an O_APPEND descriptor, so a crash
+    leaves at most the line being written torn, never an earlier one; the reader
+    skips a torn line. Write failures (disk full, read-only) are logged and
+    counted, never raised into the probe.
+    """
+
+    def __init__(self, path: str | os.PathLike, on_error=None):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._fd: Optional[int] = None
+        self._on_error = on_error
+        self.lines_written = 0
+        self.write_errors = 0
+        self._closed = False
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # A previous crash may have left a torn line without its newline: end it,
+            # so our first record starts on a line of its own.
+            if os.fstat(self._fd).st_size > 0:
+                with open(self.path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        os.write(self._fd, b"\n")
+        return self._fd
+
+    def write(self, record: ProbeResult) -> bool:
+        line = (json.dumps(record.to_dict(), separators=(",", ":"), allow_nan=False) + "\n").encode()
+        with self._lock:
+            if self._closed:
+                # Shutting down: a probe that outlived the grace period is not recorded.
+                return False
+            try:
+                fd = self._open()
+                view = memoryview(line)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                self.lines_written += 1
+                return True
+            except (OSError, ValueError) as exc:
+                self.write_errors += 1
+                log.error("cannot write results file %s: %s", self.path, exc)
+                if self._on_error:
+                    self._on_error(exc)
+                return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._fd is not None:
+                try:
+                    os.fsync(self._fd)
+                except OSError:
+                    pass
+                os.close(self._fd)
+                self._fd = None
+
+
+def read_results(path: str | os.PathLike) -> Iterator[ProbeResult]:
+    """Yield every complete record; skip a torn or garbled line instead of failing."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n") or not raw.strip():
+                if raw.strip():
+                    log.warning("%s:%d: skipping incomplete last line", path, lineno)
+                continue
+            try:
+                d = json.loads(raw)
+                if not isinstance(d, dict):
+                    raise ValueError("not an object")
+                yield ProbeResult.from_dict(d)
+            except (ValueError, TypeError) as exc:
+                log.warning("%s:%d: skipping unreadable line: %s", path, lineno, exc)

@@ -1,0 +1,105 @@
+"""The long-running exporter: wires config -> scheduler -> probe -> sinks, and reloads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+from prometheus_client import CollectorRegistry
+
+from .config import Config, ConfigError, load_file
+from .metrics import ExporterMetrics, ProbeMetrics
+from .results import BatchSummary, ProbeResult, ResultsWriter, RunSummary
+from .scheduler import ProbeScheduler
+from .server_stats import ServerStats, ServerStatsCollector
+
+log = logging.getLogger(__name__)
+
+
+class ResultsSink:
+    """Appends every result record to the results file and counts the outcome."""
+
+    def __init__(self, writer: ResultsWriter, metrics: ExporterMetrics):
+        self.writer = writer
+        self.metrics = metrics
+
+    def on_result(self, result: ProbeResult) -> None:
+        if self.writer.write(result):
+            self.metrics.results_lines.inc()
+        else:
+            self.metrics.results_errors.inc()
+
+    def on_batch(self, batch: BatchSummary) -> None:
+        pass
+
+    def on_run(self, run: RunSummary) -> None:
+        pass
+
+
+class Exporter:
+    def __init__(
+        self,
+        config_path: Optional[str],
+        config: Config,
+        results_path: Optional[str] = None,
+        registry: Optional[CollectorRegistry] = None,
+    ):
+        self.config_path = config_path
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.probe_metrics = ProbeMetrics(self.registry)
+        self.exporter_metrics = ExporterMetrics(self.registry)
+        self.server_stats = ServerStats(config.targets)
+        self.registry.register(ServerStatsCollector(self.server_stats))
+        self.writer = ResultsWriter(results_path) if results_path else None
+        sinks: list = [self.probe_metrics]
+        if self.writer:
+            sinks.append(ResultsSink(self.writer, self.exporter_metrics))
+        self.scheduler = ProbeScheduler(sinks, self.probe_metrics.skipped, self.server_stats.poll)
+        self._reload_lock = threading.Lock()
+        self.last_reload_error: Optional[str] = None
+        self._install(config)
+
+    def _install(self, config: Config) -> None:
+        self.config = config
+        self.probe_metrics.declare(config)
+        self.server_stats.set_targets(config.targets)
+        self.scheduler.apply(config)
+        self.exporter_metrics.reload_ok.set(1)
+        self.exporter_metrics.reload_time.set(time.time())
+        self.exporter_metrics.label_combinations.set(config.label_combinations)
+
+    def start(self) -> None:
+        self.scheduler.start()
+        log.info(
+            "probing %d scenario(s) on %d target(s) from %s",
+            len(self.config.scenarios), len(self.config.targets), self.config.source,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler.running and not self.scheduler.stop.is_set()
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the config file; a bad one is refused and the running config stays."""
+        with self._reload_lock:
+            try:
+                config = load_file(self.config_path)
+            except ConfigError as exc:
+                self.exporter_metrics.reload_ok.set(0)
+                self.last_reload_error = str(exc)
+                log.error("reload refused, keeping the running config: %s", exc)
+                return False, str(exc)
+            self._install(config)
+            self.last_reload_error = None
+            log.info("config reloaded from %s", config.source)
+            return True, f"reloaded {len(config.scenarios)} scenario(s) from {config.source}"
+
+    def shutdown(self, grace: float = 10.0) -> None:
+        finished = self.scheduler.shutdown(grace)
+        if not finished:
+            log.warning("some probe runs were still going after %.0fs; their unfinished requests are not recorded", grace)
+        if self.writer:
+            self.writer.close()
