@@ -103,6 +103,14 @@ def _reason_for_stream_error(message: str) -> str:
     return "stream_error"
 
 
+def _close(conn, resp, sock) -> None:
+    """Release the descriptor now, not at garbage collection: the response holds its own reference."""
+    if resp is not None:
+        resp.close()
+    conn.close()
+    sock.close()
+
+
 class OllamaClient:
     def __init__(self, target: Target):
         self.target = target
@@ -166,6 +174,8 @@ class OllamaClient:
 
     def request_json(self, method: str, path: str, body: Optional[dict] = None, timeout: float = CONTROL_TIMEOUT_S) -> Any:
         conn = self._connect(timeout)
+        sock = conn.sock
+        resp = None
         try:
             resp = self._send(conn, method, path, body)
             self._check_status(resp)
@@ -180,7 +190,7 @@ class OllamaClient:
             except ValueError:
                 raise OllamaError("malformed_response", f"{path}: response is not JSON") from None
         finally:
-            conn.close()
+            _close(conn, resp, sock)
 
     # ---- control plane ----
     def version(self) -> str:
@@ -240,16 +250,19 @@ class OllamaClient:
             body["think"] = think
 
         conn = self._connect(min(timeout, CONTROL_TIMEOUT_S * 3))
+        # Keep our own reference: http.client drops conn.sock when the server says
+        # "Connection: close", while the response still reads from it.
+        sock = conn.sock
+        resp = None
         try:
-            conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             resp = self._send(conn, "POST", path, body)
             self._check_status(resp)
-            yield from self._read_stream(conn, resp, deadline, api == "chat")
+            yield from self._read_stream(sock, resp, deadline, api == "chat")
         finally:
-            conn.close()
+            _close(conn, resp, sock)
 
-    def _read_stream(self, conn, resp, deadline: float, chat: bool) -> Iterator[StreamChunk]:
-        sock = conn.sock
+    def _read_stream(self, sock, resp, deadline: float, chat: bool) -> Iterator[StreamChunk]:
         buf = b""
         done = False
         monotonic = time.monotonic

@@ -24,6 +24,9 @@ if [[ -x "$BIN" ]] && check_binary "$BIN"; then
     exit 0
 fi
 
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+    export PATH="$PATH:/usr/local/go/bin"
+fi
 if ! command -v go >/dev/null 2>&1; then
     echo "install-ollama: Go is not installed (need Go >= 1.24 on PATH to build Ollama $OLLAMA_VERSION)" >&2
     exit 1

@@ -1,0 +1,254 @@
+"""A programmable Ollama-compatible server for tests and benchmarks.
+
+Streams NDJSON like Ollama does (chunked, one line per token, TCP_NODELAY) with a
+chosen first-token delay, token rate, model load time and failure mode. Every
+token write is logged with time.monotonic(), which is the same clock in every
+process on Linux, so a test can compare what the client measured with when the
+server actually wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional
+
+MODES = (
+    "ok",            # a normal stream
+    "http_404",      # model not found
+    "http_503",      # server busy
+    "http_500",      # other HTTP error
+    "stream_error",  # 200, some tokens, then an {"error": ...} line
+    "malformed",     # 200, then a line that is not JSON
+    "no_done",       # 200, tokens, then the connection closes without done
+    "empty",         # 200, done at once with no tokens
+    "stall",         # 200, headers, then nothing until the client gives up
+    "close_early",   # accept and close before any response
+)
+
+
+@dataclass
+class Behavior:
+    mode: str = "ok"
+    tokens: int = 8
+    first_token_delay: float = 0.0
+    token_interval: float = 0.0
+    load_time: float = 0.5  # reported (and slept) when the model is not loaded
+    prompt_eval_per_token: float = 0.0001
+    version: str = "0.11.4"
+    models: tuple = ("tiny:latest",)  # models that exist
+    stall_seconds: float = 30.0
+
+
+@dataclass
+class RequestLog:
+    path: str
+    body: dict
+    received: float
+    token_writes: list[float] = field(default_factory=list)
+
+
+class FakeOllama:
+    def __init__(self, behavior: Optional[Behavior] = None, host: str = "127.0.0.1", port: int = 0):
+        self.behavior = behavior or Behavior()
+        self.loaded: set[str] = set()
+        self.requests: list[RequestLog] = []
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def setup(self):
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def _json(self, status: int, obj) -> None:
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                b = fake.behavior
+                if self.path == "/api/version":
+                    self._json(200, {"version": b.version})
+                elif self.path == "/api/ps":
+                    with fake.lock:
+                        loaded = sorted(fake.loaded)
+                    self._json(200, {"models": [
+                        {"name": m, "model": m, "size": 100_000_000, "size_vram": 0, "digest": "x",
+                         "details": {"family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"},
+                         "context_length": 4096}
+                        for m in loaded
+                    ]})
+                elif self.path == "/api/tags":
+                    self._json(200, {"models": [{"name": m} for m in b.models]})
+                elif self.path == "/":
+                    self._json(200, "Ollama is running")
+                else:
+                    self._json(404, {"error": "not found"})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b"{}"
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    self._json(400, {"error": "bad json"})
+                    return
+                entry = RequestLog(self.path, body, time.monotonic())
+                with fake.lock:
+                    fake.requests.append(entry)
+                if self.path == "/api/show":
+                    self._json(200, {
+                        "details": {"family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"},
+                        "model_info": {"general.architecture": "llama", "llama.block_count": 30,
+                                       "llama.embedding_length": 576, "llama.attention.head_count": 9,
+                                       "llama.attention.head_count_kv": 3, "llama.context_length": 8192},
+                        "capabilities": ["completion"],
+                    })
+                    return
+                if self.path in ("/api/generate", "/api/chat"):
+                    self._generate(body, entry)
+                    return
+                self._json(404, {"error": "not found"})
+
+            def _line(self, obj) -> float:
+                data = (json.dumps(obj) + "\n").encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                return time.monotonic()
+
+            def _generate(self, body: dict, entry: RequestLog):
+                b = fake.behavior
+                model = body.get("model", "")
+                name = model if ":" in model else model + ":latest"
+                chat = self.path == "/api/chat"
+                if b.mode == "close_early":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if b.mode == "http_404" or name not in b.models:
+                    self._json(404, {"error": f"model '{model}' not found"})
+                    return
+                if b.mode == "http_503":
+                    self._json(503, {"error": "server busy, please try again.  maximum pending requests exceeded"})
+                    return
+                if b.mode == "http_500":
+                    self._json(500, {"error": "llama runner process has terminated"})
+                    return
+                if body.get("keep_alive") == 0 and not body.get("prompt") and not body.get("messages"):
+                    with fake.lock:
+                        fake.loaded.discard(name)
+                    self._json(200, {"model": model, "response": "", "done": True, "done_reason": "unload"})
+                    return
+                t_start = time.monotonic()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    with fake.lock:
+                        cold = name not in fake.loaded
+                    load = b.load_time if cold else 0.002
+                    if cold:
+                        time.sleep(load)
+                        with fake.lock:
+                            fake.loaded.add(name)
+                    if b.mode == "stall":
+                        fake.stop_event.wait(b.stall_seconds)
+                        return
+                    if b.mode == "malformed":
+                        self._line({"model": model, "response": "a", "done": False})
+                        data = b"this is not json\n"
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        self.wfile.flush()
+                        self.wfile.write(b"0\r\n\r\n")
+                        return
+                    tokens = 0 if b.mode == "empty" else b.tokens
+                    prompt_tokens = len(str(body.get("prompt") or body.get("messages")).split())
+                    if b.first_token_delay:
+                        time.sleep(b.first_token_delay)
+                    t_first = time.monotonic()
+                    next_at = t_first
+                    for i in range(tokens):
+                        if i and b.token_interval:
+                            next_at += b.token_interval
+                            delay = next_at - time.monotonic()
+                            if delay > 0:
+                                time.sleep(delay)
+                        chunk = ({"model": model, "message": {"role": "assistant", "content": f"t{i} "}, "done": False}
+                                 if chat else {"model": model, "response": f"t{i} ", "done": False})
+                        entry.token_writes.append(self._line(chunk))
+                        if b.mode == "stream_error" and i == 1:
+                            self._line({"error": "an error was encountered while running the model"})
+                            self.wfile.write(b"0\r\n\r\n")
+                            return
+                    if b.mode == "no_done":
+                        self.wfile.write(b"0\r\n\r\n")
+                        return
+                    t_end = time.monotonic()
+                    final = {
+                        "model": model, "done": True, "done_reason": "length" if tokens else "stop",
+                        "total_duration": int((t_end - t_start) * 1e9),
+                        "load_duration": int(load * 1e9),
+                        "prompt_eval_count": prompt_tokens,
+                        "prompt_eval_duration": int(max(t_first - t_start - load, 1e-6) * 1e9),
+                    }
+                    if tokens:
+                        final["eval_count"] = tokens
+                        final["eval_duration"] = int(max(t_end - t_first, 1e-6) * 1e9)
+                    if chat:
+                        final["message"] = {"role": "assistant", "content": ""}
+                    else:
+                        final["response"] = ""
+                    self._line(final)
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+            request_queue_size = 256
+
+        self.server = Server((host, port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-ollama", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "FakeOllama":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

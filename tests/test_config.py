@@ -1,0 +1,192 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from exporter.config import ConfigError, default_ollama_url, load_file, load_text, parse_duration
+from tests.conftest import ROOT
+
+SCENARIOS = os.path.join(ROOT, "scenarios")
+
+
+def problems(text):
+    with pytest.raises(ConfigError) as info:
+        load_text(text)
+    return info.value.problems
+
+
+def test_shipped_scenarios_are_valid():
+    default = load_file(os.path.join(SCENARIOS, "default.yaml"))
+    assert [c.name for c in default.scenarios[0].cases] == ["short", "medium", "long"]
+    day1 = load_file(os.path.join(SCENARIOS, "day1.yaml"))
+    names = {s.name: s for s in day1.scenarios}
+    assert names["concurrency"].concurrency == (1, 2, 4, 8)
+    temps = sorted(c.options["temperature"] for c in names["temperature"].cases)
+    assert temps == [0, 0.7, 1.5]
+    assert len(names["prompt-length"].cases) == 4
+
+
+def test_packaged_default_matches_scenarios_default():
+    with open(os.path.join(SCENARIOS, "default.yaml")) as a, open(os.path.join(ROOT, "exporter", "default.yaml")) as b:
+        assert a.read() == b.read()
+    assert load_file(None).scenarios[0].name == "default"
+
+
+def test_misspelled_option_is_reported_with_its_path():
+    text = """
+scenarios:
+  - name: a
+    model: m
+    cases: {short: {prompt: hi}}
+  - name: b
+    model: m
+    cases: {short: {prompt: hi}}
+  - name: c
+    model: m
+    cases:
+      long:
+        prompt: hi
+        options: {temprature: 0.5}
+"""
+    assert problems(text) == ["scenarios[2].cases.long.options.temprature: unknown key"]
+
+
+def test_every_problem_is_listed_at_once():
+    text = """
+targets:
+  - {name: a, url: "ftp://x"}
+scenarios:
+  - name: s
+    model: m
+    concurrency: [0]
+    timeout: -1
+    schedule: {cron: "not a cron"}
+    cases: {short: {prompt: hi}}
+    bogus: 1
+"""
+    found = problems(text)
+    assert "targets[0].url: must be an http:// or https:// URL" in found
+    assert "scenarios[0].concurrency: levels must be between 1 and 256" in found
+    assert "scenarios[0].timeout: duration must be positive" in found
+    assert "scenarios[0].bogus: unknown key" in found
+    assert any(p.startswith("scenarios[0].schedule.cron: not a valid crontab expression") for p in found)
+
+
+def test_semantic_problems_are_collected():
+    text = """
+targets: [{name: a, url: "http://h:1"}, {name: a, url: "http://h:2"}]
+scenarios:
+  - {name: s, model: m, targets: [nope], schedule: {interval: 1m, cron: "* * * * *"}, cases: {x: {prompt: p}}}
+  - {name: s, model: m, cases: {x: {prompt: p}}}
+"""
+    found = problems(text)
+    assert "targets[1].name: duplicate target name 'a'" in found
+    assert any(p.startswith("scenarios[0].targets[0]: no target named 'nope'") for p in found)
+    assert "scenarios[0].schedule: give exactly one of interval or cron" in found
+    assert "scenarios[1].name: duplicate scenario name 's'" in found
+
+
+def test_yaml_syntax_error_names_the_line():
+    found = problems("scenarios:\n  - name: [unclosed\n")
+    assert len(found) == 1 and found[0].startswith("line ") and "invalid YAML" in found[0]
+
+
+@pytest.mark.parametrize("text", ["", "[]", "42", "scenarios: 7", "scenarios: []"])
+def test_degenerate_documents_give_clean_errors(text):
+    assert problems(text)
+
+
+def test_sweeps_expand_into_cases():
+    cfg = load_text("""
+scenarios:
+  - name: s
+    model: m
+    options: {temperature: 0, num_predict: 8}
+    concurrency: [1, 4]
+    cases:
+      short: {prompt: "hi"}
+      long: {prompt: "word", prompt_repeat: 3, options: {num_predict: 16}}
+    sweep:
+      temperature: [0, 0.7]
+""")
+    s = cfg.scenarios[0]
+    by_name = {c.name: c for c in s.cases}
+    assert set(by_name) == {"short@temperature=0", "short@temperature=0.7", "long@temperature=0", "long@temperature=0.7"}
+    assert by_name["long@temperature=0.7"].options == {"temperature": 0.7, "num_predict": 16}
+    assert by_name["long@temperature=0"].prompt == "word word word"
+    assert cfg.label_combinations == 4 * 2
+
+
+def test_label_budget_refuses_an_exploding_config():
+    found = problems("""
+limits: {max_label_combinations: 10}
+scenarios:
+  - name: s
+    model: m
+    concurrency: [1, 2, 4]
+    cases: {a: {prompt: p}, b: {prompt: q}}
+    sweep: {temperature: [0, 0.5, 1.0]}
+""")
+    assert found == [
+        "limits.max_label_combinations: this config creates 18 target/scenario/case/concurrency combinations, "
+        "more than the limit of 10; shrink the sweeps or raise the limit"
+    ]
+
+
+def test_durations():
+    assert parse_duration("90s") == 90
+    assert parse_duration("5m") == 300
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration(2) == 2
+    for bad in ("soon", "-1s", 0, True):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        (None, "http://127.0.0.1:11434"),
+        ("127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("ollama", "http://ollama:11434"),
+        ("https://gpu-box:443", "https://gpu-box:443"),
+        ("0.0.0.0:11434", "http://127.0.0.1:11434"),
+    ],
+)
+def test_default_target_follows_ollama_host(monkeypatch, env, expected):
+    if env is None:
+        monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    else:
+        monkeypatch.setenv("OLLAMA_HOST", env)
+    assert default_ollama_url() == expected
+    cfg = load_text("scenarios: [{name: s, model: m, cases: {a: {prompt: p}}}]")
+    assert cfg.targets[0].url == expected
+
+
+def test_environment_expansion(monkeypatch):
+    monkeypatch.setenv("PERF_MODEL", "qwen3:0.6b")
+    cfg = load_text("scenarios: [{name: s, model: '${PERF_MODEL}', cases: {a: {prompt: p}}}]")
+    assert cfg.scenarios[0].model == "qwen3:0.6b"
+    monkeypatch.delenv("PERF_MODEL")
+    cfg = load_text("scenarios: [{name: s, model: '${PERF_MODEL:-tiny}', cases: {a: {prompt: p}}}]")
+    assert cfg.scenarios[0].model == "tiny"
+    assert problems("scenarios: [{name: s, model: '${PERF_MODEL}', cases: {a: {prompt: p}}}]") == [
+        "(environment): ${PERF_MODEL} is not set and has no default"
+    ]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_config_check_cli(tmp_path):
+    ok = _cli("--config.file", "scenarios/default.yaml", "--config.check")
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scenarios:\n  - name: s\n    model: m\n    cases: {a: {prompt: p, optoins: {}}}\n")
+    res = _cli("--config.file", str(bad), "--config.check")
+    assert res.returncode != 0
+    assert "scenarios[0].cases.a.optoins: unknown key" in res.stderr
+    missing = _cli("--config.file", str(tmp_path / "nope.yaml"), "--config.check")
+    assert missing.returncode != 0 and "cannot read" in missing.stderr

@@ -1,0 +1,181 @@
+"""The exporter as a whole: HTTP endpoints, reload, scrape lint, and the real process with signals."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from exporter.config import load_file
+from exporter.http import HTTPServer
+from exporter.results import read_results
+from exporter.service import Exporter
+from tests.conftest import ROOT, free_port, scenario_yaml, wait_for
+from tests.fake_ollama import Behavior, FakeOllama
+
+CONTRACT = [
+    "llm_probe_time_to_first_token_seconds",
+    "llm_probe_inter_token_latency_seconds",
+    "llm_probe_time_per_output_token_seconds",
+    "llm_probe_request_duration_seconds",
+    "llm_probe_output_tokens_per_second",
+    "llm_probe_prompt_tokens_per_second",
+    "llm_probe_load_duration_seconds",
+    "llm_probe_prompt_eval_duration_seconds",
+    "llm_probe_eval_duration_seconds",
+    "llm_probe_queue_duration_seconds",
+    "llm_probe_prompt_tokens_total",
+    "llm_probe_output_tokens_total",
+    "llm_probe_requests_total",
+    "llm_probe_request_failures_total",
+    "llm_probe_success",
+    "llm_probe_last_run_timestamp_seconds",
+    "llm_probe_run_duration_seconds",
+    "llm_probe_batch_output_tokens_per_second",
+    "llm_server_up",
+    "llm_server_info",
+    "llm_server_model_loaded_bytes",
+    "llm_server_model_vram_bytes",
+]
+
+
+@pytest.fixture
+def running_exporter(tmp_path, fake):
+    """An exporter with its HTTP server on a free port, probing the fake server; stopped afterwards."""
+    config_path = tmp_path / "scenarios.yaml"
+    config_path.write_text(scenario_yaml(
+        fake.url, extra="repeats: 2\nconcurrency: [1, 2]\n", top_extra="server_stats: {interval: 1s}\n",
+        cases={"short": "hi", "long": "a much longer prompt " * 10},
+    ))
+    exporter = Exporter(str(config_path), load_file(str(config_path)), results_path=str(tmp_path / "results.jsonl"))
+    server = HTTPServer(exporter, "127.0.0.1", 0)
+    server.start()
+    exporter.start()
+    base = f"http://127.0.0.1:{server.port}"
+    wait_for(lambda: exporter.registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "s"}) is not None,
+             what="first scenario run")
+    yield exporter, base, config_path
+    server.stop()
+    exporter.shutdown(5)
+
+
+def test_every_contract_metric_is_served(running_exporter):
+    exporter, base, _ = running_exporter
+    wait_for(lambda: "llm_server_model_loaded_bytes{" in requests.get(base + "/metrics", timeout=5).text, what="server stats")
+    text = requests.get(base + "/metrics", timeout=5).text
+    for name in CONTRACT:
+        assert f"\n{name}" in text or f"\n{name}_" in text, name
+    assert 'llm_server_info{target="t1",version="0.11.4"} 1.0' in text
+    assert 'llm_probe_success{scenario="s",target="t1"} 1.0' in text
+    # Labels never carry prompt text.
+    assert "much longer" not in text and '="hi"' not in text
+
+
+def test_endpoints(running_exporter):
+    exporter, base, _ = running_exporter
+    home = requests.get(base + "/", timeout=5)
+    assert home.status_code == 200 and 'href="metrics"' in home.text and "tiny" in home.text
+    assert requests.get(base + "/-/healthy", timeout=5).status_code == 200
+    assert requests.get(base + "/-/ready", timeout=5).status_code == 200
+    assert requests.get(base + "/-/reload", timeout=5).status_code == 405
+    assert requests.get(base + "/nope", timeout=5).status_code == 404
+
+
+def test_reload_refuses_a_bad_config_and_keeps_the_old_one(running_exporter, fake):
+    exporter, base, config_path = running_exporter
+    good = config_path.read_text()
+    config_path.write_text(good.replace("model: tiny", "model: tiny\n    bogus_key: 1"))
+    r = requests.post(base + "/-/reload", timeout=5)
+    assert r.status_code == 500 and "scenarios[0].bogus_key: unknown key" in r.text
+    assert exporter.registry.get_sample_value("llm_exporter_config_last_reload_successful") == 0
+    assert exporter.config.scenarios[0].name == "s"
+    assert exporter.scheduler.next_runs()["probe:s@t1"] is not None
+
+    config_path.write_text(good.replace("name: s\n", "name: renamed\n"))
+    r = requests.post(base + "/-/reload", timeout=5)
+    assert r.status_code == 200
+    assert exporter.registry.get_sample_value("llm_exporter_config_last_reload_successful") == 1
+    wait_for(lambda: exporter.registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "renamed"}) == 1,
+             what="the reloaded scenario to run")
+
+
+def test_results_file_gets_every_request(running_exporter):
+    exporter, base, config_path = running_exporter
+    wait_for(lambda: exporter.registry.get_sample_value("llm_exporter_results_lines_total") == 12, what="12 lines")
+    records = list(read_results(config_path.parent / "results.jsonl"))
+    assert len(records) == 12  # 2 cases x (2 sequential + 2 batches of 2)
+    assert {r.concurrency for r in records} == {1, 2}
+    assert all(r.ok and r.ttft_s > 0 for r in records)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with Debian's prometheus package (make test installs it)")
+def test_promtool_finds_no_problem_in_a_scrape(running_exporter):
+    exporter, base, _ = running_exporter
+    wait_for(lambda: "llm_server_up" in requests.get(base + "/metrics", timeout=5).text, what="server stats")
+    text = requests.get(base + "/metrics", timeout=5).text
+    res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip() == "" and res.stderr.strip() == ""
+
+
+def test_skipped_runs_are_counted(tmp_path):
+    with FakeOllama(Behavior(tokens=3, token_interval=0.4, load_time=0)) as server:
+        cfg_path = tmp_path / "c.yaml"
+        cfg_path.write_text(scenario_yaml(server.url).replace("interval: 1h", "interval: 0.3s"))
+        exporter = Exporter(str(cfg_path), load_file(str(cfg_path)))
+        exporter.start()
+        try:
+            wait_for(lambda: (exporter.registry.get_sample_value(
+                "llm_probe_skipped_runs_total", {"target": "t1", "scenario": "s"}) or 0) >= 1, what="a skipped run")
+        finally:
+            exporter.shutdown(5)
+
+
+def _spawn(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "exporter", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_process_reloads_on_sighup_and_stops_cleanly_on_sigterm(tmp_path):
+    with FakeOllama(Behavior(tokens=4, token_interval=0.01)) as server:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(scenario_yaml(server.url, extra="repeats: 3\n"))
+        results = tmp_path / "results.jsonl"
+        port = free_port()
+        proc = _spawn(["--config.file", str(cfg), "--web.listen-address", f"127.0.0.1:{port}", "--results.file", str(results)])
+        try:
+            base = f"http://127.0.0.1:{port}"
+
+            def scrape():
+                try:
+                    return requests.get(base + "/metrics", timeout=2).text
+                except requests.ConnectionError:
+                    return ""
+
+            wait_for(lambda: 'llm_probe_success{scenario="s",target="t1"} 1.0' in scrape(), what="first run")
+            cfg.write_text("scenarios: [[[")
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "llm_exporter_config_last_reload_successful 0.0" in scrape(), what="refused reload")
+            assert requests.get(base + "/-/ready", timeout=2).status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out
+        assert "reload refused" in out and "invalid YAML" in out
+        data = results.read_bytes()
+        assert data.endswith(b"\n") and len(list(read_results(results))) == 3
+
+
+def test_bad_config_exits_non_zero_and_starts_nothing(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scenarios: [{name: s, model: m, cases: {a: {prompt: p}}, repeets: 2}]")
+    port = free_port()
+    proc = _spawn(["--config.file", str(cfg), "--web.listen-address", f"127.0.0.1:{port}"])
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "scenarios[0].repeets: unknown key" in out

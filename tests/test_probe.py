@@ -1,0 +1,98 @@
+"""The probe against a fake server whose timing and failures we choose."""
+
+import pytest
+
+from exporter.ollama_api import OllamaClient
+from exporter.probe import run_probe
+from exporter.results import FAILURE_REASONS
+from tests.conftest import free_port
+from tests.fake_ollama import Behavior, FakeOllama
+
+
+def probe(cfg, concurrency=1):
+    scenario = cfg.scenarios[0]
+    return run_probe(OllamaClient(scenario.targets[0]), scenario, scenario.cases[0], concurrency=concurrency)
+
+
+def test_successful_stream_is_measured_from_both_sides(fake, make_config):
+    fake.behavior = Behavior(tokens=10, first_token_delay=0.2, token_interval=0.02, load_time=0.3)
+    r = probe(make_config(fake.url))
+    assert r.ok and r.reason is None
+    writes = fake.requests[-1].token_writes
+    assert len(writes) == 10
+    # TTFT covers the load and the first-token delay; the client sees it shortly after the write.
+    assert 0.5 <= r.ttft_s < 0.5 + 0.2
+    assert r.output_chunks == 10 and len(r.inter_token_gaps_s) == 9
+    assert all(0.01 < g < 0.1 for g in r.inter_token_gaps_s)
+    assert r.eval_count == 10 and r.load_duration_s == pytest.approx(0.3, abs=1e-3)
+    assert r.prompt_eval_count == 2
+    assert r.request_duration_s >= r.ttft_s + 9 * 0.02 * 0.9
+    assert r.total_duration_s <= r.request_duration_s
+    assert r.queue_duration_s == pytest.approx(r.request_duration_s - r.total_duration_s)
+    assert r.time_per_output_token_s == pytest.approx((r.request_duration_s - r.ttft_s) / 9)
+    assert r.output_tokens_per_s == pytest.approx(10 / r.eval_duration_s)
+    assert r.client_tokens_per_s == pytest.approx(9 / sum(r.inter_token_gaps_s))
+
+
+def test_chat_api(fake, make_config):
+    cfg = make_config(fake.url, extra="api: chat\n")
+    r = probe(cfg)
+    assert r.ok and r.api == "chat" and r.output_chunks == fake.behavior.tokens
+    assert fake.requests[-1].path == "/api/chat"
+    assert fake.requests[-1].body["messages"][-1] == {"role": "user", "content": "hello there"}
+
+
+def test_options_and_keep_alive_reach_the_server(fake, make_config):
+    cfg = make_config(fake.url, extra="keep_alive: 0\noptions: {temperature: 0.7, num_predict: 5, seed: 3}\n")
+    assert probe(cfg).ok
+    body = fake.requests[-1].body
+    assert body["options"] == {"temperature": 0.7, "num_predict": 5, "seed": 3}
+    assert body["keep_alive"] == 0 and body["stream"] is True
+
+
+@pytest.mark.parametrize(
+    "mode,reason",
+    [
+        ("http_404", "model_not_found"),
+        ("http_503", "server_busy"),
+        ("http_500", "http_error"),
+        ("stream_error", "stream_error"),
+        ("malformed", "malformed_response"),
+        ("no_done", "stream_error"),
+        ("empty", "empty_response"),
+        ("stall", "timeout"),
+        ("close_early", "connection"),
+    ],
+)
+def test_each_failure_is_a_result_with_its_reason(fake, make_config, mode, reason):
+    fake.behavior = Behavior(mode=mode, load_time=0)
+    cfg = make_config(fake.url, extra="timeout: 1s\n")
+    r = probe(cfg)
+    assert not r.ok
+    assert r.reason == reason and reason in FAILURE_REASONS
+    assert r.error and r.request_duration_s is not None
+    assert r.request_duration_s < 5
+
+
+def test_missing_model_is_model_not_found(fake, make_config):
+    r = probe(make_config(fake.url, model="does-not-exist"))
+    assert r.reason == "model_not_found" and r.http_status == 404
+    assert "does-not-exist" in r.error
+
+
+def test_connection_refused(make_config):
+    r = probe(make_config(f"http://127.0.0.1:{free_port()}"))
+    assert not r.ok and r.reason == "connection"
+
+
+def test_unresolvable_host(make_config):
+    r = probe(make_config("http://no-such-host.invalid:11434"))
+    assert not r.ok and r.reason == "connection"
+
+
+def test_stall_is_bounded_by_the_timeout(make_config):
+    with FakeOllama(Behavior(mode="stall", load_time=0)) as server:
+        cfg = make_config(server.url, extra="timeout: 0.5s\n")
+        r = probe(cfg)
+    assert r.reason == "timeout"
+    assert 0.4 < r.request_duration_s < 2.0

@@ -1,0 +1,60 @@
+import json
+import os
+
+from exporter.results import ProbeResult, ResultsWriter, read_results
+
+
+def record(i):
+    return ProbeResult(target="t", scenario="s", model="m", case=f"c{i}", ok=True, ttft_s=0.1 * i,
+                       request_duration_s=1.0, inter_token_gaps_s=[0.01, 0.02], eval_count=3, eval_duration_s=0.5)
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "r.jsonl"
+    w = ResultsWriter(path)
+    for i in range(3):
+        assert w.write(record(i))
+    w.close()
+    back = list(read_results(path))
+    assert [r.case for r in back] == ["c0", "c1", "c2"]
+    assert back[1].ttft_s == 0.1 and back[1].output_tokens_per_s == 6.0
+    line = json.loads(path.read_text().splitlines()[0])
+    assert line["output_tokens_per_s"] == 6.0 and "prompt" not in line
+
+
+def test_torn_last_line_is_skipped_and_next_writer_appends_cleanly(tmp_path):
+    path = tmp_path / "r.jsonl"
+    w = ResultsWriter(path)
+    w.write(record(0))
+    w.close()
+    with open(path, "ab") as f:
+        f.write(b'{"target": "t", "scen')  # a crash in the middle of a line
+    assert [r.case for r in read_results(path)] == ["c0"]
+    w = ResultsWriter(path)
+    w.write(record(1))
+    w.close()
+    assert [r.case for r in read_results(path)] == ["c0", "c1"]
+
+
+def test_garbage_lines_are_skipped(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('not json\n[1,2]\n\n' + json.dumps(record(5).to_dict()) + "\n")
+    assert [r.case for r in read_results(path)] == ["c5"]
+
+
+def test_unwritable_file_is_counted_not_raised(tmp_path):
+    errors = []
+    target = tmp_path / "dir-not-file"
+    target.mkdir()
+    w = ResultsWriter(target, on_error=errors.append)
+    assert not w.write(record(0))
+    assert w.write_errors == 1 and len(errors) == 1
+
+
+def test_writes_after_close_are_refused(tmp_path):
+    path = tmp_path / "r.jsonl"
+    w = ResultsWriter(path)
+    w.write(record(0))
+    w.close()
+    assert not w.write(record(1))
+    assert os.path.getsize(path) > 0 and len(list(read_results(path))) == 1
