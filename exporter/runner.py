@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
+from datetime import datetime
 from typing import Callable, Iterable, Optional, Protocol
 
 from .config import Case, Scenario, Target
@@ -17,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # Without the running-models list, a load this long means the model was not resident.
 COLD_LOAD_FALLBACK_S = 0.5
+# A model due to expire within this margin is treated as already gone.
+UNLOAD_MARGIN_S = 1.0
+_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|z|[+-]\d\d:\d\d)$")
 
 
 class Sink(Protocol):
@@ -30,14 +35,39 @@ def normalize_model_name(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
 
 
+def _expires_at(value: object) -> Optional[float]:
+    """Ollama's RFC 3339 timestamp (nanoseconds, Z or offset) -> Unix seconds."""
+    if not isinstance(value, str):
+        return None
+    m = _RFC3339.match(value)
+    if not m:
+        return None
+    frac = (m.group(2) or ".0")[:7]  # datetime takes microseconds at most
+    tz = "+00:00" if m.group(3) in ("Z", "z") else m.group(3)
+    try:
+        return datetime.fromisoformat(m.group(1) + frac + tz).timestamp()
+    except ValueError:
+        return None
+
+
 def model_is_loaded(client: OllamaClient, model: str) -> Optional[bool]:
-    """True/False from the server's running-models list; None if the server would not say."""
+    """True/False from the server's running-models list; None if the server would not say.
+
+    A model listed with an expiry in the next moment is being unloaded (keep_alive 0
+    or an expired timer): the next request will load it again, so it counts as not loaded.
+    """
     try:
         running = client.running_models()
     except OllamaError:
         return None
     wanted = normalize_model_name(model)
-    return any(normalize_model_name(str(m.get("name") or m.get("model") or "")) == wanted for m in running)
+    now = time.time()
+    for m in running:
+        if normalize_model_name(str(m.get("name") or m.get("model") or "")) != wanted:
+            continue
+        expires = _expires_at(m.get("expires_at"))
+        return expires is None or expires > now + UNLOAD_MARGIN_S
+    return False
 
 
 def _label_start(result: ProbeResult, loaded_before: Optional[bool]) -> None:

@@ -65,3 +65,17 @@ def make_config():
     def make(url, **kw):
         return load_text(scenario_yaml(url, **kw), "test")
     return make
+
+
+@pytest.fixture(scope="session")
+def real_ollama(tmp_path_factory):
+    """A real Ollama with smollm2-135m, on a free loopback port, for the whole session."""
+    from tests.real_ollama import OllamaServer, ollama_binary
+
+    models = tmp_path_factory.mktemp("ollama-models")
+    server = OllamaServer(ollama_binary(), str(models), free_port(), str(models / "serve.log")).start()
+    try:
+        server.create_model()
+        yield server
+    finally:
+        server.stop()

@@ -127,3 +127,25 @@ def test_a_failing_sink_does_not_stop_the_run(fake, make_config, registry):
     summary, records = run(make_config(fake.url, extra="repeats: 2\n"), registry, sinks=[Broken()])
     assert len(records) == 2
     assert registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "s"}) == 1
+
+
+def test_expiry_parsing_and_unloading_models_count_as_cold():
+    from exporter import runner
+
+    assert runner._expires_at("2026-11-28T11:35:48.686760323Z") == pytest.approx(1795865748.686760, abs=1e-5)
+    assert runner._expires_at("2026-11-28T12:35:48+01:00") == pytest.approx(1795865748.0)
+    assert runner._expires_at("garbage") is None
+
+    class Client:
+        def __init__(self, models):
+            self.models = models
+
+        def running_models(self):
+            return self.models
+
+    import time as _t
+    soon = _t.strftime("%Y-%m-%dT%H:%M:%S", _t.gmtime(_t.time() + 0.2)) + ".5Z"
+    later = _t.strftime("%Y-%m-%dT%H:%M:%S", _t.gmtime(_t.time() + 300)) + "Z"
+    assert runner.model_is_loaded(Client([{"name": "m:latest", "expires_at": later}]), "m") is True
+    assert runner.model_is_loaded(Client([{"name": "m:latest", "expires_at": soon}]), "m") is False
+    assert runner.model_is_loaded(Client([{"name": "other:latest", "expires_at": later}]), "m") is False

@@ -1,0 +1,178 @@
+"""End-to-end against a real Ollama v0.11.4 and SmolLM2-135M (see tests/real_ollama.py)."""
+
+import statistics
+import textwrap
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.config import load_text
+from exporter.metrics import ProbeMetrics
+from exporter.ollama_api import OllamaClient
+from exporter.runner import ScenarioRunner
+from exporter.server_stats import ServerStats, ServerStatsCollector
+from tests.conftest import free_port
+from tests.real_ollama import MODEL, OllamaServer
+
+pytestmark = pytest.mark.ollama
+
+
+def config(url, *, model=MODEL, cases=None, extra="", name="e2e"):
+    cases = cases or {"short": "What is AI?"}
+    case_lines = "\n".join(f"      {k}: {{prompt: {v!r}}}" for k, v in cases.items())
+    return load_text(textwrap.dedent(f"""\
+        targets:
+          - name: real
+            url: {url}
+        scenarios:
+          - name: {name}
+            model: {model}
+            schedule: {{interval: 1h}}
+            timeout: 120s
+            options: {{temperature: 0, seed: 42, num_predict: 24}}
+        """) + textwrap.indent(textwrap.dedent(extra), "    ") + "    cases:\n" + case_lines + "\n")
+
+
+class Records:
+    def __init__(self):
+        self.results, self.batches = [], []
+
+    def on_result(self, r):
+        self.results.append(r)
+
+    def on_batch(self, b):
+        self.batches.append(b)
+
+    def on_run(self, s):
+        pass
+
+
+def run(cfg, registry=None):
+    registry = registry or CollectorRegistry()
+    metrics = ProbeMetrics(registry)
+    metrics.declare(cfg)
+    rec = Records()
+    scenario = cfg.scenarios[0]
+    summary = ScenarioRunner(scenario, scenario.targets[0], [metrics, rec]).run()
+    return summary, rec, registry
+
+
+def labels(case="short", concurrency="1", **kw):
+    return {"target": "real", "scenario": "e2e", "model": MODEL, "case": case, "concurrency": concurrency, **kw}
+
+
+def test_default_shape_against_the_real_server(real_ollama):
+    cfg = config(real_ollama.url, extra="repeats: 2\n", cases={
+        "short": "What is AI?",
+        "medium": "Explain the concept of machine learning in simple terms.",
+        "long": "Describe the architecture of a transformer neural network in detail, " * 4,
+    })
+    registry = CollectorRegistry()
+    stats = ServerStats(cfg.targets)
+    registry.register(ServerStatsCollector(stats))
+    stats.poll()
+    before = stats.snapshots()["real"].process
+    assert before is not None and before.root_pid == real_ollama.proc.pid
+    summary, rec, _ = run(cfg, registry)
+    stats.poll()
+    after = stats.snapshots()["real"].process
+    assert summary.failures == 0 and summary.requests == 6
+    for case in ("short", "medium", "long"):
+        warm = labels(case, start="warm")
+        assert registry.get_sample_value("llm_probe_time_to_first_token_seconds_sum", warm) > 0
+        assert registry.get_sample_value("llm_probe_request_duration_seconds_sum", warm) > 0
+        assert registry.get_sample_value("llm_probe_output_tokens_per_second_sum", labels(case)) > 0
+        assert registry.get_sample_value("llm_probe_prompt_tokens_per_second_count", labels(case)) >= 1
+    assert registry.get_sample_value("llm_server_info", {"target": "real", "version": "0.11.4"}) == 1
+    assert registry.get_sample_value("llm_server_up", {"target": "real"}) == 1
+    loaded = registry.get_sample_value("llm_server_model_loaded_bytes", {"target": "real", "model": MODEL + ":latest"})
+    assert loaded and loaded > 50e6
+    assert registry.get_sample_value("llm_server_model_vram_bytes", {"target": "real", "model": MODEL + ":latest"}) == 0
+    # Inference runs in the runner child: the tree's CPU must grow by a good part of the decode time.
+    decode_s = sum(r.eval_duration_s for r in rec.results)
+    assert after.cpu_seconds_total - before.cpu_seconds_total > 0.5 * decode_s
+    assert after.processes >= 2 and after.resident_bytes > 100e6
+    # The long prompt really is longer for the server.
+    by_case = {r.case: r for r in rec.results}
+    assert by_case["long"].prompt_eval_count is None or by_case["long"].prompt_eval_count > by_case["short"].prompt_eval_count
+
+
+def test_client_and_server_decode_rates_agree(real_ollama):
+    """The client sees tokens at the rate the server decodes them.
+
+    Tolerance: 15%. Measured on 2 shared cores, the median ratio client/server is
+    within a few percent of 1; the client's span starts at the first token and the
+    server's eval_duration includes sampling the first token, so a 64-token stream
+    differs by about one token interval (~1.5%) plus scheduler noise.
+    """
+    cfg = config(real_ollama.url, extra="repeats: 3\nwarmup: 1\noptions: {temperature: 0, seed: 1, num_predict: 64}\n")
+    summary, rec, _ = run(cfg)
+    ratios = [r.client_tokens_per_s / r.output_tokens_per_s for r in rec.results]
+    assert summary.failures == 0
+    assert abs(statistics.median(ratios) - 1) < 0.15, ratios
+
+
+def test_cold_start_is_labelled_and_next_is_warm(real_ollama):
+    OllamaClient(config(real_ollama.url).targets[0]).unload(MODEL)
+    time.sleep(0.5)
+    summary, rec, registry = run(config(real_ollama.url, extra="repeats: 2\n"))
+    assert [r.start for r in rec.results] == ["cold", "warm"]
+    cold, warm = rec.results
+    assert cold.load_duration_s > 0.05 and cold.load_duration_s > 5 * (warm.load_duration_s or 0)
+    assert registry.get_sample_value("llm_probe_time_to_first_token_seconds_count", labels(start="cold")) == 1
+    assert registry.get_sample_value("llm_probe_time_to_first_token_seconds_count", labels(start="warm")) == 1
+
+
+def test_keep_alive_zero_makes_every_request_cold(real_ollama):
+    OllamaClient(config(real_ollama.url).targets[0]).unload(MODEL)
+    summary, rec, _ = run(config(real_ollama.url, extra="repeats: 2\nkeep_alive: 0\n"))
+    assert summary.failures == 0
+    assert [r.start for r in rec.results] == ["cold", "cold"]
+    assert all(r.load_duration_s > 0.05 for r in rec.results)
+
+
+def test_concurrency_batches(real_ollama):
+    cfg = config(real_ollama.url, extra="repeats: 1\nconcurrency: [2, 4]\noptions: {temperature: 0, seed: 1, num_predict: 12}\n")
+    summary, rec, registry = run(cfg)
+    assert summary.failures == 0 and summary.requests == 6
+    for level in ("2", "4"):
+        assert registry.get_sample_value("llm_probe_batch_output_tokens_per_second", labels(concurrency=level)) > 0
+    assert {b.concurrency: b.requests for b in rec.batches} == {2: 2, 4: 4}
+
+
+def test_missing_model(real_ollama):
+    summary, rec, registry = run(config(real_ollama.url, model="no-such-model"))
+    assert rec.results[0].reason == "model_not_found"
+    assert registry.get_sample_value(
+        "llm_probe_request_failures_total",
+        {**labels(), "model": "no-such-model", "reason": "model_not_found"},
+    ) == 1
+    assert registry.get_sample_value("llm_probe_success", {"target": "real", "scenario": "e2e"}) == 0
+
+
+def test_server_killed_mid_stream_then_recovers(real_ollama, tmp_path):
+    """A second server on the same model folder: killed during a generation, then restarted."""
+    port = free_port()
+    server = OllamaServer(real_ollama.binary, real_ollama.models_dir, port, str(tmp_path / "serve.log")).start()
+    try:
+        cfg = config(server.url, extra="repeats: 1\noptions: {temperature: 0, seed: 1, num_predict: 2000}\n")
+        import threading
+
+        killer = threading.Timer(3.0, server.kill)
+        killer.start()
+        summary, rec, registry = run(cfg)
+        killer.join()
+        failed = rec.results[0]
+        assert not failed.ok and failed.reason in ("stream_error", "connection"), failed
+        assert registry.get_sample_value("llm_probe_success", {"target": "real", "scenario": "e2e"}) == 0
+        server.stop()
+        # Down: the next probe fails fast with a connection error, not a hang.
+        summary, rec, _ = run(cfg)
+        assert rec.results[0].reason == "connection" and rec.results[0].request_duration_s < 5
+        server = OllamaServer(real_ollama.binary, real_ollama.models_dir, port, str(tmp_path / "serve.log")).start()
+        summary, rec, registry = run(config(server.url))
+        assert rec.results[0].ok
+        assert registry.get_sample_value("llm_probe_success", {"target": "real", "scenario": "e2e"}) == 1
+    finally:
+        server.stop()
