@@ -57,6 +57,10 @@ def _bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR", help="report directory (created)")
     p.add_argument("--compare", metavar="OLD_DIR", help="an earlier report directory to compare against")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--memory-bandwidth", dest="memory_bandwidth", type=float, metavar="GB_PER_S",
+        help="memory bandwidth for the decode-speed bound (default: measured with a single-thread copy)",
+    )
     return p
 
 
@@ -125,7 +129,8 @@ def run_bench(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config_file)
     if config is None:
         return EXIT_CONFIG
-    return bench(config, args.output, compare=args.compare, quiet=args.quiet)
+    bandwidth = args.memory_bandwidth * 1e9 if args.memory_bandwidth else None
+    return bench(config, args.output, compare=args.compare, quiet=args.quiet, memory_bandwidth=bandwidth)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,169 @@
+"""`ollama-perf-exporter bench`: run the scenarios once, on the exporter's own probe
+engine, and write the raw records, system facts, statistics, REPORT.md and plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+from ..config import Config
+from ..results import ProbeResult, ResultsWriter, read_results
+from ..runner import ScenarioRunner
+from ..server_stats import ProcessTree
+from . import sysinfo
+from .stats import compare, summarize
+
+log = logging.getLogger(__name__)
+SAMPLE_INTERVAL_S = 0.5
+EXIT_OK, EXIT_ALL_FAILED = 0, 3
+
+
+class ResourceSampler:
+    """Samples each local target's process tree in the background while the benchmark runs."""
+
+    def __init__(self, config: Config, interval: float = SAMPLE_INTERVAL_S):
+        from ..ollama_api import OllamaClient
+
+        self.trees = {t.name: ProcessTree(t.process_match, OllamaClient(t).port) for t in config.targets if t.process_match}
+        self.interval = interval
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="resource-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        while True:
+            for name, tree in self.trees.items():
+                sample = tree.sample()
+                if sample is not None:
+                    self.samples.append({"t": time.time(), "target": name, "cpu_seconds_total": sample.cpu_seconds_total,
+                                         "resident_bytes": sample.resident_bytes, "processes": sample.processes})
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+
+
+class Progress:
+    """requests done / total, elapsed, current case: one rewritten line on a terminal, sparse lines otherwise."""
+
+    def __init__(self, total: int, quiet: bool, stream=sys.stderr):
+        self.total = max(total, 1)
+        self.done = 0
+        self.failed = 0
+        self.quiet = quiet
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self._last_line = 0.0
+
+    def __call__(self, r: ProbeResult) -> None:
+        self.done += 1
+        self.failed += 0 if r.ok else 1
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.started
+        line = (f"[{self.done:>4}/{self.total}] {elapsed:6.1f}s  {r.target}/{r.scenario}/{r.case} c={r.concurrency}"
+                f"  failures={self.failed}")
+        if self.tty:
+            self.stream.write("\r" + line[:120].ljust(120))
+            self.stream.flush()
+        elif self.done == self.total or time.monotonic() - self._last_line > 5:
+            self.stream.write(line + "\n")
+            self._last_line = time.monotonic()
+
+    def finish(self) -> None:
+        if self.tty and not self.quiet:
+            self.stream.write("\n")
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def build_report(out_dir: str, compare_dir: Optional[str] = None) -> dict[str, Any]:
+    """(Re)build summary.json, plots and REPORT.md from the raw files in out_dir."""
+    from .markdown import render
+    from .plots import write_plots
+
+    records = list(read_results(os.path.join(out_dir, "results.jsonl")))
+    with open(os.path.join(out_dir, "system.json"), encoding="utf-8") as f:
+        system = json.load(f)
+    samples_path = os.path.join(out_dir, "resources.jsonl")
+    samples = []
+    if os.path.exists(samples_path):
+        with open(samples_path, encoding="utf-8") as f:
+            samples = [json.loads(line) for line in f if line.strip()]
+    summary = summarize(records, samples, system, system.get("running_models", {}))
+    _write_json(os.path.join(out_dir, "summary.json"), summary)
+    plots = [os.path.basename(p) for p in write_plots(out_dir, records, summary, samples)]
+    comparison = None
+    if compare_dir:
+        with open(os.path.join(compare_dir, "summary.json"), encoding="utf-8") as f:
+            comparison = compare(json.load(f), summary)
+    text = render(summary, system, plots, out_dir, comparison, compare_dir)
+    with open(os.path.join(out_dir, "REPORT.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    return summary
+
+
+def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet: bool = False,
+              memory_bandwidth: Optional[float] = None) -> int:
+    if compare and not os.path.exists(os.path.join(compare, "summary.json")):
+        print(f"--compare {compare}: no summary.json there (is it a bench output directory?)", file=sys.stderr)
+        return 2
+    os.makedirs(out_dir, exist_ok=True)
+    results_path = os.path.join(out_dir, "results.jsonl")
+    if os.path.exists(results_path):
+        os.remove(results_path)  # one report per directory: never mix two runs
+    system = sysinfo.collect(config, memory_bandwidth)
+    writer = ResultsWriter(results_path)
+
+    class FileSink:
+        def on_result(self, r):
+            writer.write(r)
+
+        def on_batch(self, b):
+            pass
+
+        def on_run(self, s):
+            pass
+
+    jobs = [(s, t) for s in config.scenarios for t in s.targets]
+    total = sum(ScenarioRunner(s, t, []).planned_requests() for s, t in jobs)
+    progress = Progress(total, quiet)
+    running: dict[str, list[dict[str, Any]]] = {}
+    started = time.time()
+    with ResourceSampler(config) as sampler:
+        for scenario, target in jobs:
+            ScenarioRunner(scenario, target, [FileSink()], progress=progress).run()
+            # Loaded-model facts (size, VRAM, context) while the model is still resident.
+            running[target.name] = sysinfo.running_model_facts(target) or running.get(target.name, [])
+    progress.finish()
+    writer.close()
+    system["running_models"] = running
+    system["bench_started_at"] = started
+    system["bench_ended_at"] = time.time()
+    _write_json(os.path.join(out_dir, "system.json"), system)
+    with open(os.path.join(out_dir, "resources.jsonl"), "w", encoding="utf-8") as f:
+        for s in sampler.samples:
+            f.write(json.dumps(s) + "\n")
+    summary = build_report(out_dir, compare)
+    if not quiet:
+        print(f"{summary['requests']} requests, {summary['failures']} failed; report: {os.path.join(out_dir, 'REPORT.md')}",
+              file=sys.stderr)
+    return EXIT_ALL_FAILED if summary["requests"] and summary["failures"] == summary["requests"] else EXIT_OK

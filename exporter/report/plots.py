@@ -1,0 +1,127 @@
+"""PNG plots for the bench report (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..results import ProbeResult  # noqa: E402
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _by_case(records: list[ProbeResult], attr: str) -> dict[str, list[float]]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        v = getattr(r, attr)
+        if r.ok and v is not None:
+            label = r.case if r.concurrency == 1 else f"{r.case} c={r.concurrency}"
+            groups[f"{r.scenario}/{label}"].append(v)
+    return dict(sorted(groups.items()))
+
+
+def _boxplot(groups: dict[str, list[float]], title: str, ylabel: str, path: str) -> str:
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(groups) + 3), 4.5))
+    ax.boxplot(list(groups.values()), showmeans=True)
+    ax.set_xticks(range(1, len(groups) + 1), list(groups), rotation=30, ha="right", fontsize=8)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def write_plots(out_dir: str, records: list[ProbeResult], summary: dict[str, Any],
+                samples: list[dict[str, Any]]) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    latency = _by_case(records, "request_duration_s")
+    if latency:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for label, vals in latency.items():
+            ax.hist(vals, bins=min(30, max(5, len(vals))), alpha=0.5, label=label)
+        ax.set_title("Latency distribution")
+        ax.set_xlabel("end-to-end latency (s)")
+        ax.set_ylabel("requests")
+        ax.legend(fontsize=7)
+        written.append(_save(fig, os.path.join(out_dir, "latency_distribution.png")))
+    tps = _by_case(records, "output_tokens_per_s")
+    if tps:
+        written.append(_boxplot(tps, "Decode speed (server eval rate)", "tokens/s", os.path.join(out_dir, "tokens_per_second.png")))
+    ttft = _by_case(records, "ttft_s")
+    if ttft:
+        written.append(_boxplot(ttft, "Time to first token by case", "seconds", os.path.join(out_dir, "ttft_by_case.png")))
+
+    for model, m in summary["models"].items():
+        slug = model.replace("/", "_").replace(":", "_")
+        pl = m.get("prompt_length")
+        if pl:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            x = [p["prompt_tokens"] for p in pl["points"]]
+            ax.plot(x, [p["ttft"] for p in pl["points"]], "o-", label="TTFT (client)")
+            ax.plot(x, [p["prefill"] for p in pl["points"]], "s--", label="prefill (server)")
+            ax.plot(x, [p["latency"] for p in pl["points"]], "^:", label="end-to-end latency")
+            ax.set_xlabel("prompt tokens")
+            ax.set_ylabel("seconds (median)")
+            ax.set_title(f"Prompt length impact: {model}")
+            ax.legend()
+            ax.grid(alpha=0.3)
+            written.append(_save(fig, os.path.join(out_dir, f"prompt_length_impact_{slug}.png")))
+        for t in m.get("temperature", []):
+            rows = t["rows"]
+            fig, ax1 = plt.subplots(figsize=(7, 4.5))
+            labels = [f"{r['temperature']:g}" for r in rows]
+            pos = list(range(len(rows)))
+            ax1.bar(pos, [r["latency"].get("mean", 0) for r in rows], yerr=[r["latency"].get("stdev", 0) for r in rows],
+                    color="tab:blue", alpha=0.7, label="latency")
+            ax1.set_xlabel("temperature")
+            ax1.set_ylabel("mean latency (s)")
+            ax2 = ax1.twinx()
+            ax2.plot(pos, [r["decode_tps"].get("mean") for r in rows], "o-", color="tab:red", label="decode tokens/s")
+            ax1.set_xticks(pos, labels)
+            ax2.set_ylabel("decode tokens/s")
+            ax1.set_title(f"Temperature impact: {model} ({t['scenario']})")
+            fig.legend(loc="upper right", bbox_to_anchor=(0.88, 0.88), fontsize=8)
+            written.append(_save(fig, os.path.join(out_dir, f"temperature_impact_{slug}_{t['scenario']}.png")))
+        for c in m.get("concurrency", []):
+            rows = c["rows"]
+            levels = [r["concurrency"] for r in rows]
+            fig, ax1 = plt.subplots(figsize=(7, 4.5))
+            ax1.plot(levels, [r["aggregate_tps"].get("mean") for r in rows], "o-", color="tab:green", label="aggregate tokens/s")
+            ax1.set_xlabel("concurrent requests")
+            ax1.set_ylabel("aggregate output tokens/s")
+            ax2 = ax1.twinx()
+            ax2.plot(levels, [r["latency"].get("mean") for r in rows], "s--", color="tab:orange", label="mean latency")
+            ax2.set_ylabel("mean latency per request (s)")
+            ax1.set_xticks(levels)
+            ax1.set_title(f"Concurrency impact: {model} ({c['scenario']})")
+            fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.88), fontsize=8)
+            written.append(_save(fig, os.path.join(out_dir, f"concurrency_impact_{slug}_{c['scenario']}.png")))
+
+    if len(samples) >= 2:
+        samples = sorted(samples, key=lambda s: s["t"])
+        t0 = samples[0]["t"]
+        t = [s["t"] - t0 for s in samples[1:]]
+        cpu = [max(b["cpu_seconds_total"] - a["cpu_seconds_total"], 0) / max(b["t"] - a["t"], 1e-9) * 100
+               for a, b in zip(samples, samples[1:])]
+        fig, ax1 = plt.subplots(figsize=(8, 4.5))
+        ax1.plot(t, cpu, color="tab:red", label="CPU %")
+        ax1.set_xlabel("seconds since start")
+        ax1.set_ylabel("server CPU (% of one core)")
+        ax2 = ax1.twinx()
+        ax2.plot([s["t"] - t0 for s in samples], [s["resident_bytes"] / 2**20 for s in samples], color="tab:blue", label="RSS")
+        ax2.set_ylabel("server resident memory (MiB)")
+        ax1.set_title("Server resource use during the benchmark")
+        fig.legend(loc="upper left", bbox_to_anchor=(0.1, 0.88), fontsize=8)
+        written.append(_save(fig, os.path.join(out_dir, "resource_usage.png")))
+    return written

@@ -1,0 +1,116 @@
+"""System information for the report: the machine, the server, the models."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any, Iterable, Optional
+
+import psutil
+
+from ..config import Config, Target
+from ..ollama_api import OllamaClient, OllamaError
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_memory_bandwidth(size_mb: int = 256, repeats: int = 5) -> Optional[float]:
+    """Bytes/s that one core moves in a large array copy (read + write), best of a few tries.
+
+    A rough, single-threaded stand-in for the bandwidth that bounds CPU decoding;
+    --memory-bandwidth overrides it with a datasheet figure.
+    """
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+    src = np.ones(size_mb * 1024 * 1024 // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
+
+
+def _model_facts(show: dict[str, Any]) -> dict[str, Any]:
+    details = show.get("details") or {}
+    info = show.get("model_info") or {}
+    arch = info.get("general.architecture")
+
+    def key(name):
+        return info.get(f"{arch}.{name}") if arch else None
+
+    facts = {
+        "family": details.get("family"),
+        "parameter_size": details.get("parameter_size"),
+        "quantization_level": details.get("quantization_level"),
+        "format": details.get("format"),
+        "architecture": arch,
+        "parameter_count": info.get("general.parameter_count"),
+        "block_count": key("block_count"),
+        "embedding_length": key("embedding_length"),
+        "head_count": key("attention.head_count"),
+        "head_count_kv": key("attention.head_count_kv"),
+        "context_length": key("context_length"),
+        "capabilities": show.get("capabilities"),
+    }
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def collect(config: Config, bandwidth: Optional[float] = None) -> dict[str, Any]:
+    vm = psutil.virtual_memory()
+    info: dict[str, Any] = {
+        "collected_at": time.time(),
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "total_ram_bytes": vm.total,
+        "memory_bandwidth_bytes_per_s": bandwidth if bandwidth else measure_memory_bandwidth(),
+        "memory_bandwidth_source": "configured" if bandwidth else "measured (single-thread array copy)",
+        "targets": {},
+    }
+    models_by_target: dict[str, set[str]] = {}
+    for s in config.scenarios:
+        for t in s.targets:
+            models_by_target.setdefault(t.name, set()).add(s.model)
+    for target in config.targets:
+        info["targets"][target.name] = target_info(target, sorted(models_by_target.get(target.name, ())))
+    return info
+
+
+def target_info(target: Target, models: Iterable[str]) -> dict[str, Any]:
+    client = OllamaClient(target)
+    out: dict[str, Any] = {"url": target.url, "models": {}}
+    try:
+        out["ollama_version"] = client.version()
+    except OllamaError as exc:
+        out["error"] = exc.message
+        return out
+    for model in models:
+        try:
+            out["models"][model] = _model_facts(client.show(model))
+        except OllamaError as exc:
+            out["models"][model] = {"error": exc.message}
+    return out
+
+
+def running_model_facts(target: Target) -> list[dict[str, Any]]:
+    """Loaded models with their size and VRAM share (taken while the model is loaded)."""
+    try:
+        return OllamaClient(target).running_models()
+    except OllamaError:
+        return []
