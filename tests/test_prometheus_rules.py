@@ -1,0 +1,192 @@
+"""Prometheus config, recording and alerting rules, their promtool unit tests, Alertmanager routing.
+
+The promtool/amtool tests carry the `prometheus` marker: they need Debian's `prometheus`
+package (`make test` installs it; `make test-fast` leaves them out). The pure-Python
+convention checks run everywhere.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+PROM_DIR = os.path.join(ROOT, "prometheus")
+PROM_CONFIG = os.path.join(PROM_DIR, "prometheus.yml")
+RECORDING = os.path.join(PROM_DIR, "rules", "recording.yml")
+ALERTS = os.path.join(PROM_DIR, "rules", "alerts.yml")
+RULE_TESTS = os.path.join(PROM_DIR, "tests", "alerts_test.yml")
+ALERTMANAGER = os.path.join(PROM_DIR, "alertmanager.yml")
+
+# level:metric:operations, each part in the metric-name alphabet, operations lower-case.
+RECORD_NAME = re.compile(r"^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*:[a-z0-9_]+$")
+CAMEL_CASE = re.compile(r"^[A-Z][A-Za-z0-9]+$")
+
+
+def _load(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _rules(path):
+    return [rule for group in _load(path)["groups"] for rule in group["rules"]]
+
+
+def _tool(name):
+    path = shutil.which(name)
+    assert path, f"{name} is not installed: `make test` installs Debian's prometheus package (apt-get install prometheus)"
+    return path
+
+
+def _run(args, timeout=120):
+    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert res.returncode == 0, f"{' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout + res.stderr
+
+
+# ---------------------------------------------------------------- promtool
+
+
+@pytest.mark.prometheus
+def test_promtool_check_config():
+    out = _run([_tool("promtool"), "check", "config", PROM_CONFIG])
+    assert "SUCCESS" in out
+    # check config also parses every rule file that rule_files matches.
+    assert "recording.yml" in out and "alerts.yml" in out
+
+
+@pytest.mark.prometheus
+def test_promtool_check_rules():
+    out = _run([_tool("promtool"), "check", "rules", RECORDING, ALERTS])
+    assert out.count("SUCCESS") == 2, out
+
+
+@pytest.mark.prometheus
+def test_promtool_unit_tests_pass():
+    out = _run([_tool("promtool"), "test", "rules", RULE_TESTS], timeout=300)
+    assert "SUCCESS" in out and "FAILED" not in out, out
+
+
+# ---------------------------------------------------------------- conventions
+
+
+def test_recording_rules_are_named_level_metric_operations():
+    rules = _rules(RECORDING)
+    assert rules and all("record" in r for r in rules)
+    names = [r["record"] for r in rules]
+    assert len(names) == len(set(names)), "duplicate recording rule"
+    for name in names:
+        assert RECORD_NAME.match(name), name
+        level, metric, _ops = name.split(":")
+        assert metric.startswith(("llm_probe_", "llm_server_")), name
+        assert not metric.endswith(("_total", "_bucket")), f"{name}: strip _total/_bucket from the metric part"
+
+
+def test_recording_rules_cover_the_contract():
+    names = {r["record"] for r in _rules(RECORDING)}
+    for metric, level in (
+        ("llm_probe_time_to_first_token_seconds", "target_model_scenario_start"),
+        ("llm_probe_time_per_output_token_seconds", "target_model_scenario"),
+        ("llm_probe_request_duration_seconds", "target_model_scenario_start"),
+    ):
+        for q in ("p50", "p90", "p95", "p99"):
+            assert f"{level}:{metric}:{q}_rate10m" in names
+    assert "target_model_scenario:llm_probe_output_tokens_per_second:p50_rate10m" in names
+    assert "target_model_scenario:llm_probe_prompt_tokens_per_second:p50_rate10m" in names
+    assert "target_model_scenario:llm_probe_request_failures:ratio_rate10m" in names
+
+
+def test_recording_rule_levels_match_their_aggregation():
+    """The level part names exactly the labels that the outer `by (...)` keeps."""
+    for rule in _rules(RECORDING):
+        level = rule["record"].split(":")[0]
+        expected = set(level.split("_")) - {""}
+        groupings = re.findall(r"by \(([^)]*)\)", rule["expr"])
+        assert groupings, rule["record"]
+        for g in groupings:
+            labels = {x.strip() for x in g.split(",")} - {"le"}
+            assert labels == expected, f"{rule['record']}: by ({g}) does not match level {level}"
+
+
+def test_every_alert_has_severity_summary_description():
+    alerts = _rules(ALERTS)
+    assert len(alerts) >= 7
+    names = [a["alert"] for a in alerts]
+    assert len(names) == len(set(names))
+    for a in alerts:
+        assert CAMEL_CASE.match(a["alert"]), a["alert"]
+        assert a.get("labels", {}).get("severity") in ("critical", "warning", "info"), a["alert"]
+        ann = a.get("annotations", {})
+        assert ann.get("summary") and ann.get("description"), a["alert"]
+
+
+def test_the_required_alerts_exist():
+    names = {a["alert"] for a in _rules(ALERTS)}
+    assert {
+        "LLMProbeFailing", "LLMExporterDown", "OllamaServerDown", "LLMTimeToFirstTokenRegression",
+        "LLMDecodeThroughputDrop", "OllamaRepeatedColdStarts", "OllamaServerMemoryGrowth",
+    } <= names
+
+
+def test_ttft_regression_compares_with_an_offset_baseline_and_a_floor():
+    rule = next(a for a in _rules(ALERTS) if a["alert"] == "LLMTimeToFirstTokenRegression")
+    expr = rule["expr"]
+    assert re.search(r"offset (1d|7d|1w)", expr)
+    assert re.search(r"-\s*avg_over_time\(.*\)\s*>\s*0\.\d+", expr, re.S), "absolute floor on the difference"
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test():
+    alerts = {a["alert"] for a in _rules(ALERTS)}
+    tests = _load(RULE_TESTS)
+    fires, quiet = set(), set()
+    for group in tests["tests"]:
+        for case in group.get("alert_rule_test", []):
+            (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
+    assert alerts <= fires, f"no firing test for {sorted(alerts - fires)}"
+    assert alerts <= quiet, f"no must-not-fire test for {sorted(alerts - quiet)}"
+    # The tests load the repository's own rule files, recording rules included.
+    rule_files = tests["rule_files"]
+    assert sorted(rule_files) == ["../rules/alerts.yml", "../rules/recording.yml"]
+
+
+def test_prometheus_config_scrapes_the_stack_and_loads_the_rules():
+    cfg = _load(PROM_CONFIG)
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert {"ollama-perf-exporter", "prometheus", "alertmanager"} <= set(jobs)
+    assert jobs["ollama-perf-exporter"]["static_configs"][0]["targets"] == ["exporter:9877"]
+    assert cfg["rule_files"] == ["rules/*.yml"]
+    assert cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    # The unit tests must not be picked up as rule files.
+    assert not os.path.exists(os.path.join(PROM_DIR, "rules", "alerts_test.yml"))
+
+
+# ---------------------------------------------------------------- Alertmanager
+
+
+def test_alertmanager_routes_on_severity():
+    cfg = _load(ALERTMANAGER)
+    receivers = {r["name"] for r in cfg["receivers"]}
+    route = cfg["route"]
+    assert route["receiver"] in receivers
+    assert "target" in route["group_by"] and "alertname" in route["group_by"]
+    sub = {tuple(r["matchers"]): r["receiver"] for r in route["routes"]}
+    assert sub[('severity="critical"',)] == "critical" and "critical" in receivers
+    for rule in cfg.get("inhibit_rules", []):
+        assert rule["source_matchers"] and rule["target_matchers"] and rule["equal"]
+
+
+@pytest.mark.prometheus
+def test_amtool_accepts_the_config_and_routes_each_severity():
+    # amtool ships in Debian's prometheus-alertmanager; without it the Python checks above still run.
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        return
+    _run([amtool, "check-config", ALERTMANAGER])
+    for labels, receiver in ((["severity=critical", "alertname=OllamaServerDown"], "critical"),
+                             (["severity=warning", "alertname=LLMProbeFailing"], "default")):
+        out = _run([amtool, "config", "routes", "test", "--config.file", ALERTMANAGER, *labels])
+        assert out.splitlines()[0].strip() == receiver, out

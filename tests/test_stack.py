@@ -1,0 +1,303 @@
+"""docker-compose.yml: valid, pinned, loopback-only, healthy, non-root; and the model-pull script.
+
+No Docker engine runs here: `docker-compose config` (Debian's docker-compose 1.29, which
+`make test` installs) parses, interpolates and validates the file without one. Those
+tests carry the `prometheus` marker with the other system-tool tests, so that
+`make test-fast` leaves them out; the checks on the raw YAML run everywhere.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+COMPOSE = os.path.join(ROOT, "docker-compose.yml")
+OVERRIDES = [os.path.join(ROOT, "docker", "compose.gpu.yml"), os.path.join(ROOT, "docker", "compose.rocm.yml")]
+ENV_EXAMPLE = os.path.join(ROOT, ".env.example")
+PULL_SCRIPT = os.path.join(ROOT, "docker", "pull-models.py")
+SERVICES = {"ollama", "model-pull", "exporter", "prometheus", "alertmanager", "grafana"}
+LONG_RUNNING = SERVICES - {"model-pull"}
+# An image reference pinned to a version: name:tag where the tag has a digit and is not
+# latest/main/..., or a digest.
+PINNED = re.compile(r"^[a-z0-9./_-]+(:[A-Za-z0-9._-]*\d[A-Za-z0-9._-]*)?(@sha256:[0-9a-f]{64})?$")
+FLOATING_TAGS = {"latest", "main", "master", "stable", "edge", "nightly"}
+
+
+def _raw():
+    with open(COMPOSE, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _env_file(tmp_path, password="s3cret-for-tests"):
+    """The user's .env as .env.example tells them to write it."""
+    text = open(ENV_EXAMPLE, encoding="utf-8").read()
+    assert re.search(r"^GRAFANA_ADMIN_PASSWORD=\s*$", text, re.M), ".env.example must not carry a password"
+    path = tmp_path / ".env"
+    path.write_text(re.sub(r"^GRAFANA_ADMIN_PASSWORD=.*$", f"GRAFANA_ADMIN_PASSWORD={password}", text, flags=re.M))
+    return path
+
+
+def _compose(args, env_file=None, timeout=120):
+    exe = shutil.which("docker-compose")
+    assert exe, "docker-compose is not installed: `make test` installs Debian's docker-compose package"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GRAFANA_", "OLLAMA_", "PROMETHEUS_", "ALERTMANAGER_", "EXPORTER_", "COMPOSE_", "DOCKER_"))}
+    cmd = [exe, "--project-directory", ROOT]
+    if env_file is not None:
+        cmd += ["--env-file", str(env_file)]
+    cmd += ["-f", COMPOSE, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.fixture
+def resolved(tmp_path):
+    res = _compose(["config"], _env_file(tmp_path))
+    assert res.returncode == 0, res.stderr
+    return yaml.safe_load(res.stdout)
+
+
+# ---------------------------------------------------------------- docker-compose config
+
+
+@pytest.mark.prometheus
+def test_compose_config_is_valid_with_the_example_env(resolved):
+    assert set(resolved["services"]) == SERVICES
+    assert resolved["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret-for-tests"
+    assert resolved["services"]["exporter"]["environment"]["OLLAMA_PERF_MODEL"] == "llama3.2:1b"
+
+
+@pytest.mark.prometheus
+def test_compose_refuses_to_start_without_a_grafana_password(tmp_path):
+    res = _compose(["config"], _env_file(tmp_path, password=""))
+    assert res.returncode != 0
+    assert "GRAFANA_ADMIN_PASSWORD" in res.stderr
+
+
+@pytest.mark.prometheus
+def test_gpu_overrides_are_valid(tmp_path):
+    env_file = _env_file(tmp_path)
+    for override in OVERRIDES:
+        res = _compose(["-f", override, "config"], env_file)
+        assert res.returncode == 0, f"{override}: {res.stderr}"
+        ollama = yaml.safe_load(res.stdout)["services"]["ollama"]
+        assert ollama.get("deploy") or ollama.get("devices"), override
+
+
+@pytest.mark.prometheus
+def test_published_ports_are_on_loopback_only(resolved):
+    published = 0
+    for name, svc in resolved["services"].items():
+        for port in svc.get("ports", []):
+            if isinstance(port, dict):
+                host_ip = port.get("host_ip")
+            else:
+                host_ip = port.split(":")[0] if port.count(":") == 2 else None
+            assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+            published += 1
+    assert published == 5  # Grafana, Prometheus, Alertmanager, exporter, Ollama
+
+
+@pytest.mark.prometheus
+def test_exporter_shares_ollamas_pid_namespace_and_waits_for_the_pull(resolved):
+    exporter = resolved["services"]["exporter"]
+    assert exporter["pid"] == "service:ollama"
+    assert exporter["depends_on"]["model-pull"]["condition"] == "service_completed_successfully"
+    assert exporter["depends_on"]["ollama"]["condition"] == "service_healthy"
+
+
+# ---------------------------------------------------------------- the file itself
+
+
+def test_every_image_is_pinned():
+    services = _raw()["services"]
+    for name, svc in services.items():
+        if "build" in svc:
+            continue  # built from this repository (its Dockerfile pins the base image)
+        image = svc.get("image")
+        assert image, f"{name}: no image"
+        assert PINNED.match(image) and (":" in image or "@" in image), f"{name}: {image} is not pinned"
+        tag = image.split("@")[0].rsplit(":", 1)[-1]
+        assert tag not in FLOATING_TAGS, f"{name}: {image}"
+    for override in OVERRIDES:
+        with open(override, encoding="utf-8") as f:
+            for name, svc in yaml.safe_load(f)["services"].items():
+                if "image" in svc:
+                    assert PINNED.match(svc["image"]) and ":" in svc["image"], f"{override}: {svc['image']}"
+    with open(os.path.join(ROOT, "Dockerfile"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("FROM "):
+                base = line.split()[1]
+                assert ":" in base and base.split(":")[1] not in FLOATING_TAGS, line
+
+
+def test_ports_in_the_file_name_the_loopback_address():
+    for name, svc in _raw()["services"].items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_long_running_services_have_healthchecks_and_restart():
+    services = _raw()["services"]
+    for name in LONG_RUNNING:
+        svc = services[name]
+        assert svc.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
+    # Anchors: `<<: *hardening` sets restart and no-new-privileges on each long-running service.
+    resolved_raw = _raw()
+    for name in LONG_RUNNING:
+        svc = resolved_raw["services"][name]
+        assert svc.get("restart") == "unless-stopped", name
+        assert "no-new-privileges:true" in svc.get("security_opt", []), name
+    assert services["model-pull"]["restart"] == "no"
+
+
+def test_state_lives_in_named_volumes():
+    data = _raw()
+    named = set(data["volumes"])
+    expected = {"ollama": "/root/.ollama", "exporter": "/var/lib/ollama-perf-exporter", "prometheus": "/prometheus",
+                "alertmanager": "/alertmanager", "grafana": "/var/lib/grafana"}
+    for name, path in expected.items():
+        mounts = [v for v in data["services"][name]["volumes"] if v.split(":")[1] == path]
+        assert mounts and mounts[0].split(":")[0] in named, f"{name}: {path} is not a named volume"
+
+
+def test_containers_run_as_non_root_where_the_image_allows():
+    services = _raw()["services"]
+    for name, svc in services.items():
+        if name == "ollama":
+            continue  # the official image keeps models under /root and needs root for GPU runtimes
+        user = str(svc.get("user", ""))
+        assert user and not user.startswith(("0", "root")), f"{name}: user {user!r}"
+        assert user.split(":")[0] != "0"
+
+
+def test_config_files_mounted_into_the_stack_exist():
+    for name, svc in _raw()["services"].items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith("./"):
+                assert os.path.exists(os.path.join(ROOT, src)), f"{name}: {src} does not exist"
+
+
+def test_env_example_documents_every_variable_the_compose_file_reads():
+    text = "\n".join(line for line in open(COMPOSE, encoding="utf-8") if not line.lstrip().startswith("#"))
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))
+    example = open(ENV_EXAMPLE, encoding="utf-8").read()
+    documented = set(re.findall(r"^#?([A-Z_][A-Z0-9_]*)=", example, re.M))
+    assert used <= documented, f"not in .env.example: {sorted(used - documented)}"
+    gitignore = open(os.path.join(ROOT, ".gitignore"), encoding="utf-8").read().split()
+    assert ".env" in gitignore
+
+
+# ---------------------------------------------------------------- the model-pull script
+
+
+class _PullStub:
+    """Just enough of Ollama's API for pull-models.py: version, tags, a streamed pull."""
+
+    def __init__(self, present=("already:latest",), fail=()):
+        self.present = set(present)
+        self.fail = set(fail)
+        self.pulled = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _json(self, status, obj):
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/api/version":
+                    self._json(200, {"version": "0.11.4"})
+                elif self.path == "/api/tags":
+                    self._json(200, {"models": [{"name": m} for m in sorted(stub.present)]})
+                else:
+                    self._json(404, {"error": "not found"})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                model = body["model"]
+                stub.pulled.append(model)
+                if model in stub.fail:
+                    self._json(500, {"error": f"pull model manifest: file does not exist: {model}"})
+                    return
+                lines = [{"status": "pulling manifest"}]
+                lines += [{"status": "pulling abc", "total": 1000, "completed": c} for c in (0, 300, 700, 1000)]
+                lines += [{"status": "verifying sha256 digest"}, {"status": "success"}]
+                data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _run_pull(config_path, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
+    env.update(env_extra or {})
+    env["PYTHONPATH"] = ROOT
+    return subprocess.run([sys.executable, PULL_SCRIPT, str(config_path), "--wait", "5", "--timeout", "10"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+
+
+def test_pull_script_pulls_missing_models_from_the_scenario_file(tmp_path):
+    with _PullStub() as stub:
+        cfg = tmp_path / "s.yaml"
+        cfg.write_text(
+            "scenarios:\n"
+            "  - {name: a, model: '${OLLAMA_PERF_MODEL:-fallback:1b}', cases: {c: {prompt: hi}}}\n"
+            "  - {name: b, model: already, cases: {c: {prompt: hi}}}\n"
+            "  - {name: c, model: 'qwen:0.5b', cases: {c: {prompt: hi}}}\n"
+        )
+        res = _run_pull(cfg, {"OLLAMA_HOST": stub.url, "OLLAMA_PERF_MODEL": "llama3.2:1b"})
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert sorted(stub.pulled) == ["llama3.2:1b", "qwen:0.5b"]  # `already` is present as already:latest
+        assert "already: already present" in res.stdout
+        assert "llama3.2:1b: pulling abc 30%" in res.stdout and "llama3.2:1b: ready" in res.stdout
+
+
+def test_pull_script_fails_when_a_pull_fails(tmp_path):
+    with _PullStub(fail={"nope:1b"}) as stub:
+        cfg = tmp_path / "s.yaml"
+        cfg.write_text(f"targets: [{{name: t, url: '{stub.url}'}}]\n"
+                       "scenarios: [{name: a, model: 'nope:1b', cases: {c: {prompt: hi}}}]\n")
+        res = _run_pull(cfg)
+        assert res.returncode == 1
+        assert "nope:1b: pull failed: HTTP 500: pull model manifest" in res.stdout
+
+
+def test_pull_script_rejects_a_bad_scenario_file(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("scenarios: [{name: a, model: m, cases: {c: {prompt: hi}}, bogus: 1}]\n")
+    res = _run_pull(cfg)
+    assert res.returncode == 2 and "bogus: unknown key" in res.stderr
