@@ -201,6 +201,10 @@ class ScenarioSpec(_Strict):
     keep_alive: Any = None
     timeout: float = 120.0
     think: Optional[bool] = None
+    # Ollama reuses the KV cache for a prompt prefix it has just seen and then reports
+    # the full prompt_eval_count with only the uncached part's duration. A unique tag at
+    # the start of every prompt makes each request prefill from scratch.
+    unique_prompt: bool = False
     options: Options = Options()
     cases: dict[str, CaseSpec] = Field(min_length=1)
     sweep: Optional[Sweep] = None
@@ -278,6 +282,7 @@ class Scenario:
     timeout: float
     think: Optional[bool]
     cases: tuple[Case, ...]
+    unique_prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -406,6 +411,7 @@ def build_config(raw: Any, source: str = "config") -> Config:
                 timeout=s.timeout,
                 think=s.think,
                 cases=tuple(cases),
+                unique_prompt=s.unique_prompt,
             )
         )
     limit = spec.limits.max_label_combinations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any, Optional
 
 from .config import Case, Scenario
@@ -53,6 +54,7 @@ def run_probe(
         options=dict(case.options),
         prompt_chars=len(case.prompt),
     )
+    prompt = f"[{uuid.uuid4().hex[:8]}] {case.prompt}" if scenario.unique_prompt else case.prompt
     result.started_at = time.time()
     t0 = time.monotonic()
     first: Optional[float] = None
@@ -65,7 +67,7 @@ def run_probe(
         for chunk in client.stream(
             scenario.api,
             scenario.model,
-            case.prompt,
+            prompt,
             system=case.system,
             options=case.options,
             keep_alive=scenario.keep_alive,

@@ -96,3 +96,14 @@ def test_stall_is_bounded_by_the_timeout(make_config):
         r = probe(cfg)
     assert r.reason == "timeout"
     assert 0.4 < r.request_duration_s < 2.0
+
+
+def test_unique_prompt_defeats_the_prompt_cache(fake, make_config):
+    cfg = make_config(fake.url, extra="unique_prompt: true\n")
+    probe(cfg)
+    probe(cfg)
+    first, second = (r.body["prompt"] for r in fake.requests[-2:])
+    assert first != second
+    assert first.endswith("] hello there") and second.endswith("] hello there")
+    assert probe(make_config(fake.url)).prompt_chars == len("hello there")
+    assert fake.requests[-1].body["prompt"] == "hello there"

@@ -176,3 +176,16 @@ def test_server_killed_mid_stream_then_recovers(real_ollama, tmp_path):
         assert registry.get_sample_value("llm_probe_success", {"target": "real", "scenario": "e2e"}) == 1
     finally:
         server.stop()
+
+
+def test_unique_prompt_measures_real_prefill(real_ollama):
+    """Ollama serves a repeated prompt from its KV cache but still reports the full prompt_eval_count."""
+    long_prompt = "Describe the architecture of a transformer neural network in detail. " * 12
+    opts = "repeats: 2\noptions: {temperature: 0, seed: 1, num_predict: 2}\n"
+    _, cached, _ = run(config(real_ollama.url, extra=opts, cases={"long": long_prompt}))
+    _, unique, _ = run(config(real_ollama.url, extra=opts + "unique_prompt: true\n", cases={"long": long_prompt}))
+    a, b = cached.results[-2:]
+    assert a.prompt_eval_count == b.prompt_eval_count > 100
+    assert b.prompt_eval_duration_s < 0.5 * a.prompt_eval_duration_s  # served from the cache
+    c, d = unique.results
+    assert d.prompt_eval_duration_s > 0.5 * c.prompt_eval_duration_s  # prefilled from scratch each time
