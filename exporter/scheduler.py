@@ -79,6 +79,8 @@ class ProbeScheduler:
                     "run end: scenario=%s target=%s requests=%d failures=%d took %.2fs",
                     scenario.name, target.name, summary.requests, summary.failures, summary.duration_s,
                 )
+            # Refresh loaded models and process stats now, while the run's model is still resident.
+            self.poll_stats()
         finally:
             with self._active_cond:
                 self._active -= 1

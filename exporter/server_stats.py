@@ -87,6 +87,8 @@ class ProcessTree:
             for proc in procs:
                 try:
                     with proc.oneshot():
+                        if proc.status() == psutil.STATUS_ZOMBIE:
+                            continue  # exited, not yet reaped: its CPU is already in the total
                         key = (proc.pid, proc.create_time())
                         cpu = proc.cpu_times()
                         used = cpu.user + cpu.system

@@ -1,0 +1,97 @@
+"""The server's process tree, found by command line, summed with its children."""
+
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.config import Target
+from exporter.server_stats import ProcessTree, ServerStats, ServerStatsCollector
+from tests.conftest import free_port, wait_for
+from tests.fake_ollama import FakeOllama
+
+# A parent that burns CPU in a child it restarts on demand, like `ollama serve` and its runners.
+PARENT = """
+import subprocess, sys, time
+marker = sys.argv[1]
+child = subprocess.Popen([sys.executable, "-c", "import time\\nt=time.time()\\nwhile time.time()-t<30: pass"])
+open(sys.argv[2], "w").write(str(child.pid))
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def fake_server_tree(tmp_path):
+    marker = f"fake-serve-{uuid.uuid4().hex[:8]}"
+    pidfile = tmp_path / "child.pid"
+    proc = subprocess.Popen([sys.executable, "-c", PARENT, marker, str(pidfile)])
+    wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="child start")
+    yield marker, proc, int(pidfile.read_text())
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        p.kill()
+    proc.kill()
+    proc.wait()
+
+
+def test_tree_is_found_and_summed(fake_server_tree):
+    marker, parent, child_pid = fake_server_tree
+    tree = ProcessTree(marker)
+    first = tree.sample()
+    assert first.root_pid == parent.pid and first.processes == 2
+    time.sleep(1.0)
+    second = tree.sample()
+    # The busy child's CPU counts: about a second of CPU in a second (minus scheduling noise).
+    assert second.cpu_seconds_total - first.cpu_seconds_total > 0.3
+    assert second.resident_bytes > 5e6
+
+
+def test_cpu_counter_never_goes_back_when_a_child_exits(fake_server_tree):
+    marker, parent, child_pid = fake_server_tree
+    tree = ProcessTree(marker)
+    time.sleep(0.5)
+    before = tree.sample()
+    child = psutil.Process(child_pid)
+    child.kill()
+
+    def gone():
+        try:
+            return child.status() == psutil.STATUS_ZOMBIE  # the parent has not reaped it yet
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(gone, what="child exit")
+    after = tree.sample()
+    assert after.processes == 1
+    assert after.cpu_seconds_total >= before.cpu_seconds_total
+
+
+def test_no_matching_process_means_no_series():
+    stats = ServerStats([Target(name="remote", url=f"http://127.0.0.1:{free_port()}",
+                                process_match="no-such-process-" + uuid.uuid4().hex)])
+    registry = CollectorRegistry()
+    registry.register(ServerStatsCollector(stats))
+    stats.poll()
+    assert registry.get_sample_value("llm_server_up", {"target": "remote"}) == 0
+    assert registry.get_sample_value("llm_server_process_cpu_seconds_total", {"target": "remote"}) is None
+    assert registry.get_sample_value("llm_server_process_resident_memory_bytes", {"target": "remote"}) is None
+    assert registry.get_sample_value("llm_server_info", {"target": "remote", "version": "0.11.4"}) is None
+
+
+def test_up_info_and_loaded_models_from_the_api():
+    with FakeOllama() as server:
+        server.loaded.add("tiny:latest")
+        stats = ServerStats([Target(name="t", url=server.url, process_match=None)])
+        registry = CollectorRegistry()
+        registry.register(ServerStatsCollector(stats))
+        stats.poll()
+        assert registry.get_sample_value("llm_server_up", {"target": "t"}) == 1
+        assert registry.get_sample_value("llm_server_info", {"target": "t", "version": "0.11.4"}) == 1
+        assert registry.get_sample_value("llm_server_model_loaded_bytes", {"target": "t", "model": "tiny:latest"}) == 1e8
+        assert registry.get_sample_value("llm_server_model_vram_bytes", {"target": "t", "model": "tiny:latest"}) == 0
+    stats.poll()  # the server is gone now
+    assert registry.get_sample_value("llm_server_up", {"target": "t"}) == 0
+    assert registry.get_sample_value("llm_server_model_loaded_bytes", {"target": "t", "model": "tiny:latest"}) is None
