@@ -1,0 +1,482 @@
+"""Grafana dashboards, checked without Grafana.
+
+1. Structure: fixed uid and title, the $datasource/$target/$model/$scenario variables, the
+   datasource variable on every panel and query, units and descriptions, unique panel ids,
+   no overlapping grid positions, no undefined variable in any query.
+2. Data (marker `prometheus`): a real Prometheus on a free loopback port, loaded with the
+   repository's own rule files and a scrape config derived from prometheus/prometheus.yml,
+   scrapes a real exporter process that probes a fake Ollama (a subprocess, so that its
+   process tree is measured too). Then every panel query, every variable query and every
+   recording rule runs through Prometheus' HTTP API, and each must return data.
+"""
+
+import ctypes
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import ROOT, free_port, wait_for
+
+DASH_DIR = os.path.join(ROOT, "grafana", "dashboards")
+PROVISIONING = os.path.join(ROOT, "grafana", "provisioning")
+EXPECTED = {
+    "overview.json": ("ollama-perf-overview", "Ollama performance: Overview"),
+    "experiments.json": ("ollama-perf-experiments", "Ollama performance: Experiments"),
+    "bottlenecks.json": ("ollama-perf-bottlenecks", "Ollama performance: Bottlenecks"),
+}
+DS_UIDS = {"${datasource}", "$datasource"}
+QUERYLESS = {"row", "alertlist", "text"}
+# Grafana's own variables that a query may use, and what the data test puts in their place.
+GLOBALS = {"__rate_interval": "15s", "__interval": "15s", "__range": "5m"}
+VAR_RE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+
+
+def _load(name):
+    with open(os.path.join(DASH_DIR, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _dashboards():
+    return {name: _load(name) for name in sorted(EXPECTED)}
+
+
+def _panels(dash):
+    """Every panel, including those nested in collapsed rows."""
+    for p in dash["panels"]:
+        yield p
+        for inner in p.get("panels", []) or []:
+            yield inner
+
+
+def _variables(dash):
+    return {v["name"]: v for v in dash["templating"]["list"]}
+
+
+# ---------------------------------------------------------------- structure
+
+
+def test_dashboard_files_are_exactly_the_three():
+    assert sorted(os.listdir(DASH_DIR)) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_uid_title_and_variables(name):
+    dash = _load(name)
+    uid, title = EXPECTED[name]
+    assert dash["uid"] == uid and dash["title"] == title
+    assert dash.get("id") is None, "a provisioned dashboard must not carry a database id"
+    assert dash.get("description")
+    assert "ollama-perf" in dash["tags"]
+    vars_ = _variables(dash)
+    ds = vars_["datasource"]
+    assert ds["type"] == "datasource" and ds["query"] == "prometheus"
+    assert ds["current"]["value"] == "prometheus"  # the provisioned uid
+    for var in ("target", "model", "scenario"):
+        v = vars_[var]
+        assert v["type"] == "query" and v["datasource"]["uid"] in DS_UIDS, var
+        assert v["includeAll"] and v["multi"] and v["allValue"] == ".*", var
+        assert "label_values(" in v["definition"], var
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_panel_has_datasource_unit_and_description(name):
+    dash = _load(name)
+    panels = [p for p in _panels(dash) if p["type"] != "row"]
+    assert len(panels) >= 8
+    for p in panels:
+        where = f"{name}: panel {p.get('id')} {p.get('title')!r}"
+        assert p.get("title") and p.get("description"), where
+        assert p.get("datasource", {}).get("uid") in DS_UIDS, where
+        if p["type"] in QUERYLESS:
+            continue
+        assert p["fieldConfig"]["defaults"].get("unit"), f"{where}: no unit"
+        assert p["targets"], f"{where}: no query"
+        for t in p["targets"]:
+            assert t.get("datasource", {}).get("uid") in DS_UIDS, f"{where}: target {t.get('refId')}"
+            assert t.get("expr"), where
+        refs = [t["refId"] for t in p["targets"]]
+        assert len(refs) == len(set(refs)), where
+        for o in p["fieldConfig"].get("overrides", []):
+            if any(prop["id"] == "custom.axisPlacement" for prop in o["properties"]):
+                assert any(prop["id"] == "unit" for prop in o["properties"]), f"{where}: second axis without unit"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_panel_ids_unique_and_grid_positions_do_not_overlap(name):
+    dash = _load(name)
+    panels = list(_panels(dash))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids in {name}"
+    boxes = []
+    for p in panels:
+        g = p["gridPos"]
+        assert g["w"] > 0 and g["h"] > 0 and g["x"] >= 0 and g["y"] >= 0, p["title"]
+        assert g["x"] + g["w"] <= 24, f"{p['title']} is wider than the grid"
+        boxes.append((p["title"], g["x"], g["y"], g["x"] + g["w"], g["y"] + g["h"]))
+    for i, (ta, ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for tb, bx0, by0, bx1, by1 in boxes[i + 1:]:
+            overlap = ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1
+            assert not overlap, f"{name}: {ta!r} overlaps {tb!r}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_queries_use_only_defined_variables(name):
+    dash = _load(name)
+    defined = set(_variables(dash)) | set(GLOBALS)
+    for expr in _all_query_strings(dash):
+        for m in VAR_RE.finditer(expr):
+            var = m.group(1) or m.group(2) or m.group(3)
+            assert var in defined, f"{name}: ${var} in {expr!r}"
+        assert "[[" not in expr, "deprecated [[var]] syntax"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_probe_queries_filter_on_the_dashboard_variables(name):
+    """A probe-metric query that ignores $target/$model/$scenario would show other servers' data."""
+    for p in _panels(_load(name)):
+        for t in p.get("targets", []):
+            for metric in re.findall(r"\b(llm_probe_\w+|\w+:llm_probe_\w+:\w+)\{([^}]*)\}", t["expr"]):
+                selector = metric[1]
+                assert 'target=~"$target"' in selector, f"{p['title']}: {t['expr']}"
+                if not metric[0].startswith(("llm_probe_success", "llm_probe_last_run", "llm_probe_run_duration",
+                                             "llm_probe_skipped_runs")):  # run-level: no model label
+                    assert 'model=~"$model"' in selector, f"{p['title']}: {t['expr']}"
+
+
+def test_every_dashboard_shows_alerts():
+    for name, dash in _dashboards().items():
+        assert any(p["type"] == "alertlist" for p in _panels(dash)), f"{name}: no alert list"
+        annotations = [a for a in dash["annotations"]["list"] if "ALERTS" in a.get("expr", "")]
+        assert annotations and annotations[0]["datasource"]["uid"] in DS_UIDS, name
+
+
+def test_dashboards_cover_the_issue():
+    titles = {name: " | ".join(p["title"] for p in _panels(d)).lower() for name, d in _dashboards().items()}
+    for word in ("time to first token", "time per output token", "end-to-end", "decode", "prefill", "failures by reason",
+                 "probe success", "cold vs warm"):
+        assert word in titles["overview.json"], word
+    for word in ("by case", "temperature", "concurrency"):
+        assert word in titles["experiments.json"], word
+    for word in ("share of end-to-end latency", "cpu", "memory", "loaded model", "vram", "cold starts"):
+        assert word in titles["bottlenecks.json"], word
+
+
+def test_provisioning_points_at_the_dashboards_and_a_fixed_datasource_uid():
+    with open(os.path.join(PROVISIONING, "datasources", "datasources.yml"), encoding="utf-8") as f:
+        ds = yaml.safe_load(f)["datasources"]
+    prom = next(d for d in ds if d["type"] == "prometheus")
+    assert prom["uid"] == "prometheus" and prom["url"] == "http://prometheus:9090" and prom["isDefault"]
+    am = next(d for d in ds if d["type"] == "alertmanager")
+    assert prom["jsonData"]["alertmanagerUid"] == am["uid"]
+    with open(os.path.join(PROVISIONING, "dashboards", "dashboards.yml"), encoding="utf-8") as f:
+        provider = yaml.safe_load(f)["providers"][0]
+    assert provider["type"] == "file" and provider["options"]["path"] == "/etc/grafana/dashboards"
+    compose = yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml"), encoding="utf-8"))
+    assert "./grafana/dashboards:/etc/grafana/dashboards:ro" in compose["services"]["grafana"]["volumes"]
+    # Each alert list shows the alerts of the provisioned Prometheus data source by name.
+    for name, dash in _dashboards().items():
+        for p in _panels(dash):
+            if p["type"] == "alertlist":
+                assert p["options"]["datasource"] == prom["name"], name
+
+
+# ---------------------------------------------------------------- queries
+
+
+def _all_query_strings(dash):
+    for p in _panels(dash):
+        for t in p.get("targets", []):
+            yield t["expr"]
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            yield v["definition"]
+    for a in dash["annotations"]["list"]:
+        if a.get("expr"):
+            yield a["expr"]
+
+
+def _substitute(expr, values):
+    def repl(m):
+        var = m.group(1) or m.group(2) or m.group(3)
+        return values[var]
+
+    return VAR_RE.sub(repl, expr)
+
+
+def _variable_values(dash, concrete=None):
+    """`.*` for the query variables (what "All" sends), each interval variable's default."""
+    values = dict(GLOBALS)
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            values[v["name"]] = ".*"
+        elif v["type"] == "interval":
+            values[v["name"]] = v["current"]["value"]
+        elif v["type"] == "datasource":
+            values[v["name"]] = "prometheus"
+    values.update(concrete or {})
+    return values
+
+
+def _panel_queries(concrete=None, only_with=()):
+    """(where, promql) for every panel query of every dashboard, variables substituted."""
+    out = []
+    for name, dash in _dashboards().items():
+        values = _variable_values(dash, concrete)
+        for p in _panels(dash):
+            for t in p.get("targets", []):
+                if only_with and not any(f"${v}" in t["expr"] or f"${{{v}" in t["expr"] for v in only_with):
+                    continue
+                out.append((f"{name} / {p['title']} / {t['refId']}", _substitute(t["expr"], values)))
+    return out
+
+
+def _recording_rules():
+    rules = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "prometheus", "rules", "*.yml"))):
+        with open(path, encoding="utf-8") as f:
+            for group in yaml.safe_load(f)["groups"]:
+                rules += [r for r in group["rules"] if "record" in r]
+    return rules
+
+
+def _has_data(result):
+    """At least one finite sample: NaN (0/0, a quantile of nothing) is not data."""
+    for series in result:
+        points = series.get("values") or [series.get("value")]
+        for _, value in points:
+            if math.isfinite(float(value)):
+                return True
+    return False
+
+
+# The fake Ollama runs in its own process (named by a unique token that the exporter's
+# process_match finds) and drops its loaded models every few seconds, so cold starts keep
+# happening and the cold-start panels and rules have data too.
+FAKE_LAUNCHER = textwrap.dedent("""\
+    import os, sys, threading, time
+    sys.path.insert(0, sys.argv[3])
+    from tests.fake_ollama import Behavior, FakeOllama
+    srv = FakeOllama(Behavior(tokens=10, token_interval=0.003, first_token_delay=0.01, load_time=0.2),
+                     port=int(sys.argv[2])).start()
+    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+    while True:
+        time.sleep(float(sys.argv[4]))
+        with srv.lock:
+            srv.loaded.clear()
+    """)
+
+
+def _die_with_parent():
+    # Linux: the child gets SIGTERM if this test process dies, so no server outlives the run.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _spawn(args, log_path, **kw):
+    log = open(log_path, "wb")
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
+                            preexec_fn=_die_with_parent, cwd=ROOT, **kw)
+
+
+def _stop(proc):
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def _get(url, **params):
+    try:
+        r = requests.get(url, params=params, timeout=5)
+        return r if r.status_code == 200 else None
+    except requests.RequestException:
+        return None
+
+
+def _exporter_config(fake_url, marker):
+    return textwrap.dedent(f"""\
+        targets:
+          - name: local
+            url: {fake_url}
+            process_match: '{marker}'
+        server_stats: {{interval: 1s}}
+        scenarios:
+          - name: default
+            model: tiny
+            schedule: {{interval: 1s}}
+            timeout: 5s
+            keep_alive: 10m
+            options: {{temperature: 0, num_predict: 10}}
+            cases:
+              short: {{prompt: "What is AI?"}}
+              long: {{prompt: "Describe the architecture of a transformer neural network in detail.", prompt_repeat: 8}}
+          - name: prompt-length
+            model: tiny
+            schedule: {{interval: 2s}}
+            timeout: 5s
+            cases:
+              text: {{prompt: "Large language models turn a prompt into tokens."}}
+            sweep:
+              prompt_repeat: [1, 8]
+          - name: temperature
+            model: tiny
+            schedule: {{interval: 2s}}
+            timeout: 5s
+            cases:
+              medium: {{prompt: "Explain machine learning in simple terms."}}
+            sweep:
+              temperature: [0, 0.7]
+          - name: concurrency
+            model: tiny
+            schedule: {{interval: 2s}}
+            timeout: 5s
+            concurrency: [1, 2, 4]
+            cases:
+              short: {{prompt: "What is AI?"}}
+        """)
+
+
+def _prometheus_config(exporter_addr, prom_addr):
+    """prometheus/prometheus.yml with test addresses, 1s intervals and absolute rule paths."""
+    with open(os.path.join(ROOT, "prometheus", "prometheus.yml"), encoding="utf-8") as f:
+        cfg = yaml.safe_load(f)
+    cfg["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"})
+    cfg["rule_files"] = [os.path.join(ROOT, "prometheus", p) for p in cfg["rule_files"]]
+    cfg.pop("alerting", None)  # no Alertmanager here; the rules still evaluate
+    jobs = []
+    for job in cfg["scrape_configs"]:
+        if job["job_name"] == "ollama-perf-exporter":
+            job["static_configs"] = [{"targets": [exporter_addr]}]
+        elif job["job_name"] == "prometheus":
+            job["static_configs"] = [{"targets": [prom_addr]}]
+        else:
+            continue
+        jobs.append(job)
+    cfg["scrape_configs"] = jobs
+    return cfg
+
+
+@pytest.mark.prometheus
+def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
+    prometheus_bin = shutil.which("prometheus")
+    assert prometheus_bin, "prometheus is not installed: `make test` installs Debian's prometheus package"
+    marker = f"fake-ollama-{uuid.uuid4().hex[:12]}"
+    fake_port, exporter_port, prom_port = free_port(), free_port(), free_port()
+    fake_url = f"http://127.0.0.1:{fake_port}"
+    exporter_addr, prom_addr = f"127.0.0.1:{exporter_port}", f"127.0.0.1:{prom_port}"
+    base = f"http://{prom_addr}"
+    procs = []
+    try:
+        procs.append(_spawn([sys.executable, "-c", FAKE_LAUNCHER, marker, str(fake_port), ROOT, "4"],
+                            tmp_path / "fake.log"))
+        wait_for(lambda: _get(fake_url + "/api/version"), timeout=20, what="fake Ollama")
+
+        cfg = tmp_path / "scenarios.yaml"
+        cfg.write_text(_exporter_config(fake_url, marker))
+        env = {k: v for k, v in os.environ.items() if k != "OLLAMA_HOST"}
+        procs.append(_spawn([sys.executable, "-m", "exporter", "--config.file", str(cfg),
+                             "--web.listen-address", exporter_addr, "--results.file", str(tmp_path / "results.jsonl")],
+                            tmp_path / "exporter.log", env=env))
+        def exporter_measures_the_server():
+            assert procs[-1].poll() is None, "the exporter exited (its log is below)"
+            r = _get(f"http://{exporter_addr}/metrics")
+            return r is not None and "llm_server_processes{" in r.text
+
+        wait_for(exporter_measures_the_server, timeout=30, what="the exporter to measure the fake server's process")
+
+        prom_cfg = tmp_path / "prometheus.yml"
+        prom_cfg.write_text(yaml.safe_dump(_prometheus_config(exporter_addr, prom_addr)))
+        procs.append(_spawn([prometheus_bin, f"--config.file={prom_cfg}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address={prom_addr}", "--log.level=warn"], tmp_path / "prometheus.log"))
+        def prometheus_ready():
+            assert procs[-1].poll() is None, "Prometheus exited (its log is below)"
+            return _get(base + "/-/ready")
+
+        wait_for(prometheus_ready, timeout=30, what="Prometheus to be ready")
+
+        def check_rule_files_loaded():
+            r = _get(base + "/api/v1/rules")
+            groups = r.json()["data"]["groups"] if r else []
+            return groups and all(g["rules"] and all(rule["health"] == "ok" for rule in g["rules"]) for g in groups)
+
+        recording = _recording_rules()
+        queries = [(f"panel {where}", q) for where, q in _panel_queries()]
+        # The same queries with one real target and model picked, as a user would: the filters
+        # must match the exporter's label values (loaded models are named model:latest).
+        concrete = {"target": "local", "model": "tiny"}
+        queries += [(f"panel {where} [{concrete}]", q)
+                    for where, q in _panel_queries(concrete, only_with=("target", "model"))]
+        queries += [(f"rule expr {r['record']}", r["expr"]) for r in recording]
+        queries += [(f"recorded series {r['record']}", r["record"]) for r in recording]
+        # The fake drops its models every few seconds: cold starts must be seen as such.
+        queries += [
+            ("cold TTFT p95", 'target_model_scenario_start:llm_probe_time_to_first_token_seconds:p95_rate10m{start="cold"}'),
+            ("cold starts counted", "target_model:llm_probe_cold_starts:increase1h > 0"),
+            ("every concurrency level", 'count(llm_probe_batch_output_tokens_per_second{scenario="concurrency"}) == 3'),
+        ]
+
+        def missing():
+            """Queries without data now; a PromQL error fails at once."""
+            out = []
+            for where, q in queries:
+                r = requests.get(base + "/api/v1/query", params={"query": q}, timeout=10)
+                body = r.json()
+                assert body.get("status") == "success", f"{where}: {q}\n{body}"
+                if not _has_data(body["data"]["result"]):
+                    out.append(f"{where}: {q}")
+            return out
+
+        # Data accrues from the first scrapes; give it a bounded time, polling.
+        deadline = time.monotonic() + 90
+        left = None
+        while time.monotonic() < deadline:
+            left = missing()
+            if not left and check_rule_files_loaded():
+                break
+            time.sleep(3)
+        assert check_rule_files_loaded(), _get(base + "/api/v1/rules").text
+        assert not left, f"{len(left)} of {len(queries)} queries returned no data:\n" + "\n".join(left)
+
+        # Template variables: label_values(selector, label) must list values.
+        for name, dash in _dashboards().items():
+            values = _variable_values(dash)
+            for v in dash["templating"]["list"]:
+                if v["type"] != "query":
+                    continue
+                m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", _substitute(v["definition"], values))
+                assert m, v["definition"]
+                r = requests.get(f"{base}/api/v1/label/{m.group(2)}/values", params={"match[]": m.group(1)}, timeout=10)
+                assert r.json()["data"], f"{name}: variable {v['name']} has no values"
+
+        # Annotation queries (firing alerts) must at least be valid PromQL; none fire here.
+        for name, dash in _dashboards().items():
+            for a in dash["annotations"]["list"]:
+                if a.get("expr"):
+                    r = requests.get(base + "/api/v1/query", params={"query": a["expr"]}, timeout=10)
+                    assert r.json()["status"] == "success", (name, a["expr"])
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        for log in ("fake.log", "exporter.log", "prometheus.log"):
+            path = tmp_path / log
+            if path.exists() and path.stat().st_size:
+                sys.stderr.write(f"--- {log} (last lines)\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]) + "\n")
