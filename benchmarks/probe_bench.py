@@ -13,9 +13,12 @@ Definitions (all on time.monotonic()):
                Since the probe's TTFT is first - t0 (t0 taken before connecting),
                this equals client TTFT - (server first write - t0): everything the
                client adds to the true time to first token on its receiving side.
-  send delay   server request arrival - client t0: connect, request encoding and
-               transport, plus any wait for the GIL before sending. It is part of
-               the real TTFT a user sees, so it is shown but not counted as error.
+  request out  kernel receive time of the request's last bytes at the server
+               (SO_TIMESTAMPNS, i.e. when the client's send ran) - client t0:
+               connect, request encoding, plus any wait for the GIL before
+               sending. The probe's TTFT clock starts before connecting, so this
+               is inside its TTFT; part of it is real (the TCP handshake), part is
+               the client's own queueing. Shown, not counted as TTFT error.
   gap error    |client gap - server gap| for each pair of consecutive tokens.
   CPU          CPU seconds of this (client) process, all threads, over a load
                window; the server's CPU is in the other process and not counted.
@@ -26,8 +29,9 @@ Clients compared in the same run, on the same server, interleaved:
               one thread per concurrent request as exporter.runner does.
   ollama-py   the `ollama` package: Client(host).generate(..., stream=True), one
               thread per request, a timestamp per yielded chunk; no sinks.
-  engine-old  (only while the engine's reader is being changed) the previous
-              http.client-based reader, for before/after numbers.
+  engine-old  the same engine with the previous stream reader (http.client,
+              timestamps taken in user space after each read):
+              OllamaClient.raw_streaming = False. The before/after of the change.
 """
 
 from __future__ import annotations
@@ -250,7 +254,7 @@ class Cell:
         return [s.recv[0] - log[1][0] for s, log in self.ok_samples()]
 
     def send_delays(self) -> list:
-        return [log[0] - s.t0 for s, log in self.ok_samples()]
+        return [log[2] - s.t0 for s, log in self.ok_samples()]
 
     def gap_errors(self) -> list:
         out = []
@@ -704,7 +708,7 @@ def render(report: dict) -> str:
     out.append("### 1. TTFT error (client first-token time − server first-token write), ms\n")
     out.append("Batches released together as the runner does; server TTFT 10–50 ms, then 10 tokens at 100 tok/s.\n")
     out.append(table(["conc.", "client", "requests", "fail", "TTFT error p50 / p99 / max",
-                      "send delay p50 / p99 / max", "client CPU %"], rows))
+                      "request out p50 / p99 / max", "client CPU %"], rows))
 
     rows = [[r["concurrency"], fmt(r["stream_rate"], 0), r["client"], r["tokens"], dist(r["gap_error"]),
              fmt(r["aggregate_tokens_per_s"], 0), fmt(r["client_cpu_pct_of_core"], 1), r["server_deferred_writes"]]
@@ -827,7 +831,12 @@ def main() -> int:
     report["capacity_max"] = {}
     server = StreamServer()
     try:
-        clients = [EngineClient("engine", server.url), OllamaPyClient(server.url)]
+        clients = [
+            EngineClient("engine", server.url),
+            EngineClient("engine-old", server.url, client_cls=type("HttpClientReader", (OllamaClient,),
+                                                                   {"raw_streaming": False})),
+            OllamaPyClient(server.url),
+        ]
         # Warm both paths (imports, first connections) before measuring.
         for c in clients:
             for i in range(20):

@@ -20,7 +20,9 @@ and the final `done` line carries the server's own timings in nanoseconds.
 
 Endpoints: POST /api/generate, POST /api/chat (streaming), GET /api/version,
 GET /api/ps, and GET /_bench/drain, which returns and forgets the write logs:
-    {"logs": {id: [arrival, [write, write, ...]]}, "deferred": n, "max_late_s": x}
+    {"logs": {id: [arrival, [write, write, ...], wire]}, "deferred": n, "max_late_s": x}
+where `arrival` is when this loop had parsed the request and `wire` the kernel's
+receive time of its last bytes (= arrival where kernel stamps are unavailable).
 `deferred` counts token writes that found the socket buffer full and had to wait
 (their logged time is then earlier than when the bytes really left); it should be 0.
 
@@ -34,8 +36,25 @@ import heapq
 import json
 import selectors
 import socket
+import struct
 import sys
 import time
+
+# Kernel receive timestamps (Linux, generic socket option numbers): when the request's
+# last bytes reached this host, i.e. when the client's send() ran, free of this loop's delays.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux" else None)
+
+
+def wall_offset_ns() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC: the tightest of several bracketed readings."""
+    best = None
+    for _ in range(5):
+        a = time.monotonic_ns()
+        wall = time.time_ns()
+        b = time.monotonic_ns()
+        if best is None or b - a < best[0]:
+            best = (b - a, wall - (a + b) // 2)
+    return best[1]
 
 MODEL = "bench"
 CREATED = "2025-01-01T00:00:00.000000000Z"
@@ -85,7 +104,7 @@ def parse_prompt(prompt: str) -> dict:
 
 class Conn:
     __slots__ = ("sock", "inbuf", "out", "closing", "id", "n", "i", "interval", "due", "writes", "arrival",
-                 "token", "chat", "first_at", "prompt_tokens")
+                 "token", "chat", "first_at", "prompt_tokens", "wire")
 
     def __init__(self, sock):
         self.sock = sock
@@ -109,6 +128,7 @@ class Server:
         self.logs: dict = {}
         self.deferred = 0
         self.max_late = 0.0
+        self.offset_ns = wall_offset_ns()  # wall clock steps during a benchmark run are not expected
 
     @property
     def port(self) -> int:
@@ -123,6 +143,11 @@ class Server:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if SO_TIMESTAMPNS is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                except OSError:
+                    pass
             self.sel.register(sock, EVENT_READ, Conn(sock))
 
     def _close(self, c: Conn) -> None:
@@ -172,8 +197,16 @@ class Server:
             self._close(c)
 
     def _read(self, c: Conn) -> None:
+        wire = None
         try:
-            data = c.sock.recv(65536)
+            if SO_TIMESTAMPNS is not None:
+                data, anc, _, _ = c.sock.recvmsg(65536, 64)
+                for level, kind, raw in anc:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+                        sec, nsec = struct.unpack_from("qq", raw)
+                        wire = (sec * 1_000_000_000 + nsec - self.offset_ns) * 1e-9
+            else:
+                data = c.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -199,6 +232,7 @@ class Server:
         if len(body) < length:
             return
         arrival = time.monotonic()
+        c.wire = wire if wire is not None else arrival
         self._dispatch(c, method, path.split("?", 1)[0], body[:length], arrival)
 
     # ---- requests ----
@@ -228,7 +262,7 @@ class Server:
             c.token = CHAT_TOKEN if chat else GEN_TOKEN
             c.prompt_tokens = len(prompt.split())
             c.due = arrival + spec["ttft"]
-            self.logs[c.id] = [arrival, c.writes]
+            self.logs[c.id] = [arrival, c.writes, c.wire]
             heapq.heappush(self.heap, (c.due, self.seq, c))
             return
         if path == "/api/version":

@@ -1,10 +1,15 @@
 """The only module that knows Ollama's wire format.
 
-Streaming uses http.client directly rather than the `ollama` package: each
-read returns whatever the server has flushed (one NDJSON chunk per token), with
-no pydantic model built per line and no extra buffering between the socket and
-the clock that timestamps a token. Control-plane calls (version, running
-models, show) go through the same connection code so that timeouts, auth and
+The measured path (streaming generate/chat over plain HTTP) reads the socket
+directly: it sends the request bytes itself, parses the status line, headers and
+chunked body itself, and on Linux asks the kernel to stamp every received segment
+(SO_TIMESTAMPNS). A chunk's `received` time is therefore when its bytes reached
+this host, not when a Python thread got around to reading them: neither a busy
+GIL (many concurrent probes, a /metrics render) nor a slow wake-up of the reading
+thread adds to TTFT or to the gaps between tokens. Without kernel stamps (other
+systems, or a stamp that fails its sanity check) the time is taken right after
+the read returns, before any parsing. HTTPS streams, and control-plane calls
+(version, running models, show), use http.client, so that timeouts, auth and
 error mapping live in one place.
 """
 
@@ -14,7 +19,10 @@ import base64
 import http.client
 import json
 import os
+import platform
 import socket
+import struct
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -25,6 +33,47 @@ from .config import Auth, Target
 CONTROL_TIMEOUT_S = 10.0
 MAX_ERROR_BODY = 64 * 1024
 MAX_LINE = 16 * 1024 * 1024  # a chunk line this long means the server is not speaking NDJSON
+MAX_HEAD = 64 * 1024  # status line and headers of a response
+READ_SIZE = 65536
+
+
+def _timestamp_option() -> Optional[int]:
+    """SO_TIMESTAMPNS on Linux architectures that use the generic socket option numbers."""
+    value = getattr(socket, "SO_TIMESTAMPNS", None)
+    if value is not None:
+        return value
+    if sys.platform != "linux" or not hasattr(socket.socket, "recvmsg"):
+        return None
+    if platform.machine().lower().startswith(("sparc", "parisc", "alpha", "mips")):
+        return None  # different numbering there; fall back to user-space timestamps
+    return 35
+
+
+SO_TIMESTAMPNS = _timestamp_option()
+_ANCILLARY_SIZE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
+_wall_offset = (0, -(10**18))  # (CLOCK_REALTIME - CLOCK_MONOTONIC in ns, monotonic ns when measured)
+
+
+def _wall_to_monotonic_offset(now_ns: int) -> int:
+    """CLOCK_REALTIME minus CLOCK_MONOTONIC, in ns; re-measured at most once a second.
+
+    Both clocks are slewed alike by NTP; their difference changes only when the wall
+    clock is stepped. Reading the two clocks is bracketed and the tightest of three
+    tries kept, so that a thread preempted between two reads does not skew it.
+    """
+    global _wall_offset
+    offset, measured = _wall_offset
+    if now_ns - measured < 1_000_000_000:
+        return offset
+    best = None
+    for _ in range(3):
+        a = time.monotonic_ns()
+        wall = time.time_ns()
+        b = time.monotonic_ns()
+        if best is None or b - a < best[0]:
+            best = (b - a, wall - (a + b) // 2)
+    _wall_offset = (best[1], now_ns)
+    return best[1]
 
 
 class OllamaError(Exception):
@@ -103,6 +152,31 @@ def _reason_for_stream_error(message: str) -> str:
     return "stream_error"
 
 
+def _chunk_from_line(line: bytes, received: float, chat: bool) -> Optional[StreamChunk]:
+    """One NDJSON line -> a StreamChunk (None for a blank line); raises OllamaError for an error line."""
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise OllamaError("malformed_response", "stream line is not JSON") from None
+    if not isinstance(obj, dict):
+        raise OllamaError("malformed_response", "stream line is not a JSON object")
+    err = obj.get("error")
+    if err is not None:
+        message = str(err)
+        raise OllamaError(_reason_for_stream_error(message), f"error in stream: {message}")
+    if chat:
+        msg = obj.get("message") or {}
+        if not isinstance(msg, dict):
+            raise OllamaError("malformed_response", "chat chunk has no message object")
+        text, thinking = msg.get("content"), msg.get("thinking")
+    else:
+        text, thinking = obj.get("response"), obj.get("thinking")
+    text_len = (len(text) if isinstance(text, str) else 0) + (len(thinking) if isinstance(thinking, str) else 0)
+    return StreamChunk(received, text_len, obj if obj.get("done") is True else None)
+
+
 def _close(conn, resp, sock) -> None:
     """Release the descriptor now, not at garbage collection: the response holds its own reference."""
     if resp is not None:
@@ -121,6 +195,7 @@ class OllamaClient:
         self._base_path = parts.path.rstrip("/")
         self._auth = target.auth
         self._auth_headers: Optional[dict[str, str]] = None
+        self._bodies: dict[tuple, tuple[str, bytes]] = {}
 
     @property
     def host(self) -> str:
@@ -214,6 +289,41 @@ class OllamaClient:
         self.request_json("POST", "/api/generate", {"model": model, "keep_alive": 0, "stream": False}, timeout=60)
 
     # ---- the measured path ----
+    # False: read streams through http.client with user-space timestamps (always the case
+    # for https). Kept as a switch so that benchmarks/probe_bench.py can compare both readers.
+    raw_streaming = True
+
+    def _request_body(self, api, model, prompt, system, options, keep_alive, think) -> tuple[str, bytes]:
+        """The request path and JSON body, encoded once per distinct request and reused.
+
+        A scenario sends the same case many times, and a long prompt takes milliseconds
+        to encode: work that would otherwise sit inside every measured TTFT.
+        """
+        key = (api, model, prompt, system, json.dumps(options, sort_keys=True) if options else None,
+               repr(keep_alive), think)
+        cached = self._bodies.get(key)
+        if cached is not None:
+            return cached
+        if api == "chat":
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+            path = "/api/chat"
+        else:
+            body = {"model": model, "prompt": prompt, "stream": True}
+            if system:
+                body["system"] = system
+            path = "/api/generate"
+        if options:
+            body["options"] = options
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        if think is not None:
+            body["think"] = think
+        if len(self._bodies) >= 64:
+            self._bodies.clear()
+        result = self._bodies[key] = (path, json.dumps(body).encode())
+        return result
+
     def stream(
         self,
         api: str,
@@ -231,24 +341,74 @@ class OllamaClient:
         Raises OllamaError with a failure reason for every way the request can go
         wrong, including an error line inside a 200 stream and a stream that ends
         without its final `done` chunk. The whole request is bounded by `timeout`.
+        Each chunk's `received` is on the time.monotonic() clock: the kernel's receive
+        time of the bytes that completed its line where available (see the module doc).
         """
         deadline = time.monotonic() + timeout
-        if api == "chat":
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
-            path = "/api/chat"
-        else:
-            body = {"model": model, "prompt": prompt, "stream": True}
-            if system:
-                body["system"] = system
-            path = "/api/generate"
-        if options:
-            body["options"] = options
-        if keep_alive is not None:
-            body["keep_alive"] = keep_alive
-        if think is not None:
-            body["think"] = think
+        path, data = self._request_body(api, model, prompt, system, options, keep_alive, think)
+        chat = api == "chat"
+        if self._https or not self.raw_streaming:
+            yield from self._stream_http_client(path, data, deadline, timeout, chat)
+            return
+        sock = self._open_socket(min(timeout, CONTROL_TIMEOUT_S * 3))
+        try:
+            reader = _RawResponse(sock, deadline, self._host, self._port)
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            # Nothing of the answer can arrive before the request starts to go out.
+            reader.floor = time.monotonic()
+            try:
+                sock.sendall(self._request_head(path, len(data)) + data)
+            except socket.timeout:
+                raise OllamaError("timeout", f"no response from {self._host}:{self._port} within the timeout") from None
+            except OSError as exc:
+                raise OllamaError("connection", f"request to {self._host}:{self._port} failed: {exc!r}") from None
+            status = reader.read_head()
+            if not 200 <= status < 300:
+                body = reader.read_error_body(MAX_ERROR_BODY)
+                message = _error_message(body)
+                raise OllamaError(_reason_for_status(status, message), f"HTTP {status}: {message}", status)
+            yield from reader.chunks(chat)
+        finally:
+            sock.close()
 
+    def _open_socket(self, timeout: float) -> socket.socket:
+        try:
+            sock = socket.create_connection((self._host, self._port), timeout=timeout)
+        except socket.timeout:
+            raise OllamaError("timeout", f"connect to {self._host}:{self._port} timed out") from None
+        except OSError as exc:
+            raise OllamaError("connection", f"cannot connect to {self._host}:{self._port}: {exc}") from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if SO_TIMESTAMPNS is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                except OSError:
+                    pass  # user-space timestamps then
+        except OSError as exc:
+            sock.close()
+            raise OllamaError("connection", f"cannot connect to {self._host}:{self._port}: {exc}") from None
+        return sock
+
+    def _request_head(self, path: str, length: int) -> bytes:
+        if self._auth_headers is None:
+            self._auth_headers = auth_headers(self._auth)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        if self._port != 80:
+            host = f"{host}:{self._port}"
+        lines = [
+            f"POST {self._base_path}{path} HTTP/1.1",
+            f"Host: {host}",
+            "Accept-Encoding: identity",
+            "Accept: application/x-ndjson, application/json",
+            "Content-Type: application/json",
+            f"Content-Length: {length}",
+        ]
+        lines += [f"{k}: {v}" for k, v in self._auth_headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _stream_http_client(self, path: str, data: bytes, deadline: float, timeout: float, chat: bool) -> Iterator[StreamChunk]:
+        """The http.client reader: timestamps taken after each read returns, in user space."""
         conn = self._connect(min(timeout, CONTROL_TIMEOUT_S * 3))
         # Keep our own reference: http.client drops conn.sock when the server says
         # "Connection: close", while the response still reads from it.
@@ -256,24 +416,35 @@ class OllamaClient:
         resp = None
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            resp = self._send(conn, "POST", path, body)
+            resp = self._send_bytes(conn, "POST", path, data)
             self._check_status(resp)
-            yield from self._read_stream(sock, resp, deadline, api == "chat")
+            yield from self._read_stream(sock, resp, deadline, chat)
         finally:
             _close(conn, resp, sock)
 
+    def _send_bytes(self, conn, method: str, path: str, data: bytes) -> http.client.HTTPResponse:
+        if self._auth_headers is None:
+            self._auth_headers = auth_headers(self._auth)
+        headers = {"Accept": "application/x-ndjson, application/json", "Content-Type": "application/json",
+                   **self._auth_headers}
+        try:
+            conn.request(method, self._base_path + path, body=data, headers=headers)
+            return conn.getresponse()
+        except socket.timeout:
+            raise OllamaError("timeout", f"no response from {self._host}:{self._port} within the timeout") from None
+        except (http.client.HTTPException, OSError) as exc:
+            raise OllamaError("connection", f"request to {self._host}:{self._port} failed: {exc!r}") from None
+
     def _read_stream(self, sock, resp, deadline: float, chat: bool) -> Iterator[StreamChunk]:
         buf = b""
-        done = False
         monotonic = time.monotonic
-        loads = json.loads
-        while not done:
+        while True:
             remaining = deadline - monotonic()
             if remaining <= 0:
                 raise OllamaError("timeout", "request exceeded its timeout while streaming")
             sock.settimeout(remaining)
             try:
-                data = resp.read1(65536)
+                data = resp.read1(READ_SIZE)
             except socket.timeout:
                 raise OllamaError("timeout", "request exceeded its timeout while streaming") from None
             except (OSError, http.client.HTTPException) as exc:
@@ -288,28 +459,216 @@ class OllamaClient:
                 raise OllamaError("malformed_response", "line too long for NDJSON")
             *lines, buf = buf.split(b"\n")
             for line in lines:
-                if not line.strip():
+                chunk = _chunk_from_line(line, received, chat)
+                if chunk is None:
                     continue
-                try:
-                    obj = loads(line)
-                except ValueError:
-                    raise OllamaError("malformed_response", "stream line is not JSON") from None
-                if not isinstance(obj, dict):
-                    raise OllamaError("malformed_response", "stream line is not a JSON object")
-                err = obj.get("error")
-                if err is not None:
-                    message = str(err)
-                    raise OllamaError(_reason_for_stream_error(message), f"error in stream: {message}")
-                if chat:
-                    msg = obj.get("message") or {}
-                    if not isinstance(msg, dict):
-                        raise OllamaError("malformed_response", "chat chunk has no message object")
-                    text, thinking = msg.get("content"), msg.get("thinking")
-                else:
-                    text, thinking = obj.get("response"), obj.get("thinking")
-                text_len = (len(text) if isinstance(text, str) else 0) + (len(thinking) if isinstance(thinking, str) else 0)
-                if obj.get("done") is True:
-                    done = True
-                    yield StreamChunk(received, text_len, obj)
+                yield chunk
+                if chunk.final is not None:
+                    return
+
+
+class _RawResponse:
+    """An HTTP/1.1 response read straight from the socket, each read stamped with its arrival time."""
+
+    def __init__(self, sock: socket.socket, deadline: float, host: str, port: int):
+        self.sock = sock
+        self.deadline = deadline
+        self.where = f"{host}:{port}"
+        self.stamped = SO_TIMESTAMPNS is not None
+        self.floor = 0.0  # stamps earlier than this (the request's send, the previous read) are not believed
+        self.pending = b""  # bytes read but not yet consumed
+        self.chunked = False
+        self.length: Optional[int] = None  # Content-Length, when not chunked
+        self.eof = False
+
+    # ---- reads ----
+    def _read(self, timeout_reason: str, timeout_message: str) -> tuple[bytes, float]:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise OllamaError("timeout", timeout_message)
+        sock = self.sock
+        sock.settimeout(remaining)
+        try:
+            if self.stamped:
+                data, ancillary, _flags, _addr = sock.recvmsg(READ_SIZE, _ANCILLARY_SIZE)
+            else:
+                data, ancillary = sock.recv(READ_SIZE), None
+        except socket.timeout:
+            raise OllamaError(timeout_reason, timeout_message) from None
+        except OSError as exc:
+            raise OllamaError("stream_error", f"stream broke: {exc!r}") from None
+        now_ns = time.monotonic_ns()
+        received = now_ns * 1e-9
+        if ancillary:
+            for level, kind, raw in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    if len(raw) >= 16:
+                        sec, nsec = struct.unpack_from("qq", raw)
+                    elif len(raw) >= 8:
+                        sec, nsec = struct.unpack_from("ii", raw)
+                    else:
+                        break
+                    # The kernel stamps with the wall clock; move it onto the monotonic clock.
+                    stamp = (sec * 1_000_000_000 + nsec - _wall_to_monotonic_offset(now_ns)) * 1e-9
+                    # Sanity: not in the future, not before the request went out or the previous
+                    # read (beyond the jitter of the clock conversion); else the read's own time.
+                    if self.floor - 0.001 <= stamp <= received:
+                        received = stamp
                     break
-                yield StreamChunk(received, text_len, None)
+        if received < self.floor:
+            received = self.floor
+        self.floor = received
+        return data, received
+
+    def read_head(self) -> int:
+        """Read the status line and headers (skipping 1xx); return the status. Body bytes stay pending."""
+        buf = b""
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head, buf = buf[:end], buf[end + 4:]
+                status = self._parse_head(head)
+                if 100 <= status < 200:
+                    continue
+                self.pending = buf
+                return status
+            if len(buf) > MAX_HEAD:
+                raise OllamaError("connection", f"request to {self.where} failed: response headers too long")
+            try:
+                data, _ = self._read(
+                    "timeout", f"no response from {self.where} within the timeout")
+            except OllamaError as exc:
+                if exc.reason == "stream_error":
+                    raise OllamaError("connection", f"request to {self.where} failed: {exc.message}") from None
+                raise
+            if not data:
+                raise OllamaError(
+                    "connection",
+                    f"request to {self.where} failed: RemoteDisconnected('Remote end closed connection without response')",
+                )
+            buf += data
+
+    def _parse_head(self, head: bytes) -> int:
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise OllamaError("connection", f"request to {self.where} failed: BadStatusLine({lines[0][:100]!r})")
+        status = int(parts[1])
+        self.chunked = False
+        self.length = None
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "transfer-encoding":
+                self.chunked = value.strip().lower().endswith("chunked")
+            elif name == "content-length":
+                try:
+                    self.length = int(value.strip())
+                except ValueError:
+                    raise OllamaError("connection", f"request to {self.where} failed: bad Content-Length") from None
+        if self.chunked:
+            self.length = None
+        return status
+
+    # ---- bodies ----
+    def _body_reads(self, timeout_message: str) -> Iterator[tuple[bytes, float]]:
+        """(body bytes, arrival time) pieces with the transfer framing removed; ends at the end of the body.
+
+        A chunked body cut off before its last chunk raises stream_error, as http.client does.
+        """
+        received = self.floor
+        data = self.pending
+        self.pending = b""
+        need = 0  # bytes left of the current chunk's data
+        crlf = 0  # bytes left of the CRLF that ends a chunk
+        raw = b""
+        left = self.length
+        if left == 0 and not self.chunked:
+            return
+        while True:
+            if data:
+                if not self.chunked:
+                    if left is not None:
+                        data = data[:left]
+                        left -= len(data)
+                    yield data, received
+                    if left == 0:
+                        return
+                else:
+                    raw += data
+                    pos = 0
+                    out = []
+                    end = len(raw)
+                    while pos < end:
+                        if need:
+                            take = min(need, end - pos)
+                            out.append(raw[pos:pos + take])
+                            pos += take
+                            need -= take
+                            if not need:
+                                crlf = 2
+                        elif crlf:
+                            take = min(crlf, end - pos)
+                            pos += take
+                            crlf -= take
+                        else:
+                            nl = raw.find(b"\n", pos)
+                            if nl < 0:
+                                if end - pos > 4096:
+                                    raise OllamaError("stream_error", "stream broke: chunk size line too long")
+                                break
+                            try:
+                                size = int(raw[pos:nl].split(b";", 1)[0], 16)
+                            except ValueError:
+                                raise OllamaError("stream_error", "stream broke: bad chunk size") from None
+                            if size < 0:
+                                raise OllamaError("stream_error", "stream broke: bad chunk size")
+                            pos = nl + 1
+                            if size == 0:  # the last chunk; trailers do not matter
+                                if out:
+                                    yield b"".join(out), received
+                                return
+                            need = size
+                    raw = raw[pos:]
+                    if out:
+                        yield (out[0] if len(out) == 1 else b"".join(out)), received
+            data, received = self._read("timeout", timeout_message)
+            if not data:
+                if self.chunked:
+                    raise OllamaError("stream_error", "stream broke: connection closed inside the chunked body")
+                return
+
+    def read_error_body(self, limit: int) -> bytes:
+        body = b""
+        try:
+            for data, _ in self._body_reads("error body timed out"):
+                body += data
+                if len(body) >= limit:
+                    break
+        except OllamaError:
+            pass
+        return body[:limit]
+
+    def chunks(self, chat: bool) -> Iterator[StreamChunk]:
+        buf = b""
+        timeout = "request exceeded its timeout while streaming"
+        for data, received in self._body_reads(timeout):
+            if b"\n" not in data:
+                buf += data
+                if len(buf) > MAX_LINE:
+                    raise OllamaError("malformed_response", "line too long for NDJSON")
+                continue
+            *lines, rest = (buf + data).split(b"\n")
+            buf = rest
+            for line in lines:
+                chunk = _chunk_from_line(line, received, chat)
+                if chunk is None:
+                    continue
+                yield chunk
+                if chunk.final is not None:
+                    return
+            if len(buf) > MAX_LINE:
+                raise OllamaError("malformed_response", "line too long for NDJSON")
+        if buf.strip():
+            raise OllamaError("malformed_response", "stream ended inside a line")
+        raise OllamaError("stream_error", "stream ended before the final done chunk")

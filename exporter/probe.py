@@ -63,6 +63,7 @@ def run_probe(
     chunks = 0
     chars = 0
     final: Optional[dict[str, Any]] = None
+    final_received = 0.0
     try:
         for chunk in client.stream(
             scenario.api,
@@ -85,7 +86,10 @@ def run_probe(
                 chars += chunk.text_len
             if chunk.final is not None:
                 final = chunk.final
-        end = time.monotonic()
+                final_received = chunk.received
+        # End-to-end ends when the done line arrived, on the same clock as the tokens
+        # (kernel receive time where available), not when this thread finished with it.
+        end = final_received if final is not None else time.monotonic()
         if final is None:  # the client raises before this; kept as a guard for future edits
             raise OllamaError("stream_error", "stream ended before the final done chunk")
         if chunks == 0:
