@@ -41,11 +41,33 @@ def _exporter_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--results.file", dest="results_file", metavar="PATH", help="append every result record to this JSON-lines file")
     p.add_argument(
+        "--results.max-size", dest="results_max_size", type=_size, default=None, metavar="SIZE",
+        help="rotate the results file at this size (e.g. 100MB; default: never)",
+    )
+    p.add_argument(
+        "--results.keep", dest="results_keep", type=int, default=5, metavar="N",
+        help="rotated results files to keep (default: 5)",
+    )
+    p.add_argument(
         "--shutdown.grace", dest="shutdown_grace", type=float, default=10.0, metavar="SECONDS",
         help="on SIGTERM, how long to let requests in flight finish (default: 10)",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+def _size(value: str) -> int:
+    units = {"": 1, "B": 1, "KB": 1024, "K": 1024, "MB": 1024**2, "M": 1024**2, "GB": 1024**3, "G": 1024**3}
+    text = value.strip().upper()
+    number = text.rstrip("KMGB")
+    unit = text[len(number):]
+    try:
+        size = int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"expected a size such as 50MB, got {value!r}") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError("size must be positive")
+    return size
 
 
 def _bench_parser() -> argparse.ArgumentParser:
@@ -101,7 +123,10 @@ def run_exporter(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     log = logging.getLogger("exporter")
-    exporter = Exporter(args.config_file, config, results_path=args.results_file)
+    exporter = Exporter(
+        args.config_file, config, results_path=args.results_file,
+        results_max_bytes=args.results_max_size, results_keep=args.results_keep,
+    )
     try:
         server = HTTPServer(exporter, host, port)
     except OSError as exc:

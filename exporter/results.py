@@ -173,8 +173,12 @@ class ResultsWriter:
     counted, never raised into the probe.
     """
 
-    def __init__(self, path: str | os.PathLike, on_error=None):
+    def __init__(self, path: str | os.PathLike, on_error=None, max_bytes: Optional[int] = None, keep: int = 5):
         self.path = Path(path)
+        # Size-based rotation: PATH -> PATH.1 -> ... -> PATH.<keep>; the oldest is dropped.
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._size = 0
         self._lock = threading.Lock()
         self._fd: Optional[int] = None
         self._on_error = on_error
@@ -186,14 +190,27 @@ class ResultsWriter:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._size = os.fstat(self._fd).st_size
             # A previous crash may have left a torn line without its newline: end it,
             # so our first record starts on a line of its own.
-            if os.fstat(self._fd).st_size > 0:
+            if self._size > 0:
                 with open(self.path, "rb") as f:
                     f.seek(-1, os.SEEK_END)
                     if f.read(1) != b"\n":
-                        os.write(self._fd, b"\n")
+                        self._size += os.write(self._fd, b"\n")
         return self._fd
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        self._fd = None
+        if self.keep < 1:
+            os.unlink(self.path)
+            return
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
 
     def write(self, record: ProbeResult) -> bool:
         line = (json.dumps(record.to_dict(), separators=(",", ":"), allow_nan=False) + "\n").encode()
@@ -203,10 +220,14 @@ class ResultsWriter:
                 return False
             try:
                 fd = self._open()
+                if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
+                    self._rotate()
+                    fd = self._open()
                 view = memoryview(line)
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
+                    self._size += n
                 self.lines_written += 1
                 return True
             except (OSError, ValueError) as exc:

@@ -100,12 +100,19 @@ class ScenarioRunner:
         self._batch_seq = 0
         self._requests = 0
         self._failures = 0
+        # Batch threads hand over their results as they finish (so a shutdown mid-batch
+        # keeps every finished request); sinks see one result at a time.
+        self._emit_lock = threading.Lock()
 
     def planned_requests(self) -> int:
         s = self.scenario
         return len(s.cases) * s.repeats * sum(s.concurrency)
 
     def _emit(self, result: ProbeResult) -> None:
+        with self._emit_lock:
+            self._emit_locked(result)
+
+    def _emit_locked(self, result: ProbeResult) -> None:
         self._requests += 1
         if not result.ok:
             self._failures += 1
@@ -153,9 +160,10 @@ class ScenarioRunner:
                 barrier.wait(timeout=30)
             except threading.BrokenBarrierError:
                 pass
-            results[i] = run_probe(
-                self.client, self.scenario, case, concurrency=level, batch=batch_id, run_id=self.run_id
-            )
+            r = run_probe(self.client, self.scenario, case, concurrency=level, batch=batch_id, run_id=self.run_id)
+            _label_start(r, loaded)
+            self._emit(r)
+            results[i] = r
 
         threads = [threading.Thread(target=one, args=(i,), name=f"probe-{self.scenario.name}-{i}", daemon=True) for i in range(level)]
         for t in threads:
@@ -163,11 +171,7 @@ class ScenarioRunner:
         for t in threads:
             # A probe is bounded by the scenario timeout; the margin covers connect and thread start.
             t.join(self.scenario.timeout + 60)
-        done = [r for r in results if r is not None]
-        for r in done:
-            _label_start(r, loaded)
-            self._emit(r)
-        self._emit_batch(case, level, done)
+        self._emit_batch(case, level, [r for r in results if r is not None])
 
     def _emit_batch(self, case: Case, level: int, results: list[ProbeResult]) -> None:
         summary = BatchSummary(

@@ -45,6 +45,8 @@ class Exporter:
         config: Config,
         results_path: Optional[str] = None,
         registry: Optional[CollectorRegistry] = None,
+        results_max_bytes: Optional[int] = None,
+        results_keep: int = 5,
     ):
         self.config_path = config_path
         self.config = config
@@ -53,7 +55,7 @@ class Exporter:
         self.exporter_metrics = ExporterMetrics(self.registry)
         self.server_stats = ServerStats(config.targets)
         self.registry.register(ServerStatsCollector(self.server_stats))
-        self.writer = ResultsWriter(results_path) if results_path else None
+        self.writer = ResultsWriter(results_path, max_bytes=results_max_bytes, keep=results_keep) if results_path else None
         sinks: list = [self.probe_metrics]
         if self.writer:
             sinks.append(ResultsSink(self.writer, self.exporter_metrics))

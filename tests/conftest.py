@@ -79,3 +79,56 @@ def real_ollama(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+class ExporterProcess:
+    """`python -m exporter` on port 0; the real port is read from its start-up log line."""
+
+    def __init__(self, args, env=None, timeout=60.0):
+        import re
+        import subprocess
+        import threading
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--web.listen-address", "127.0.0.1:0", *args],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        pattern = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+        found = wait_for(lambda: next((m for m in map(pattern.search, list(self.lines)) if m), None)
+                         or (self.proc.poll() is not None and "exited"), timeout=timeout, what="exporter start")
+        if found == "exited":
+            raise AssertionError("exporter exited at start:\n" + "".join(self.lines))
+        self.port = int(found.group(1))
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def scrape(self) -> str:
+        import requests
+
+        try:
+            return requests.get(self.base + "/metrics", timeout=5).text
+        except requests.RequestException:
+            return ""
+
+    def stop(self, sig=None, timeout=30) -> int:
+        import signal as _signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or _signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(5)
+        return self.proc.returncode

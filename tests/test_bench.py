@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from exporter.config import load_file, load_text
+from exporter.config import load_text
 from exporter.report.bench import run_bench
 from exporter.results import read_results
 from tests.conftest import ROOT

@@ -1,11 +1,9 @@
 """The exporter as a whole: HTTP endpoints, reload, scrape lint, and the real process with signals."""
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -14,7 +12,7 @@ from exporter.config import load_file
 from exporter.http import HTTPServer
 from exporter.results import read_results
 from exporter.service import Exporter
-from tests.conftest import ROOT, free_port, scenario_yaml, wait_for
+from tests.conftest import ROOT, ExporterProcess, scenario_yaml, wait_for
 from tests.fake_ollama import Behavior, FakeOllama
 
 CONTRACT = [
@@ -135,39 +133,22 @@ def test_skipped_runs_are_counted(tmp_path):
             exporter.shutdown(5)
 
 
-def _spawn(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "exporter", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
-
-
 def test_process_reloads_on_sighup_and_stops_cleanly_on_sigterm(tmp_path):
     with FakeOllama(Behavior(tokens=4, token_interval=0.01)) as server:
         cfg = tmp_path / "c.yaml"
         cfg.write_text(scenario_yaml(server.url, extra="repeats: 3\n"))
         results = tmp_path / "results.jsonl"
-        port = free_port()
-        proc = _spawn(["--config.file", str(cfg), "--web.listen-address", f"127.0.0.1:{port}", "--results.file", str(results)])
+        exp = ExporterProcess(["--config.file", str(cfg), "--results.file", str(results)])
         try:
-            base = f"http://127.0.0.1:{port}"
-
-            def scrape():
-                try:
-                    return requests.get(base + "/metrics", timeout=2).text
-                except requests.ConnectionError:
-                    return ""
-
-            wait_for(lambda: 'llm_probe_success{scenario="s",target="t1"} 1.0' in scrape(), what="first run")
+            wait_for(lambda: 'llm_probe_success{scenario="s",target="t1"} 1.0' in exp.scrape(), what="first run")
             cfg.write_text("scenarios: [[[")
-            proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: "llm_exporter_config_last_reload_successful 0.0" in scrape(), what="refused reload")
-            assert requests.get(base + "/-/ready", timeout=2).status_code == 200
-            proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=30)
+            exp.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "llm_exporter_config_last_reload_successful 0.0" in exp.scrape(), what="refused reload")
+            assert requests.get(exp.base + "/-/ready", timeout=2).status_code == 200
         finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 0, out
-        assert "reload refused" in out and "invalid YAML" in out
+            code = exp.stop(signal.SIGTERM)
+        assert code == 0, exp.output
+        assert "reload refused" in exp.output and "invalid YAML" in exp.output
         data = results.read_bytes()
         assert data.endswith(b"\n") and len(list(read_results(results))) == 3
 
@@ -175,7 +156,7 @@ def test_process_reloads_on_sighup_and_stops_cleanly_on_sigterm(tmp_path):
 def test_bad_config_exits_non_zero_and_starts_nothing(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("scenarios: [{name: s, model: m, cases: {a: {prompt: p}}, repeets: 2}]")
-    port = free_port()
-    proc = _spawn(["--config.file", str(cfg), "--web.listen-address", f"127.0.0.1:{port}"])
-    out, _ = proc.communicate(timeout=30)
+    proc = subprocess.run([sys.executable, "-m", "exporter", "--config.file", str(cfg)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    out = proc.stderr
     assert proc.returncode == 1 and "scenarios[0].repeets: unknown key" in out

@@ -196,36 +196,21 @@ def test_cli_with_default_scenarios_serves_every_contract_metric(real_ollama, tm
     import os
     import shutil
     import subprocess
-    import sys
-
-    import requests
-
-    from tests.conftest import ROOT, wait_for
+    from tests.conftest import ExporterProcess, wait_for
     from tests.test_exporter import CONTRACT
 
-    port = free_port()
     env = dict(os.environ, OLLAMA_HOST=f"127.0.0.1:{real_ollama.port}", OLLAMA_PERF_MODEL=MODEL)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--config.file", "scenarios/default.yaml",
-         "--web.listen-address", f"127.0.0.1:{port}", "--results.file", str(tmp_path / "r.jsonl")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    exp = ExporterProcess(["--config.file", "scenarios/default.yaml", "--results.file", str(tmp_path / "r.jsonl")], env=env)
     try:
-        def scrape():
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-            except requests.ConnectionError:
-                return ""
-
-        wait_for(lambda: 'llm_probe_success{scenario="default",target="local"} 1.0' in scrape(), timeout=300,
+        wait_for(lambda: 'llm_probe_success{scenario="default",target="local"} 1.0' in exp.scrape(), timeout=300,
                  interval=1, what="one run of the default scenarios")
-        wait_for(lambda: "llm_server_process_cpu_seconds_total{" in scrape(), timeout=60, what="process stats")
-        text = scrape()
+        wait_for(lambda: "llm_server_process_cpu_seconds_total{" in exp.scrape(), timeout=60, what="process stats")
+        text = exp.scrape()
         for name in CONTRACT + ["llm_server_process_cpu_seconds_total", "llm_server_process_resident_memory_bytes"]:
             assert f"\n{name}" in text, name
         if shutil.which("promtool"):
             res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
             assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr
     finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out[-2000:]
+        code = exp.stop()
+    assert code == 0, exp.output[-2000:]

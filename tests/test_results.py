@@ -4,8 +4,8 @@ import os
 from exporter.results import ProbeResult, ResultsWriter, read_results
 
 
-def record(i):
-    return ProbeResult(target="t", scenario="s", model="m", case=f"c{i}", ok=True, ttft_s=0.1 * i,
+def record(i, ttft=None):
+    return ProbeResult(target="t", scenario="s", model="m", case=f"c{i}", ok=True, ttft_s=0.1 * i if ttft is None else ttft,
                        request_duration_s=1.0, inter_token_gaps_s=[0.01, 0.02], eval_count=3, eval_duration_s=0.5)
 
 
@@ -58,3 +58,23 @@ def test_writes_after_close_are_refused(tmp_path):
     w.close()
     assert not w.write(record(1))
     assert os.path.getsize(path) > 0 and len(list(read_results(path))) == 1
+
+
+def test_size_based_rotation_keeps_n_files(tmp_path):
+    path = tmp_path / "r.jsonl"
+    one_line = len(json.dumps(record(0, 0.5).to_dict(), separators=(",", ":"))) + 1
+    w = ResultsWriter(path, max_bytes=3 * one_line + 10, keep=2)
+    for i in range(10):
+        assert w.write(record(i, 0.5))
+    w.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["r.jsonl", "r.jsonl.1", "r.jsonl.2"]
+    assert [r.case for r in read_results(path)] == ["c9"]
+    assert [r.case for r in read_results(str(path) + ".1")] == ["c6", "c7", "c8"]
+    assert [r.case for r in read_results(str(path) + ".2")] == ["c3", "c4", "c5"]
+    # The new writer picks up the current file's size and keeps rotating at the limit.
+    w = ResultsWriter(path, max_bytes=3 * one_line + 10, keep=2)
+    for i in range(10, 13):
+        w.write(record(i, 0.5))
+    w.close()
+    assert [r.case for r in read_results(path)] == ["c12"]
