@@ -9,6 +9,7 @@ concrete cases, and the label budget is enforced before anything starts.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ DEFAULT_CONFIG_RESOURCE = "default.yaml"  # shipped inside the package, same as 
 # combination is a dozen histograms of ~20 buckets, so 2000 is ~500k samples per scrape.
 DEFAULT_MAX_LABEL_COMBINATIONS = 2000
 LABEL_VALUE_MAX_LEN = 64
+MAX_DURATION_S = 366 * 86400
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:@=/+-]{1,%d}$" % LABEL_VALUE_MAX_LEN)
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -48,8 +50,10 @@ def parse_duration(value: Any) -> float:
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
         raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
-    if seconds <= 0:
-        raise ValueError("duration must be positive")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("duration must be positive and finite")
+    if seconds > MAX_DURATION_S:
+        raise ValueError("duration must be at most 366 days")
     return seconds
 
 

@@ -68,7 +68,7 @@ scenarios:
     found = problems(text)
     assert "targets[0].url: must be an http:// or https:// URL" in found
     assert "scenarios[0].concurrency: levels must be between 1 and 256" in found
-    assert "scenarios[0].timeout: duration must be positive" in found
+    assert "scenarios[0].timeout: duration must be positive and finite" in found
     assert "scenarios[0].bogus: unknown key" in found
     assert any(p.startswith("scenarios[0].schedule.cron: not a valid crontab expression") for p in found)
 
@@ -139,7 +139,7 @@ def test_durations():
     assert parse_duration("5m") == 300
     assert parse_duration("250ms") == 0.25
     assert parse_duration(2) == 2
-    for bad in ("soon", "-1s", 0, True):
+    for bad in ("soon", "-1s", 0, True, float("nan"), float("inf"), "400000h"):
         with pytest.raises(ValueError):
             parse_duration(bad)
 
