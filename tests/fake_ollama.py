@@ -49,6 +49,7 @@ class RequestLog:
     path: str
     body: dict
     received: float
+    headers: dict = field(default_factory=dict)
     token_writes: list[float] = field(default_factory=list)
 
 
@@ -57,6 +58,7 @@ class FakeOllama:
         self.behavior = behavior or Behavior()
         self.loaded: set[str] = set()
         self.requests: list[RequestLog] = []
+        self.require_auth: Optional[str] = None  # an exact Authorization header for POSTs
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         fake = self
@@ -108,7 +110,10 @@ class FakeOllama:
                 except ValueError:
                     self._json(400, {"error": "bad json"})
                     return
-                entry = RequestLog(self.path, body, time.monotonic())
+                entry = RequestLog(self.path, body, time.monotonic(), dict(self.headers))
+                if fake.require_auth and self.headers.get("Authorization") != fake.require_auth:
+                    self._json(401, {"error": "unauthorized"})
+                    return
                 with fake.lock:
                     fake.requests.append(entry)
                 if self.path == "/api/show":
