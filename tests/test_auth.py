@@ -57,5 +57,5 @@ def test_wrong_or_missing_credentials_fail_cleanly(make_config, registry, monkey
         monkeypatch.delenv("PROBE_TOKEN")
         run(cfg, registry)
         assert registry.get_sample_value("llm_probe_request_failures_total", {**labels, "reason": "connection"}) == 1
-    assert SECRET not in caplog.text and "PROBE_TOKEN is not set" in caplog.text
+    assert SECRET not in caplog.text and "PROBE_TOKEN for target credentials is not set" in caplog.text
     assert SECRET.encode() not in generate_latest(registry)
