@@ -8,7 +8,7 @@ CONFIG ?= scenarios/default.yaml
 RESULTS ?= results.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast run bench install system-deps ollama check clean
+.PHONY: test test-fast run bench reliability soak install system-deps ollama check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,15 @@ test-fast: install
 # The exporter against a local Ollama ($$OLLAMA_HOST, default http://127.0.0.1:11434).
 run: install
 	$(VENV)/bin/ollama-perf-exporter --config.file $(CONFIG) --results.file $(RESULTS)
+
+# The fault matrix (fake server and real Ollama) and a 60 s soak, printed as a table.
+reliability: install
+	OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && $(PY) scripts/reliability.py
+
+# The exporter at 10x its normal probe rate for SOAK_SECONDS (default an hour).
+SOAK_SECONDS ?= 3600
+soak: install
+	$(PY) scripts/soak.py --duration $(SOAK_SECONDS)
 
 check: install
 	$(VENV)/bin/ollama-perf-exporter --config.file $(CONFIG) --config.check

@@ -85,6 +85,7 @@ class ExporterProcess:
     """`python -m exporter` on port 0; the real port is read from its start-up log line."""
 
     def __init__(self, args, env=None, timeout=60.0):
+        import collections
         import re
         import subprocess
         import threading
@@ -93,7 +94,7 @@ class ExporterProcess:
             [sys.executable, "-m", "exporter", "--web.listen-address", "127.0.0.1:0", *args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        self.lines: list[str] = []
+        self.lines: collections.deque[str] = collections.deque(maxlen=5000)  # long soaks log a lot
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         pattern = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
