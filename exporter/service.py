@@ -99,9 +99,11 @@ class Exporter:
             log.info("config reloaded from %s", config.source)
             return True, f"reloaded {len(config.scenarios)} scenario(s) from {config.source}"
 
-    def shutdown(self, grace: float = 10.0) -> None:
+    def shutdown(self, grace: float = 10.0) -> bool:
+        """Stop probing; True if every run ended within the grace period."""
         finished = self.scheduler.shutdown(grace)
         if not finished:
             log.warning("some probe runs were still going after %.0fs; their unfinished requests are not recorded", grace)
         if self.writer:
             self.writer.close()
+        return finished

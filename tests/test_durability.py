@@ -45,3 +45,25 @@ def test_sigkill_while_writing_never_breaks_the_results_file(tmp_path):
     assert len(raw[:-1]) - len(complete) - raw[:-1].count(b"") <= 8
     assert not torn  # lines never interleave: each is one write() on an O_APPEND descriptor
     assert len(list(read_results(results))) == len(complete)
+
+
+def test_sigterm_during_a_concurrency_batch_ends_in_bounded_time(tmp_path):
+    import time
+
+    results = tmp_path / "results.jsonl"
+    with FakeOllama(Behavior(tokens=200, token_interval=0.05, load_time=0)) as server:  # each request ~10 s
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(scenario_yaml(server.url, extra="repeats: 1\nconcurrency: [1, 8]\ntimeout: 60s\n",
+                                     cases={"short": "hi"}))
+        exp = ExporterProcess(["--config.file", str(cfg), "--results.file", str(results), "--shutdown.grace", "2"])
+        # The sequential request finishes after ~10 s, then the batch of 8 starts.
+        wait_for(lambda: results.exists() and results.stat().st_size > 0, timeout=60, what="the sequential request")
+        wait_for(lambda: len(server.requests) >= 1 + 8, timeout=10, what="the batch to start")
+        t0 = time.monotonic()
+        code = exp.stop(signal.SIGTERM, timeout=30)
+        took = time.monotonic() - t0
+    assert code == 0, exp.output
+    assert took < 2 + 3, took  # the grace period plus a margin, not the batch's ~10 s
+    assert results.read_bytes().endswith(b"\n")
+    records = list(read_results(results))
+    assert len(records) == 1 and records[0].ok and records[0].concurrency == 1
