@@ -21,13 +21,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# promtool/prometheus for rule and scrape tests, docker-compose to validate the compose file,
+# promtool/prometheus for rule and scrape tests, amtool for Alertmanager routing tests,
+# docker-compose to validate the compose file,
 # a C/C++ toolchain for Ollama's cgo build.
 system-deps:
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v g++ >/dev/null || missing="$$missing build-essential"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -26,7 +26,7 @@ DEFAULT_CONFIG_RESOURCE = "default.yaml"  # shipped inside the package, same as 
 DEFAULT_MAX_LABEL_COMBINATIONS = 2000
 LABEL_VALUE_MAX_LEN = 64
 MAX_DURATION_S = 366 * 86400
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:@=/+-]{1,%d}$" % LABEL_VALUE_MAX_LEN)
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:@=/+,-]{1,%d}$" % LABEL_VALUE_MAX_LEN)
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -367,7 +367,7 @@ def build_config(raw: Any, source: str = "config") -> Config:
     target_names = [t.name for t in targets]
     for i, t in enumerate(targets):
         if not _NAME_RE.match(t.name):
-            problems.append(f"targets[{i}].name: must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+-")
+            problems.append(f"targets[{i}].name: must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+,-")
         if target_names.count(t.name) > 1 and target_names.index(t.name) != i:
             problems.append(f"targets[{i}].name: duplicate target name {t.name!r}")
     by_name = {t.name: t for t in targets}
@@ -378,7 +378,7 @@ def build_config(raw: Any, source: str = "config") -> Config:
     for i, s in enumerate(spec.scenarios):
         where = f"scenarios[{i}]"
         if not _NAME_RE.match(s.name):
-            problems.append(f"{where}.name: must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+-")
+            problems.append(f"{where}.name: must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+,-")
         if s.name in seen_scenarios:
             problems.append(f"{where}.name: duplicate scenario name {s.name!r}")
         seen_scenarios.add(s.name)
@@ -397,7 +397,7 @@ def build_config(raw: Any, source: str = "config") -> Config:
         cases = _expand_cases(s)
         for case in cases:
             if not _NAME_RE.match(case.name):
-                problems.append(f"{where}.cases.{case.name}: case names must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+- (after sweep expansion)")
+                problems.append(f"{where}.cases.{case.name}: case names must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+,- (after sweep expansion)")
         # Each (target, case, concurrency) gets its own series, twice for cold/warm.
         combinations += len(chosen) * len(cases) * len(s.concurrency)
         scenarios.append(

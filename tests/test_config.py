@@ -190,3 +190,16 @@ def test_config_check_cli(tmp_path):
     assert "scenarios[0].cases.a.optoins: unknown key" in res.stderr
     missing = _cli("--config.file", str(tmp_path / "nope.yaml"), "--config.check")
     assert missing.returncode != 0 and "cannot read" in missing.stderr
+
+
+def test_sweep_over_two_options():
+    cfg = load_text("""
+scenarios:
+  - name: s
+    model: m
+    cases: {text: {prompt: p}}
+    sweep: {temperature: [0, 0.7], prompt_repeat: [1, 4]}
+""")
+    names = sorted(c.name for c in cfg.scenarios[0].cases)
+    assert names == ["text@temperature=0,prompt_repeat=1", "text@temperature=0,prompt_repeat=4",
+                     "text@temperature=0.7,prompt_repeat=1", "text@temperature=0.7,prompt_repeat=4"]

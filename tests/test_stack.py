@@ -24,8 +24,8 @@ COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 OVERRIDES = [os.path.join(ROOT, "docker", "compose.gpu.yml"), os.path.join(ROOT, "docker", "compose.rocm.yml")]
 ENV_EXAMPLE = os.path.join(ROOT, ".env.example")
 PULL_SCRIPT = os.path.join(ROOT, "docker", "pull-models.py")
-SERVICES = {"ollama", "model-pull", "exporter", "prometheus", "alertmanager", "grafana"}
-LONG_RUNNING = SERVICES - {"model-pull"}
+SERVICES = {"ollama", "model-pull", "exporter", "prometheus", "alertmanager", "grafana-init", "grafana"}
+LONG_RUNNING = SERVICES - {"model-pull", "grafana-init"}
 # An image reference pinned to a version: name:tag where the tag has a digit and is not
 # latest/main/..., or a digest.
 PINNED = re.compile(r"^[a-z0-9./_-]+(:[A-Za-z0-9._-]*\d[A-Za-z0-9._-]*)?(@sha256:[0-9a-f]{64})?$")
@@ -71,15 +71,48 @@ def resolved(tmp_path):
 @pytest.mark.prometheus
 def test_compose_config_is_valid_with_the_example_env(resolved):
     assert set(resolved["services"]) == SERVICES
-    assert resolved["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret-for-tests"
+    assert resolved["services"]["grafana-init"]["environment"]["GRAFANA_ADMIN_PASSWORD"] == "s3cret-for-tests"
+    assert resolved["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/var/lib/grafana/admin_password"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in resolved["services"]["grafana"]["environment"]
     assert resolved["services"]["exporter"]["environment"]["OLLAMA_PERF_MODEL"] == "llama3.2:1b"
 
 
 @pytest.mark.prometheus
-def test_compose_refuses_to_start_without_a_grafana_password(tmp_path):
-    res = _compose(["config"], _env_file(tmp_path, password=""))
-    assert res.returncode != 0
-    assert "GRAFANA_ADMIN_PASSWORD" in res.stderr
+def test_compose_works_without_any_env_file_and_bakes_in_no_password():
+    res = _compose(["config"])
+    assert res.returncode == 0, res.stderr
+    services = yaml.safe_load(res.stdout)["services"]
+    assert services["grafana-init"]["environment"]["GRAFANA_ADMIN_PASSWORD"] == ""
+    assert services["grafana"]["depends_on"]["grafana-init"]["condition"] == "service_completed_successfully"
+
+
+def _run_grafana_init(tmp_path, password):
+    """The init service's own shell script, run here with its file in a temp folder."""
+    script = _raw()["services"]["grafana-init"]["command"][0].replace("$$", "$")
+    env = {"PATH": os.environ["PATH"], "GRAFANA_ADMIN_PASSWORD": password, "PASSWORD_FILE": str(tmp_path / "pw")}
+    res = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_grafana_password_is_random_when_unset_and_kept_across_restarts(tmp_path):
+    out = _run_grafana_init(tmp_path, "")
+    first = (tmp_path / "pw").read_text()
+    assert len(first) == 24 and first.isalnum()
+    assert first not in out and "docker compose exec grafana cat" in out  # never printed
+    assert oct((tmp_path / "pw").stat().st_mode & 0o777) == "0o600"
+    _run_grafana_init(tmp_path, "")
+    assert (tmp_path / "pw").read_text() == first
+    other = tmp_path / "other"
+    other.mkdir()
+    _run_grafana_init(other, "")
+    assert (other / "pw").read_text() != first
+
+
+def test_grafana_password_from_env_wins(tmp_path):
+    _run_grafana_init(tmp_path, "")
+    _run_grafana_init(tmp_path, "chosen-by-user")
+    assert (tmp_path / "pw").read_text() == "chosen-by-user"
 
 
 @pytest.mark.prometheus
