@@ -51,6 +51,10 @@ def _timestamp_option() -> Optional[int]:
 
 SO_TIMESTAMPNS = _timestamp_option()
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
+_TIMESPEC = struct.Struct("qq")
+_TIMESPEC32 = struct.Struct("ii")
+MSG_PEEK = int(getattr(socket, "MSG_PEEK", 2))  # a plain int: enum arithmetic costs microseconds
+PEEK_SIZE = 1024  # enough to see the size of the next chunk
 _wall_offset = (0, -(10**18))  # (CLOCK_REALTIME - CLOCK_MONOTONIC in ns, monotonic ns when measured)
 
 
@@ -468,7 +472,16 @@ class OllamaClient:
 
 
 class _RawResponse:
-    """An HTTP/1.1 response read straight from the socket, each read stamped with its arrival time."""
+    """An HTTP/1.1 response read straight from the socket, each read stamped with its arrival time.
+
+    Normally one read returns one token's chunk, which arrived as one TCP segment, and
+    the read carries that segment's kernel stamp. When the reading thread falls behind
+    (a busy GIL, a slow wake-up), several chunks wait in the socket and a single read
+    would give them all the last one's stamp. So the reader takes one chunk per read
+    (peek at its size, then read exactly that) for the first token and whenever a read
+    turned out to hold more than one chunk, until it finds the socket drained. Each
+    chunk then keeps its own segment's stamp, however late this thread got to it.
+    """
 
     def __init__(self, sock: socket.socket, deadline: float, host: str, port: int):
         self.sock = sock
@@ -476,77 +489,95 @@ class _RawResponse:
         self.where = f"{host}:{port}"
         self.stamped = SO_TIMESTAMPNS is not None
         self.floor = 0.0  # stamps earlier than this (the request's send, the previous read) are not believed
-        self.pending = b""  # bytes read but not yet consumed
         self.chunked = False
         self.length: Optional[int] = None  # Content-Length, when not chunked
-        self.eof = False
 
     # ---- reads ----
-    def _read(self, timeout_reason: str, timeout_message: str) -> tuple[bytes, float]:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise OllamaError("timeout", timeout_message)
-        sock = self.sock
-        sock.settimeout(remaining)
-        try:
-            if self.stamped:
-                data, ancillary, _flags, _addr = sock.recvmsg(READ_SIZE, _ANCILLARY_SIZE)
-            else:
-                data, ancillary = sock.recv(READ_SIZE), None
-        except socket.timeout:
-            raise OllamaError(timeout_reason, timeout_message) from None
-        except OSError as exc:
-            raise OllamaError("stream_error", f"stream broke: {exc!r}") from None
-        now_ns = time.monotonic_ns()
+    def _stamp(self, ancillary, now_ns: int) -> float:
         received = now_ns * 1e-9
-        if ancillary:
-            for level, kind, raw in ancillary:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                    if len(raw) >= 16:
-                        sec, nsec = struct.unpack_from("qq", raw)
-                    elif len(raw) >= 8:
-                        sec, nsec = struct.unpack_from("ii", raw)
-                    else:
-                        break
-                    # The kernel stamps with the wall clock; move it onto the monotonic clock.
-                    stamp = (sec * 1_000_000_000 + nsec - _wall_to_monotonic_offset(now_ns)) * 1e-9
-                    # Sanity: not in the future, not before the request went out or the previous
-                    # read (beyond the jitter of the clock conversion); else the read's own time.
-                    if self.floor - 0.001 <= stamp <= received:
-                        received = stamp
+        for level, kind, raw in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                if len(raw) >= 16:
+                    sec, nsec = _TIMESPEC.unpack_from(raw)
+                elif len(raw) >= 8:
+                    sec, nsec = _TIMESPEC32.unpack_from(raw)
+                else:
                     break
+                offset, measured = _wall_offset
+                if now_ns - measured >= 1_000_000_000:
+                    offset = _wall_to_monotonic_offset(now_ns)
+                # The kernel stamps with the wall clock; move it onto the monotonic clock.
+                stamp = (sec * 1_000_000_000 + nsec - offset) * 1e-9
+                # Sanity: not in the future, not before the request went out or the previous
+                # read (beyond the jitter of the clock conversion); else the read's own time.
+                if self.floor - 0.001 <= stamp <= received:
+                    received = stamp
+                break
         if received < self.floor:
             received = self.floor
         self.floor = received
-        return data, received
+        return received
+
+    def _recv(self, size: int, timeout_message: str, flags: int = 0, wait: bool = True):
+        """One read -> (data, arrival time). Without `wait`, None when nothing is there. Peeks get no stamp."""
+        sock = self.sock
+        if wait:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise OllamaError("timeout", timeout_message)
+            sock.settimeout(remaining)
+        else:
+            sock.settimeout(0.0)
+        try:
+            if self.stamped:
+                data, ancillary, _flags, _addr = sock.recvmsg(size, _ANCILLARY_SIZE, flags)
+            else:
+                data, ancillary = sock.recv(size, flags), ()
+            now_ns = time.monotonic_ns()
+        except BlockingIOError:
+            if wait:
+                raise OllamaError("stream_error", "stream broke: read would block") from None
+            return None
+        except socket.timeout:
+            raise OllamaError("timeout", timeout_message) from None
+        except OSError as exc:
+            raise OllamaError("stream_error", f"stream broke: {exc!r}") from None
+        if flags & MSG_PEEK:
+            return data, 0.0
+        return data, self._stamp(ancillary, now_ns)
 
     def read_head(self) -> int:
-        """Read the status line and headers (skipping 1xx); return the status. Body bytes stay pending."""
+        """Read the status line and headers (skipping 1xx) and not a byte more; return the status."""
+        message = f"no response from {self.where} within the timeout"
         buf = b""
         while True:
-            end = buf.find(b"\r\n\r\n")
-            if end >= 0:
-                head, buf = buf[:end], buf[end + 4:]
-                status = self._parse_head(head)
-                if 100 <= status < 200:
-                    continue
-                self.pending = buf
-                return status
-            if len(buf) > MAX_HEAD:
-                raise OllamaError("connection", f"request to {self.where} failed: response headers too long")
             try:
-                data, _ = self._read(
-                    "timeout", f"no response from {self.where} within the timeout")
+                peeked, _ = self._recv(READ_SIZE, message, MSG_PEEK)
+                if not peeked:
+                    raise OllamaError(
+                        "connection",
+                        f"request to {self.where} failed: RemoteDisconnected('Remote end closed connection without response')",
+                    )
+                head = buf + peeked
+                end = head.find(b"\r\n\r\n")
+                if end < 0 and len(head) > MAX_HEAD:
+                    raise OllamaError("connection", f"request to {self.where} failed: response headers too long")
+                take = len(peeked) if end < 0 else end + 4 - len(buf)
+                while take:  # the bytes are there already (peeked): this does not wait
+                    data, _ = self._recv(take, message)
+                    if not data:
+                        raise OllamaError("connection", f"request to {self.where} failed: connection closed")
+                    buf += data
+                    take -= len(data)
             except OllamaError as exc:
                 if exc.reason == "stream_error":
                     raise OllamaError("connection", f"request to {self.where} failed: {exc.message}") from None
                 raise
-            if not data:
-                raise OllamaError(
-                    "connection",
-                    f"request to {self.where} failed: RemoteDisconnected('Remote end closed connection without response')",
-                )
-            buf += data
+            if end >= 0:
+                status = self._parse_head(buf[:end])
+                buf = b""
+                if not 100 <= status < 200:
+                    return status
 
     def _parse_head(self, head: bytes) -> int:
         lines = head.decode("latin-1").split("\r\n")
@@ -570,78 +601,122 @@ class _RawResponse:
             self.length = None
         return status
 
+    def _frame_size(self, peeked: bytes, left: Optional[int]) -> int:
+        """How many bytes make the next token's frame: a whole chunk, or a whole line without chunking."""
+        if self.chunked:
+            nl = peeked.find(b"\n")
+            if nl < 0:
+                return len(peeked)
+            try:
+                size = int(peeked[:nl].split(b";", 1)[0], 16)
+            except ValueError:
+                return len(peeked)  # the decoder reports it
+            return min(nl + 1 + size + 2, READ_SIZE) if size > 0 else len(peeked)
+        nl = peeked.find(b"\n")
+        size = len(peeked) if nl < 0 else nl + 1
+        return min(size, left) if left is not None else size
+
     # ---- bodies ----
-    def _body_reads(self, timeout_message: str) -> Iterator[tuple[bytes, float]]:
-        """(body bytes, arrival time) pieces with the transfer framing removed; ends at the end of the body.
+    def _body(self, timeout_message: str) -> Iterator[tuple[bytes, float]]:
+        """(body bytes, arrival time) with the transfer framing removed, until the body ends.
 
         A chunked body cut off before its last chunk raises stream_error, as http.client does.
         """
-        received = self.floor
-        data = self.pending
-        self.pending = b""
+        chunked = self.chunked
+        left = self.length
+        if left == 0 and not chunked:
+            return
+        recv = self._recv
+        raw = b""  # read but not yet decoded
         need = 0  # bytes left of the current chunk's data
         crlf = 0  # bytes left of the CRLF that ends a chunk
-        raw = b""
-        left = self.length
-        if left == 0 and not self.chunked:
-            return
+        exact = self.stamped  # one frame per read: for the first token, and while behind
         while True:
-            if data:
-                if not self.chunked:
-                    if left is not None:
-                        data = data[:left]
-                        left -= len(data)
-                    yield data, received
-                    if left == 0:
-                        return
+            data = None
+            if exact and not raw:
+                if need or crlf:
+                    size = need + crlf  # the rest of this chunk and nothing of the next
                 else:
-                    raw += data
-                    pos = 0
-                    out = []
-                    end = len(raw)
-                    while pos < end:
-                        if need:
-                            take = min(need, end - pos)
-                            out.append(raw[pos:pos + take])
-                            pos += take
-                            need -= take
-                            if not need:
-                                crlf = 2
-                        elif crlf:
-                            take = min(crlf, end - pos)
-                            pos += take
-                            crlf -= take
-                        else:
-                            nl = raw.find(b"\n", pos)
-                            if nl < 0:
-                                if end - pos > 4096:
-                                    raise OllamaError("stream_error", "stream broke: chunk size line too long")
-                                break
-                            try:
-                                size = int(raw[pos:nl].split(b";", 1)[0], 16)
-                            except ValueError:
-                                raise OllamaError("stream_error", "stream broke: bad chunk size") from None
-                            if size < 0:
-                                raise OllamaError("stream_error", "stream broke: bad chunk size")
-                            pos = nl + 1
-                            if size == 0:  # the last chunk; trailers do not matter
-                                if out:
-                                    yield b"".join(out), received
-                                return
-                            need = size
-                    raw = raw[pos:]
-                    if out:
-                        yield (out[0] if len(out) == 1 else b"".join(out)), received
-            data, received = self._read("timeout", timeout_message)
+                    peeked = recv(PEEK_SIZE, timeout_message, MSG_PEEK, False)
+                    if peeked is None:
+                        exact = False  # the socket is drained: caught up
+                        size = 0
+                    else:
+                        size = self._frame_size(peeked[0], left) or 1
+                if exact:
+                    data, received = recv(size, timeout_message)
+            if data is None:
+                data, received = recv(READ_SIZE, timeout_message)
             if not data:
-                if self.chunked:
+                if chunked:
                     raise OllamaError("stream_error", "stream broke: connection closed inside the chunked body")
+                return
+            if not chunked:
+                if left is not None:
+                    data = data[:left]
+                    left -= len(data)
+                if exact is False and self.stamped and data.count(b"\n") > 1:
+                    exact = True
+                yield data, received
+                if left == 0:
+                    return
+                continue
+            raw = raw + data if raw else data
+            pos = 0
+            end = len(raw)
+            out = []
+            frames = 0
+            last = False
+            while pos < end:
+                if need:
+                    take = need if need < end - pos else end - pos
+                    out.append(raw[pos:pos + take])
+                    pos += take
+                    need -= take
+                    if not need:
+                        crlf = 2
+                elif crlf:
+                    take = crlf if crlf < end - pos else end - pos
+                    pos += take
+                    crlf -= take
+                else:
+                    nl = raw.find(b"\n", pos)
+                    if nl < 0:
+                        if end - pos > 4096:
+                            raise OllamaError("stream_error", "stream broke: chunk size line too long")
+                        break
+                    header = raw[pos:nl]
+                    if b";" in header:
+                        header = header.split(b";", 1)[0]
+                    try:
+                        size = int(header, 16)
+                    except ValueError:
+                        raise OllamaError("stream_error", "stream broke: bad chunk size") from None
+                    if size < 0:
+                        raise OllamaError("stream_error", "stream broke: bad chunk size")
+                    frames += 1
+                    pos = nl + 1
+                    if size == 0:  # the last chunk; trailers do not matter
+                        last = True
+                        break
+                    stop = pos + size
+                    if stop + 2 <= end:  # the whole chunk is here: the usual case
+                        out.append(raw[pos:stop])
+                        pos = stop + 2
+                    else:
+                        need = size
+            raw = raw[pos:] if pos < end else b""
+            if frames > 1 and self.stamped:
+                exact = True  # this read held several tokens: take them one at a time from now on
+            if out:
+                yield (out[0] if len(out) == 1 else b"".join(out)), received
+            if last:
                 return
 
     def read_error_body(self, limit: int) -> bytes:
         body = b""
         try:
-            for data, _ in self._body_reads("error body timed out"):
+            for data, _ in self._body("error body timed out"):
                 body += data
                 if len(body) >= limit:
                     break
@@ -651,15 +726,15 @@ class _RawResponse:
 
     def chunks(self, chat: bool) -> Iterator[StreamChunk]:
         buf = b""
-        timeout = "request exceeded its timeout while streaming"
-        for data, received in self._body_reads(timeout):
+        for data, received in self._body("request exceeded its timeout while streaming"):
+            if buf:
+                data = buf + data
             if b"\n" not in data:
-                buf += data
+                buf = data
                 if len(buf) > MAX_LINE:
                     raise OllamaError("malformed_response", "line too long for NDJSON")
                 continue
-            *lines, rest = (buf + data).split(b"\n")
-            buf = rest
+            *lines, buf = data.split(b"\n")
             for line in lines:
                 chunk = _chunk_from_line(line, received, chat)
                 if chunk is None:
