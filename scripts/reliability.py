@@ -20,6 +20,52 @@ from tests import faults  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 
+def scrape_latency(exp, n: int = 200) -> tuple[float, float]:
+    import statistics
+    import time
+
+    import requests
+
+    times = []
+    with requests.Session() as session:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            session.get(exp.base + "/metrics", timeout=10).raise_for_status()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000, statistics.quantiles(times, n=100)[98] * 1000
+
+
+def scrapes_while_probes_stall(stalled: int = 64) -> str:
+    """/metrics latency with `stalled` probes hanging on a server that never sends a token, against idle."""
+    from tests.conftest import ExporterProcess, scenario_yaml, wait_for
+    from tests.fake_ollama import Behavior, FakeOllama
+
+    lines = []
+    with FakeOllama(Behavior(load_time=0)) as server, tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "c.yaml")
+        with open(cfg, "w") as f:
+            f.write(scenario_yaml(server.url, extra=f"concurrency: [{stalled}]\ntimeout: 60s\n"))
+        exp = ExporterProcess(["--config.file", cfg])
+        try:
+            wait_for(lambda: len(server.requests) >= stalled, timeout=60, what="first batch")
+            wait_for(lambda: 'llm_probe_success{scenario="s",target="t1"} 1.0' in exp.scrape(), timeout=60, what="idle")
+            p50, p99 = scrape_latency(exp)
+            lines.append(f"| idle exporter | {p50:.2f} ms | {p99:.2f} ms |")
+            # Now make every request of the next batch stall, and trigger it.
+            server.behavior = Behavior(mode="stall", load_time=0, stall_seconds=120)
+            before = len(server.requests)
+            import requests
+
+            requests.post(exp.base + "/-/reload", timeout=10)  # a reload runs every scenario again at once
+            wait_for(lambda: len(server.requests) >= before + stalled, timeout=60, what="stalled batch")
+            p50, p99 = scrape_latency(exp)
+            lines.append(f"| {stalled} probes stalled | {p50:.2f} ms | {p99:.2f} ms |")
+        finally:
+            exp.stop()
+            server.stop_event.set()
+    return "\n".join(["| /metrics while | p50 | p99 |", "|---|---|---|"] + lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-real", action="store_true", help="skip the faults that need a real Ollama")
@@ -43,6 +89,8 @@ def main() -> int:
             outcomes += faults.real_faults(make_server)
     print(faults.table(outcomes))
     ok = all(o.ok for o in outcomes)
+    print()
+    print(scrapes_while_probes_stall())
     if args.soak:
         from soak import soak
 

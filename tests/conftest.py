@@ -82,9 +82,12 @@ def real_ollama(tmp_path_factory):
 
 
 class ExporterProcess:
-    """`python -m exporter` on port 0; the real port is read from its start-up log line."""
+    """`python -m exporter` on port 0; the real port is read from its start-up log line
+    (logged at info, so the log level must stay info or debug)."""
 
     def __init__(self, args, env=None, timeout=60.0):
+        if any(level in args for level in ("warning", "error")):
+            raise ValueError("ExporterProcess reads the port from an info log line: keep --log.level info")
         import collections
         import re
         import subprocess
