@@ -30,6 +30,27 @@ class Sink(Protocol):
     def on_run(self, run: RunSummary) -> None: ...
 
 
+class CollectingSink:
+    """Keeps every record, batch and run summary; optionally passes each record on."""
+
+    def __init__(self, on_result: Optional[Callable[[ProbeResult], None]] = None):
+        self.results: list[ProbeResult] = []
+        self.batches: list[BatchSummary] = []
+        self.runs: list[RunSummary] = []
+        self._on_result = on_result
+
+    def on_result(self, result: ProbeResult) -> None:
+        self.results.append(result)
+        if self._on_result:
+            self._on_result(result)
+
+    def on_batch(self, batch: BatchSummary) -> None:
+        self.batches.append(batch)
+
+    def on_run(self, run: RunSummary) -> None:
+        self.runs.append(run)
+
+
 def normalize_model_name(name: str) -> str:
     """Ollama lists 'llama3:latest' for a request that said 'llama3'."""
     return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.config import load_text
 from exporter.metrics import ProbeMetrics
-from exporter.runner import ScenarioRunner
+from exporter.runner import CollectingSink, ScenarioRunner
 from exporter.server_stats import ServerStats, ServerStatsCollector
 from tests.fake_ollama import Behavior, FakeOllama
 
@@ -87,24 +87,10 @@ class Probe:
 
     def run(self):
         scenario = self.config.scenarios[0]
-
-        class Keep:
-            def __init__(s):
-                s.rs = []
-
-            def on_result(s, r):
-                s.rs.append(r)
-
-            def on_batch(s, b):
-                pass
-
-            def on_run(s, x):
-                pass
-
-        keep = Keep()
+        keep = CollectingSink()
         ScenarioRunner(scenario, scenario.targets[0], [self.metrics, keep]).run()
-        self.records += keep.rs
-        return keep.rs
+        self.records += keep.results
+        return keep.results
 
     def success(self) -> Optional[float]:
         return self.registry.get_sample_value("llm_probe_success", {"target": "t", "scenario": "fault"})

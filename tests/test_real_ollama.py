@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from exporter.config import load_text
 from exporter.metrics import ProbeMetrics
 from exporter.ollama_api import OllamaClient
-from exporter.runner import ScenarioRunner
+from exporter.runner import CollectingSink, ScenarioRunner
 from exporter.server_stats import ServerStats, ServerStatsCollector
 from tests.conftest import free_port
 from tests.real_ollama import MODEL, OllamaServer
@@ -34,25 +34,11 @@ def config(url, *, model=MODEL, cases=None, extra="", name="e2e"):
         """) + textwrap.indent(textwrap.dedent(extra), "    ") + "    cases:\n" + case_lines + "\n")
 
 
-class Records:
-    def __init__(self):
-        self.results, self.batches = [], []
-
-    def on_result(self, r):
-        self.results.append(r)
-
-    def on_batch(self, b):
-        self.batches.append(b)
-
-    def on_run(self, s):
-        pass
-
-
 def run(cfg, registry=None):
     registry = registry or CollectorRegistry()
     metrics = ProbeMetrics(registry)
     metrics.declare(cfg)
-    rec = Records()
+    rec = CollectingSink()
     scenario = cfg.scenarios[0]
     summary = ScenarioRunner(scenario, scenario.targets[0], [metrics, rec]).run()
     return summary, rec, registry

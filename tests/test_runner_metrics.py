@@ -4,7 +4,7 @@ import pytest
 
 from exporter.metrics import ProbeMetrics
 from exporter.results import FAILURE_REASONS
-from exporter.runner import ScenarioRunner
+from exporter.runner import CollectingSink, ScenarioRunner
 from tests.fake_ollama import Behavior
 
 
@@ -12,20 +12,9 @@ def run(cfg, registry, sinks=()):
     metrics = ProbeMetrics(registry)
     metrics.declare(cfg)
     scenario = cfg.scenarios[0]
-    records = []
-
-    class Collect:
-        def on_result(self, r):
-            records.append(r)
-
-        def on_batch(self, b):
-            pass
-
-        def on_run(self, s):
-            pass
-
-    summary = ScenarioRunner(scenario, scenario.targets[0], [metrics, Collect(), *sinks]).run()
-    return summary, records
+    collect = CollectingSink()
+    summary = ScenarioRunner(scenario, scenario.targets[0], [metrics, collect, *sinks]).run()
+    return summary, collect.results
 
 
 def labels(**kw):

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from ..config import Config
 from ..results import ProbeResult, ResultsWriter, read_results
-from ..runner import ScenarioRunner
+from ..runner import CollectingSink, ScenarioRunner
 from ..server_stats import ProcessTree
 from . import sysinfo
 from .stats import compare, summarize
@@ -133,16 +133,6 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
     system = sysinfo.collect(config, memory_bandwidth)
     writer = ResultsWriter(results_path)
 
-    class FileSink:
-        def on_result(self, r):
-            writer.write(r)
-
-        def on_batch(self, b):
-            pass
-
-        def on_run(self, s):
-            pass
-
     jobs = [(s, t) for s in config.scenarios for t in s.targets]
     total = sum(ScenarioRunner(s, t, []).planned_requests() for s, t in jobs)
     progress = Progress(total, quiet)
@@ -150,7 +140,9 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
     started = time.time()
     with ResourceSampler(config) as sampler:
         for scenario, target in jobs:
-            ScenarioRunner(scenario, target, [FileSink()], progress=progress).run()
+            # Every record goes to the results file; the report is built from that file.
+            ScenarioRunner(scenario, target, [CollectingSink(on_result=writer.write)], progress=progress).run()
+
             # Loaded-model facts (size, VRAM, context) while the model is still resident.
             running[target.name] = sysinfo.running_model_facts(target) or running.get(target.name, [])
     progress.finish()
