@@ -3,12 +3,13 @@
 The measured path (streaming generate/chat over plain HTTP) reads the socket
 directly: it sends the request bytes itself, parses the status line, headers and
 chunked body itself, and on Linux asks the kernel to stamp every received segment
-(SO_TIMESTAMPNS). A chunk's `received` time is therefore when its bytes reached
-this host, not when a Python thread got around to reading them: neither a busy
-GIL (many concurrent probes, a /metrics render) nor a slow wake-up of the reading
-thread adds to TTFT or to the gaps between tokens. Without kernel stamps (other
-systems, or a stamp that fails its sanity check) the time is taken right after
-the read returns, before any parsing. HTTPS streams, and control-plane calls
+(SO_TIMESTAMPNS), waiting inside recvmsg() so that each segment is taken off the
+socket with its own stamp as soon as it arrives. A chunk's `received` time is
+therefore when its bytes reached this host, not when a Python thread got around
+to reading them: neither a busy GIL (many concurrent probes, a /metrics render)
+nor a slow wake-up of the reading thread adds to TTFT or to the gaps between
+tokens. Without kernel stamps (other systems, or a stamp that fails its sanity
+check) the time is taken right after the read returns, before any parsing. HTTPS streams, and control-plane calls
 (version, running models, show), use http.client, so that timeouts, auth and
 error mapping live in one place.
 """
@@ -53,8 +54,10 @@ SO_TIMESTAMPNS = _timestamp_option()
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
 _TIMESPEC = struct.Struct("qq")
 _TIMESPEC32 = struct.Struct("ii")
-MSG_PEEK = int(getattr(socket, "MSG_PEEK", 2))  # a plain int: enum arithmetic costs microseconds
-PEEK_SIZE = 1024  # enough to see the size of the next chunk
+_TIMEVAL = struct.Struct("@ll")  # SO_RCVTIMEO
+# Blocking reads wait in slices this long: the kernel's timer wheel is coarse for long
+# timeouts (a 2.5 s SO_RCVTIMEO can fire 100 ms late), and short ones bound the overshoot.
+WAIT_SLICE = 0.05
 _wall_offset = (0, -(10**18))  # (CLOCK_REALTIME - CLOCK_MONOTONIC in ns, monotonic ns when measured)
 
 
@@ -366,6 +369,7 @@ class OllamaClient:
                 raise OllamaError("timeout", f"no response from {self._host}:{self._port} within the timeout") from None
             except OSError as exc:
                 raise OllamaError("connection", f"request to {self._host}:{self._port} failed: {exc!r}") from None
+            reader.blocking_reads()
             status = reader.read_head()
             if not 200 <= status < 300:
                 body = reader.read_error_body(MAX_ERROR_BODY)
@@ -474,13 +478,11 @@ class OllamaClient:
 class _RawResponse:
     """An HTTP/1.1 response read straight from the socket, each read stamped with its arrival time.
 
-    Normally one read returns one token's chunk, which arrived as one TCP segment, and
-    the read carries that segment's kernel stamp. When the reading thread falls behind
-    (a busy GIL, a slow wake-up), several chunks wait in the socket and a single read
-    would give them all the last one's stamp. So the reader takes one chunk per read
-    (peek at its size, then read exactly that) for the first token and whenever a read
-    turned out to hold more than one chunk, until it finds the socket drained. Each
-    chunk then keeps its own segment's stamp, however late this thread got to it.
+    On Linux the socket blocks in recvmsg() itself (SO_RCVTIMEO bounds the wait) rather
+    than in poll() followed by a read: the kernel completes the read, and so takes the
+    segment off the queue with its own stamp, the moment it arrives, whether or not this
+    thread can get the GIL then. That matters: a segment left waiting in the socket is
+    merged with the next one to arrive, and the merged data keeps only the later stamp.
     """
 
     def __init__(self, sock: socket.socket, deadline: float, host: str, port: int):
@@ -489,8 +491,23 @@ class _RawResponse:
         self.where = f"{host}:{port}"
         self.stamped = SO_TIMESTAMPNS is not None
         self.floor = 0.0  # stamps earlier than this (the request's send, the previous read) are not believed
+        self.pending = b""  # body bytes that came with the head
+        self.pending_received = 0.0
         self.chunked = False
         self.length: Optional[int] = None  # Content-Length, when not chunked
+        self._slice = WAIT_SLICE  # the SO_RCVTIMEO in force, in blocking mode
+
+    def blocking_reads(self) -> None:
+        """Switch the socket to reads that wait in the kernel, in SO_RCVTIMEO slices (Linux)."""
+        if self.stamped:
+            self.sock.settimeout(None)
+            self._set_slice(WAIT_SLICE)
+
+    def _set_slice(self, seconds: float) -> None:
+        sec = int(seconds)
+        usec = max(int((seconds - sec) * 1e6), 0 if sec else 1)  # 0 would mean wait forever
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(sec, usec))
+        self._slice = seconds
 
     # ---- reads ----
     def _stamp(self, ancillary, now_ns: int) -> float:
@@ -518,66 +535,59 @@ class _RawResponse:
         self.floor = received
         return received
 
-    def _recv(self, size: int, timeout_message: str, flags: int = 0, wait: bool = True):
-        """One read -> (data, arrival time). Without `wait`, None when nothing is there. Peeks get no stamp."""
+    def _recv(self, timeout_message: str) -> tuple[bytes, float]:
+        """One read -> (data, arrival time on the monotonic clock)."""
         sock = self.sock
-        if wait:
+        blocking = sock.gettimeout() is None
+        while True:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 raise OllamaError("timeout", timeout_message)
-            sock.settimeout(remaining)
-        else:
-            sock.settimeout(0.0)
-        try:
-            if self.stamped:
-                data, ancillary, _flags, _addr = sock.recvmsg(size, _ANCILLARY_SIZE, flags)
-            else:
-                data, ancillary = sock.recv(size, flags), ()
-            now_ns = time.monotonic_ns()
-        except BlockingIOError:
-            if wait:
-                raise OllamaError("stream_error", "stream broke: read would block") from None
-            return None
-        except socket.timeout:
-            raise OllamaError("timeout", timeout_message) from None
-        except OSError as exc:
-            raise OllamaError("stream_error", f"stream broke: {exc!r}") from None
-        if flags & MSG_PEEK:
-            return data, 0.0
-        return data, self._stamp(ancillary, now_ns)
+            try:
+                if not blocking:
+                    sock.settimeout(remaining)
+                elif remaining < self._slice:
+                    self._set_slice(remaining)  # the last slice ends at the deadline
+                if self.stamped:
+                    data, ancillary, _flags, _addr = sock.recvmsg(READ_SIZE, _ANCILLARY_SIZE)
+                else:
+                    data, ancillary = sock.recv(READ_SIZE), ()
+                now_ns = time.monotonic_ns()
+            except BlockingIOError:  # a slice of SO_RCVTIMEO passed without data
+                continue
+            except socket.timeout:
+                raise OllamaError("timeout", timeout_message) from None
+            except OSError as exc:
+                raise OllamaError("stream_error", f"stream broke: {exc!r}") from None
+            return data, self._stamp(ancillary, now_ns)
 
     def read_head(self) -> int:
-        """Read the status line and headers (skipping 1xx) and not a byte more; return the status."""
+        """Read the status line and headers (skipping 1xx); return the status. Body bytes stay pending."""
         message = f"no response from {self.where} within the timeout"
         buf = b""
         while True:
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head, buf = buf[:end], buf[end + 4:]
+                status = self._parse_head(head)
+                if 100 <= status < 200:
+                    continue
+                self.pending = buf
+                return status
+            if len(buf) > MAX_HEAD:
+                raise OllamaError("connection", f"request to {self.where} failed: response headers too long")
             try:
-                peeked, _ = self._recv(READ_SIZE, message, MSG_PEEK)
-                if not peeked:
-                    raise OllamaError(
-                        "connection",
-                        f"request to {self.where} failed: RemoteDisconnected('Remote end closed connection without response')",
-                    )
-                head = buf + peeked
-                end = head.find(b"\r\n\r\n")
-                if end < 0 and len(head) > MAX_HEAD:
-                    raise OllamaError("connection", f"request to {self.where} failed: response headers too long")
-                take = len(peeked) if end < 0 else end + 4 - len(buf)
-                while take:  # the bytes are there already (peeked): this does not wait
-                    data, _ = self._recv(take, message)
-                    if not data:
-                        raise OllamaError("connection", f"request to {self.where} failed: connection closed")
-                    buf += data
-                    take -= len(data)
+                data, self.pending_received = self._recv(message)
             except OllamaError as exc:
                 if exc.reason == "stream_error":
                     raise OllamaError("connection", f"request to {self.where} failed: {exc.message}") from None
                 raise
-            if end >= 0:
-                status = self._parse_head(buf[:end])
-                buf = b""
-                if not 100 <= status < 200:
-                    return status
+            if not data:
+                raise OllamaError(
+                    "connection",
+                    f"request to {self.where} failed: RemoteDisconnected('Remote end closed connection without response')",
+                )
+            buf += data
 
     def _parse_head(self, head: bytes) -> int:
         lines = head.decode("latin-1").split("\r\n")
@@ -601,21 +611,6 @@ class _RawResponse:
             self.length = None
         return status
 
-    def _frame_size(self, peeked: bytes, left: Optional[int]) -> int:
-        """How many bytes make the next token's frame: a whole chunk, or a whole line without chunking."""
-        if self.chunked:
-            nl = peeked.find(b"\n")
-            if nl < 0:
-                return len(peeked)
-            try:
-                size = int(peeked[:nl].split(b";", 1)[0], 16)
-            except ValueError:
-                return len(peeked)  # the decoder reports it
-            return min(nl + 1 + size + 2, READ_SIZE) if size > 0 else len(peeked)
-        nl = peeked.find(b"\n")
-        size = len(peeked) if nl < 0 else nl + 1
-        return min(size, left) if left is not None else size
-
     # ---- bodies ----
     def _body(self, timeout_message: str) -> Iterator[tuple[bytes, float]]:
         """(body bytes, arrival time) with the transfer framing removed, until the body ends.
@@ -627,90 +622,72 @@ class _RawResponse:
         if left == 0 and not chunked:
             return
         recv = self._recv
+        data, received = self.pending, self.pending_received
+        self.pending = b""
         raw = b""  # read but not yet decoded
         need = 0  # bytes left of the current chunk's data
         crlf = 0  # bytes left of the CRLF that ends a chunk
-        exact = self.stamped  # one frame per read: for the first token, and while behind
         while True:
-            data = None
-            if exact and not raw:
-                if need or crlf:
-                    size = need + crlf  # the rest of this chunk and nothing of the next
+            if data:
+                if not chunked:
+                    if left is not None:
+                        data = data[:left]
+                        left -= len(data)
+                    yield data, received
+                    if left == 0:
+                        return
                 else:
-                    peeked = recv(PEEK_SIZE, timeout_message, MSG_PEEK, False)
-                    if peeked is None:
-                        exact = False  # the socket is drained: caught up
-                        size = 0
-                    else:
-                        size = self._frame_size(peeked[0], left) or 1
-                if exact:
-                    data, received = recv(size, timeout_message)
-            if data is None:
-                data, received = recv(READ_SIZE, timeout_message)
+                    raw = raw + data if raw else data
+                    pos = 0
+                    end = len(raw)
+                    out = []
+                    last = False
+                    while pos < end:
+                        if need:
+                            take = need if need < end - pos else end - pos
+                            out.append(raw[pos:pos + take])
+                            pos += take
+                            need -= take
+                            if not need:
+                                crlf = 2
+                        elif crlf:
+                            take = crlf if crlf < end - pos else end - pos
+                            pos += take
+                            crlf -= take
+                        else:
+                            nl = raw.find(b"\n", pos)
+                            if nl < 0:
+                                if end - pos > 4096:
+                                    raise OllamaError("stream_error", "stream broke: chunk size line too long")
+                                break
+                            header = raw[pos:nl]
+                            if b";" in header:
+                                header = header.split(b";", 1)[0]
+                            try:
+                                size = int(header, 16)
+                            except ValueError:
+                                raise OllamaError("stream_error", "stream broke: bad chunk size") from None
+                            if size < 0:
+                                raise OllamaError("stream_error", "stream broke: bad chunk size")
+                            pos = nl + 1
+                            if size == 0:  # the last chunk; trailers do not matter
+                                last = True
+                                break
+                            stop = pos + size
+                            if stop + 2 <= end:  # the whole chunk is here: the usual case
+                                out.append(raw[pos:stop])
+                                pos = stop + 2
+                            else:
+                                need = size
+                    raw = raw[pos:] if pos < end else b""
+                    if out:
+                        yield (out[0] if len(out) == 1 else b"".join(out)), received
+                    if last:
+                        return
+            data, received = recv(timeout_message)
             if not data:
                 if chunked:
                     raise OllamaError("stream_error", "stream broke: connection closed inside the chunked body")
-                return
-            if not chunked:
-                if left is not None:
-                    data = data[:left]
-                    left -= len(data)
-                if exact is False and self.stamped and data.count(b"\n") > 1:
-                    exact = True
-                yield data, received
-                if left == 0:
-                    return
-                continue
-            raw = raw + data if raw else data
-            pos = 0
-            end = len(raw)
-            out = []
-            frames = 0
-            last = False
-            while pos < end:
-                if need:
-                    take = need if need < end - pos else end - pos
-                    out.append(raw[pos:pos + take])
-                    pos += take
-                    need -= take
-                    if not need:
-                        crlf = 2
-                elif crlf:
-                    take = crlf if crlf < end - pos else end - pos
-                    pos += take
-                    crlf -= take
-                else:
-                    nl = raw.find(b"\n", pos)
-                    if nl < 0:
-                        if end - pos > 4096:
-                            raise OllamaError("stream_error", "stream broke: chunk size line too long")
-                        break
-                    header = raw[pos:nl]
-                    if b";" in header:
-                        header = header.split(b";", 1)[0]
-                    try:
-                        size = int(header, 16)
-                    except ValueError:
-                        raise OllamaError("stream_error", "stream broke: bad chunk size") from None
-                    if size < 0:
-                        raise OllamaError("stream_error", "stream broke: bad chunk size")
-                    frames += 1
-                    pos = nl + 1
-                    if size == 0:  # the last chunk; trailers do not matter
-                        last = True
-                        break
-                    stop = pos + size
-                    if stop + 2 <= end:  # the whole chunk is here: the usual case
-                        out.append(raw[pos:stop])
-                        pos = stop + 2
-                    else:
-                        need = size
-            raw = raw[pos:] if pos < end else b""
-            if frames > 1 and self.stamped:
-                exact = True  # this read held several tokens: take them one at a time from now on
-            if out:
-                yield (out[0] if len(out) == 1 else b"".join(out)), received
-            if last:
                 return
 
     def read_error_body(self, limit: int) -> bytes:
