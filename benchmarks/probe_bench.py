@@ -423,6 +423,40 @@ def section_ttft(server, clients, quick: bool) -> list:
     return out
 
 
+def section_interference(server, clients, quick: bool) -> list:
+    """TTFT and gap error while another thread of the same process renders /metrics nonstop.
+
+    The worst case for a threaded Python client: 500 combinations take about a second
+    of pure-Python rendering, holding the GIL in 5 ms slices, while probes stream.
+    """
+    registry = build_registry(500)
+    stop = threading.Event()
+    renders: list = []
+
+    def scraper():
+        while not stop.is_set():
+            t = MONO()
+            generate_latest(registry)
+            renders.append(MONO() - t)
+
+    thread = threading.Thread(target=scraper, daemon=True)
+    thread.start()
+    try:
+        seconds = 2.0 if quick else 4.0
+        cells = interleaved(clients, 2, lambda c, r: run_closed(
+            server, c, 8, seconds / 2, n=20, rate=100.0, ttft_range=(0.010, 0.050), seed=11 + r))
+    finally:
+        stop.set()
+        thread.join()
+    out = []
+    for name, cell in cells.items():
+        row = cell_summary(cell)
+        row.update(section="interference", concurrency=8, stream_rate=100.0, tokens_per_request=20,
+                   renders=len(renders), render_s_p50=pct(renders, 50))
+        out.append(row)
+    return out
+
+
 def section_gaps(server, clients, quick: bool) -> list:
     """Inter-token gap error at 50, 500, 5000 tokens/s per stream."""
     out = []
@@ -710,6 +744,16 @@ def render(report: dict) -> str:
     out.append(table(["conc.", "client", "requests", "fail", "TTFT error p50 / p99 / max",
                       "request out p50 / p99 / max", "client CPU %"], rows))
 
+    if report.get("interference"):
+        rows = [[r["client"], r["requests"], r["failures"], dist(r["ttft_error"]), dist(r["gap_error"])]
+                for r in report["interference"]]
+        first = report["interference"][0]
+        out.append("\n### 1b. The same while another thread renders /metrics (500 combinations) nonstop\n")
+        out.append(f"8 streams at 100 tok/s, 20 tokens each; {first['renders']} renders of "
+                   f"{fmt(first['render_s_p50'] * 1e3, 0)} ms (p50) ran meanwhile.\n")
+        out.append(table(["client", "requests", "fail", "TTFT error p50 / p99 / max", "gap error p50 / p99 / max"],
+                         rows))
+
     rows = [[r["concurrency"], fmt(r["stream_rate"], 0), r["client"], r["tokens"], dist(r["gap_error"]),
              fmt(r["aggregate_tokens_per_s"], 0), fmt(r["client_cpu_pct_of_core"], 1), r["server_deferred_writes"]]
             for r in report["gaps"]]
@@ -808,7 +852,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer samples (about a minute)")
     ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results.json"), help="where to write raw results")
     ap.add_argument("--markdown", default=None, help="also write the printed tables to this file")
-    ap.add_argument("--sections", default="ttft,gaps,cost,capacity,scrape,memory")
+    ap.add_argument("--sections", default="ttft,interference,gaps,cost,capacity,scrape,memory",
+                    help="comma-separated subset to run (default: all)")
     ap.add_argument("--memory-child", choices=("engine", "ollama-py"), help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--probes", type=int, default=10000, help=argparse.SUPPRESS)
@@ -826,7 +871,7 @@ def main() -> int:
         "platform": platform.platform(), "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }}
-    for key in ("ttft", "gaps", "cost", "capacity", "scrape", "memory"):
+    for key in ("ttft", "interference", "gaps", "cost", "capacity", "scrape", "memory"):
         report[key] = []
     report["capacity_max"] = {}
     server = StreamServer()
@@ -842,8 +887,8 @@ def main() -> int:
             for i in range(20):
                 c.one(f"warm-{c.name}-{i}", 3, 1000.0, 0.0, 1)
         server.drain()
-        for key, fn in (("ttft", section_ttft), ("gaps", section_gaps), ("cost", section_cost),
-                        ("capacity", section_capacity)):
+        for key, fn in (("ttft", section_ttft), ("interference", section_interference), ("gaps", section_gaps),
+                        ("cost", section_cost), ("capacity", section_capacity)):
             if key in sections:
                 t = MONO()
                 report[key] = fn(server, clients, args.quick)
