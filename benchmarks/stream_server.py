@@ -118,6 +118,10 @@ class Server:
     def __init__(self, host: str, port: int):
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if SO_TIMESTAMPNS is not None:
+            # On the listener: accepted sockets inherit it from their first byte on, and the
+            # kernel's (deferred, host-wide) switch for receive stamps stays on all run long.
+            self.listener.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.listener.bind((host, port))
         self.listener.listen(4096)
         self.listener.setblocking(False)
@@ -143,11 +147,6 @@ class Server:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if SO_TIMESTAMPNS is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-                except OSError:
-                    pass
             self.sel.register(sock, EVENT_READ, Conn(sock))
 
     def _close(self, c: Conn) -> None:

@@ -24,6 +24,7 @@ import platform
 import socket
 import struct
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -58,6 +59,31 @@ _TIMEVAL = struct.Struct("@ll")  # SO_RCVTIMEO
 # Blocking reads wait in slices this long: the kernel's timer wheel is coarse for long
 # timeouts (a 2.5 s SO_RCVTIMEO can fire 100 ms late), and short ones bound the overshoot.
 WAIT_SLICE = 0.05
+_stamp_keeper: Optional[socket.socket] = None
+_stamp_keeper_lock = threading.Lock()
+
+
+def _keep_receive_stamps_on() -> None:
+    """Hold one idle socket that asks for receive stamps, for the life of the process.
+
+    Linux stamps received packets only while some socket on the host asks for it, and
+    turning that on is deferred to a kernel worker: after a quiet spell (no probe
+    running), the first segments of a new connection could arrive before it takes
+    effect and go unstamped. The cost of keeping it on is a clock read per packet.
+    """
+    global _stamp_keeper
+    if _stamp_keeper is not None or SO_TIMESTAMPNS is None:
+        return
+    with _stamp_keeper_lock:
+        if _stamp_keeper is None:
+            try:
+                keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:
+                return
+            _stamp_keeper = keeper
+
+
 _wall_offset = (0, -(10**18))  # (CLOCK_REALTIME - CLOCK_MONOTONIC in ns, monotonic ns when measured)
 
 
@@ -357,6 +383,7 @@ class OllamaClient:
         if self._https or not self.raw_streaming:
             yield from self._stream_http_client(path, data, deadline, timeout, chat)
             return
+        _keep_receive_stamps_on()
         sock = self._open_socket(min(timeout, CONTROL_TIMEOUT_S * 3))
         try:
             reader = _RawResponse(sock, deadline, self._host, self._port)
