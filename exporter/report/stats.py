@@ -123,6 +123,12 @@ def _fit(x: list[float], y: list[float]) -> dict[str, Any]:
 
 def prompt_length_impact(records: list[ProbeResult]) -> Optional[dict[str, Any]]:
     ok = [r for r in records if r.ok and r.concurrency == 1 and r.start == "warm" and r.prompt_eval_count]
+    # Only scenarios that vary the prompt length: a scenario repeating one prompt is usually
+    # served from Ollama's prompt cache, and its near-zero prefill would bend the fit.
+    lengths: dict[str, set[int]] = defaultdict(set)
+    for r in ok:
+        lengths[r.scenario].add(r.prompt_eval_count)
+    ok = [r for r in ok if len(lengths[r.scenario]) >= 2]
     by_case: dict[str, list[ProbeResult]] = defaultdict(list)
     for r in ok:
         by_case[f"{r.scenario}/{r.case}"].append(r)
