@@ -123,7 +123,7 @@ class OllamaError(Exception):
 class StreamChunk:
     """One streamed line: when it arrived, how much text it carried, the final fields if done."""
 
-    received: float  # time.monotonic()
+    received: float  # on the time.monotonic() clock; the kernel receive time where available
     text_len: int
     final: Optional[dict[str, Any]]
 
