@@ -60,6 +60,11 @@ SOAK_SECONDS ?= 3600
 soak: install
 	$(PY) scripts/soak.py --duration $(SOAK_SECONDS)
 
+# Measurement error and footprint of the probe engine, side by side with the ollama package
+# (about 6 minutes; BENCH_ARGS=--quick for about 3). Writes benchmarks/RESULTS.md and results.json.
+bench: install
+	$(PY) benchmarks/probe_bench.py $(BENCH_ARGS)
+
 check: install
 	$(VENV)/bin/ollama-perf-exporter --config.file $(CONFIG) --config.check
 

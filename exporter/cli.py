@@ -106,6 +106,8 @@ def _load_or_report(path: Optional[str]):
 
 
 def run_exporter(args: argparse.Namespace) -> int:
+    from prometheus_client import disable_created_metrics
+
     from .http import HTTPServer, parse_listen_address
     from .service import Exporter
 
@@ -124,6 +126,8 @@ def run_exporter(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     log = logging.getLogger("exporter")
+    # No `_created` series: nothing reads them, and they are ~10% of a large exposition.
+    disable_created_metrics()
     exporter = Exporter(
         args.config_file, config, results_path=args.results_file,
         results_max_bytes=args.results_max_size, results_keep=args.results_keep,

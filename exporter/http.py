@@ -8,13 +8,15 @@ import threading
 from typing import Callable, Optional
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from . import __version__
 from .service import Exporter
 
 log = logging.getLogger(__name__)
+# Our names are all legacy-safe, so the classic text format is what generate_latest writes;
+# say so explicitly: every Prometheus since 2.0 parses it.
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _landing(exporter: Exporter) -> bytes:
@@ -48,8 +50,7 @@ def _landing(exporter: Exporter) -> bytes:
 
 
 def create_app(exporter: Exporter) -> Callable:
-    """WSGI app; /metrics is prometheus_client's own (content negotiation, gzip)."""
-    metrics_app = make_wsgi_app(exporter.registry)
+    """WSGI app; /metrics serves the exporter's last background rendering (text format 0.0.4)."""
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "/")
@@ -60,7 +61,13 @@ def create_app(exporter: Exporter) -> Callable:
             return [body]
 
         if path == "/metrics":
-            return metrics_app(environ, start_response)
+            gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+            body = exporter.exposition.get(gzipped)
+            headers = [("Content-Type", TEXT_FORMAT), ("Content-Length", str(len(body)))]
+            if gzipped:
+                headers.append(("Content-Encoding", "gzip"))
+            start_response("200 OK", headers)
+            return [body]
         if path == "/-/reload":
             if method not in ("POST", "PUT"):
                 return reply("405 Method Not Allowed", b"use POST to reload the config\n")

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urlsplit
 
 from .config import Auth, Target
@@ -368,6 +368,7 @@ class OllamaClient:
         keep_alive: Any = None,
         think: Optional[bool] = None,
         timeout: float = 120.0,
+        on_sent: Optional[Callable[[float], None]] = None,
     ) -> Iterator[StreamChunk]:
         """Send one streaming request and yield its chunks as they arrive.
 
@@ -381,7 +382,7 @@ class OllamaClient:
         path, data = self._request_body(api, model, prompt, system, options, keep_alive, think)
         chat = api == "chat"
         if self._https or not self.raw_streaming:
-            yield from self._stream_http_client(path, data, deadline, timeout, chat)
+            yield from self._stream_http_client(path, data, deadline, timeout, chat, on_sent)
             return
         _keep_receive_stamps_on()
         sock = self._open_socket(min(timeout, CONTROL_TIMEOUT_S * 3))
@@ -390,8 +391,11 @@ class OllamaClient:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             # Nothing of the answer can arrive before the request starts to go out.
             reader.floor = time.monotonic()
+            request = self._request_head(path, len(data)) + data
+            if on_sent is not None:
+                on_sent(time.monotonic())
             try:
-                sock.sendall(self._request_head(path, len(data)) + data)
+                sock.sendall(request)
             except socket.timeout:
                 raise OllamaError("timeout", f"no response from {self._host}:{self._port} within the timeout") from None
             except OSError as exc:
@@ -442,7 +446,8 @@ class OllamaClient:
         lines += [f"{k}: {v}" for k, v in self._auth_headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _stream_http_client(self, path: str, data: bytes, deadline: float, timeout: float, chat: bool) -> Iterator[StreamChunk]:
+    def _stream_http_client(self, path: str, data: bytes, deadline: float, timeout: float, chat: bool,
+                            on_sent: Optional[Callable[[float], None]] = None) -> Iterator[StreamChunk]:
         """The http.client reader: timestamps taken after each read returns, in user space."""
         conn = self._connect(min(timeout, CONTROL_TIMEOUT_S * 3))
         # Keep our own reference: http.client drops conn.sock when the server says
@@ -451,6 +456,8 @@ class OllamaClient:
         resp = None
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            if on_sent is not None:
+                on_sent(time.monotonic())
             resp = self._send_bytes(conn, "POST", path, data)
             self._check_status(resp)
             yield from self._read_stream(sock, resp, deadline, chat)

@@ -55,8 +55,12 @@ def run_probe(
         prompt_chars=len(case.prompt),
     )
     prompt = f"[{uuid.uuid4().hex[:8]}] {case.prompt}" if scenario.unique_prompt else case.prompt
-    result.started_at = time.time()
-    t0 = time.monotonic()
+    wall_start = time.time()
+    t_start = time.monotonic()
+    # The client clock starts when the request is sent (DESIGN: "request sent to first
+    # token"): connecting, and waiting for the GIL to do it when a batch is released at
+    # once, are the client's own overhead. They are kept apart as connect_duration_s.
+    sent: list[float] = []
     first: Optional[float] = None
     last: Optional[float] = None
     gaps = result.inter_token_gaps_s
@@ -74,6 +78,7 @@ def run_probe(
             keep_alive=scenario.keep_alive,
             think=scenario.think,
             timeout=scenario.timeout,
+            on_sent=sent.append,
         ):
             if chunk.text_len:
                 # Only non-empty chunks are tokens; the final chunk usually carries none.
@@ -90,6 +95,7 @@ def run_probe(
         # End-to-end ends when the done line arrived, on the same clock as the tokens
         # (kernel receive time where available), not when this thread finished with it.
         end = final_received if final is not None else time.monotonic()
+        t0 = sent[0] if sent else t_start
         if final is None:  # the client raises before this; kept as a guard for future edits
             raise OllamaError("stream_error", "stream ended before the final done chunk")
         if chunks == 0:
@@ -107,6 +113,7 @@ def run_probe(
         result.done_reason = reason if isinstance(reason, str) else None
     except OllamaError as exc:
         end = time.monotonic()
+        t0 = sent[0] if sent else t_start
         result.ok = False
         result.reason = exc.reason
         result.error = exc.message[:ERROR_TEXT_MAX]
@@ -116,6 +123,7 @@ def run_probe(
             result.ttft_s = first - t0
     except Exception as exc:  # a bug of ours must not take the scheduler thread down
         end = time.monotonic()
+        t0 = sent[0] if sent else t_start
         log.exception("unexpected error while probing %s", client.target.name)
         result.ok = False
         result.reason = "stream_error"
@@ -123,5 +131,8 @@ def run_probe(
         result.request_duration_s = end - t0
     result.output_chunks = chunks
     result.response_chars = chars
+    result.started_at = wall_start + (t0 - t_start)
     result.ended_at = result.started_at + (end - t0)
+    if sent:
+        result.connect_duration_s = sent[0] - t_start
     return result

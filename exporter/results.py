@@ -52,7 +52,8 @@ class ProbeResult:
     reason: Optional[str] = None
     error: Optional[str] = None
     http_status: Optional[int] = None
-    # client clock
+    # client clock, from the moment the request is sent
+    connect_duration_s: Optional[float] = None  # opening the connection, before the clock starts
     ttft_s: Optional[float] = None
     request_duration_s: Optional[float] = None
     inter_token_gaps_s: list[float] = field(default_factory=list)

@@ -10,6 +10,7 @@ from typing import Optional
 from prometheus_client import CollectorRegistry
 
 from .config import Config, ConfigError, load_file
+from .exposition import CachedExposition, ExpositionSink
 from .metrics import ExporterMetrics, ProbeMetrics
 from .results import BatchSummary, ProbeResult, ResultsWriter, RunSummary
 from .scheduler import ProbeScheduler
@@ -56,13 +57,22 @@ class Exporter:
         self.server_stats = ServerStats(config.targets)
         self.registry.register(ServerStatsCollector(self.server_stats))
         self.writer = ResultsWriter(results_path, max_bytes=results_max_bytes, keep=results_keep) if results_path else None
-        sinks: list = [self.probe_metrics]
+        self.exposition = CachedExposition(self.registry)
+        sinks: list = [self.probe_metrics, ExpositionSink(self.exposition)]
         if self.writer:
             sinks.append(ResultsSink(self.writer, self.exporter_metrics))
-        self.scheduler = ProbeScheduler(sinks, self.probe_metrics.skipped, self.server_stats.poll)
+        self.scheduler = ProbeScheduler(sinks, self._skipped, self._poll_stats)
         self._reload_lock = threading.Lock()
         self.last_reload_error: Optional[str] = None
         self._install(config)
+
+    def _poll_stats(self) -> None:
+        self.server_stats.poll()
+        self.exposition.invalidate()
+
+    def _skipped(self, target: str, scenario: str) -> None:
+        self.probe_metrics.skipped(target, scenario)
+        self.exposition.invalidate()
 
     def _install(self, config: Config) -> None:
         self.config = config
@@ -72,6 +82,7 @@ class Exporter:
         self.exporter_metrics.reload_ok.set(1)
         self.exporter_metrics.reload_time.set(time.time())
         self.exporter_metrics.label_combinations.set(config.label_combinations)
+        self.exposition.invalidate()
 
     def start(self) -> None:
         self.scheduler.start()
@@ -91,6 +102,7 @@ class Exporter:
                 config = load_file(self.config_path)
             except ConfigError as exc:
                 self.exporter_metrics.reload_ok.set(0)
+                self.exposition.invalidate()
                 self.last_reload_error = str(exc)
                 log.error("reload refused, keeping the running config: %s", exc)
                 return False, str(exc)
@@ -106,4 +118,5 @@ class Exporter:
             log.warning("some probe runs were still going after %.0fs; their unfinished requests are not recorded", grace)
         if self.writer:
             self.writer.close()
+        self.exposition.close()
         return finished

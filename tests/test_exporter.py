@@ -160,3 +160,18 @@ def test_bad_config_exits_non_zero_and_starts_nothing(tmp_path):
                           capture_output=True, text=True, timeout=30)
     out = proc.stderr
     assert proc.returncode == 1 and "scenarios[0].repeets: unknown key" in out
+
+
+def test_metrics_are_rendered_in_the_background_and_served_gzipped(running_exporter):
+    import gzip
+
+    exporter, base, _ = running_exporter
+    before = requests.get(base + "/metrics", timeout=5, headers={"Accept-Encoding": "identity"})
+    assert before.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    exporter.probe_metrics.skipped("t1", "s")
+    exporter.exposition.invalidate()
+    line = 'llm_probe_skipped_runs_total{scenario="s",target="t1"} 1.0'
+    wait_for(lambda: line in requests.get(base + "/metrics", timeout=5).text, what="the next rendering")
+    raw = requests.get(base + "/metrics", timeout=5, headers={"Accept-Encoding": "gzip"}, stream=True).raw
+    assert raw.headers["Content-Encoding"] == "gzip"
+    assert line in gzip.decompress(raw.read(decode_content=False)).decode()
