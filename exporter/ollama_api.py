@@ -254,13 +254,14 @@ class OllamaClient:
         return conn
 
     def _send(self, conn, method: str, path: str, body: Optional[dict]) -> http.client.HTTPResponse:
+        return self._send_bytes(conn, method, path, None if body is None else json.dumps(body).encode())
+
+    def _send_bytes(self, conn, method: str, path: str, data: Optional[bytes]) -> http.client.HTTPResponse:
         if self._auth_headers is None:
             # Read once per client (a client lives for one scenario run), not per request.
             self._auth_headers = auth_headers(self._auth)
         headers = {"Accept": "application/x-ndjson, application/json", **self._auth_headers}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
+        if data is not None:
             headers["Content-Type"] = "application/json"
         try:
             conn.request(method, self._base_path + path, body=data, headers=headers)
@@ -463,19 +464,6 @@ class OllamaClient:
             yield from self._read_stream(sock, resp, deadline, chat)
         finally:
             _close(conn, resp, sock)
-
-    def _send_bytes(self, conn, method: str, path: str, data: bytes) -> http.client.HTTPResponse:
-        if self._auth_headers is None:
-            self._auth_headers = auth_headers(self._auth)
-        headers = {"Accept": "application/x-ndjson, application/json", "Content-Type": "application/json",
-                   **self._auth_headers}
-        try:
-            conn.request(method, self._base_path + path, body=data, headers=headers)
-            return conn.getresponse()
-        except socket.timeout:
-            raise OllamaError("timeout", f"no response from {self._host}:{self._port} within the timeout") from None
-        except (http.client.HTTPException, OSError) as exc:
-            raise OllamaError("connection", f"request to {self._host}:{self._port} failed: {exc!r}") from None
 
     def _read_stream(self, sock, resp, deadline: float, chat: bool) -> Iterator[StreamChunk]:
         buf = b""

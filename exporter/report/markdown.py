@@ -6,6 +6,8 @@ import datetime as dt
 import os
 from typing import Any, Optional
 
+from .stats import NOISE_SIGMAS
+
 
 def _n(v: Optional[float], digits: int = 3) -> str:
     if v is None:
@@ -137,7 +139,7 @@ def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], ou
                 L += [f"Scenario `{t['scenario']}`, changes against temperature {t['baseline_temperature']:g}:", "",
                       _table(["temperature", "mean latency s", "change", "beyond noise", "decode tok/s", "change",
                               "beyond noise", "mean output tokens"], rows), ""]
-            L.append(f"\"Beyond noise\" means the difference of means exceeds {2:g} standard errors of the difference. "
+            L.append(f"\"Beyond noise\" means the difference of means exceeds {NOISE_SIGMAS:g} standard errors of the difference. "
                      "Temperature changes which tokens are sampled, not how fast: a latency change usually comes from "
                      "a different answer length (see mean output tokens).")
             plot = _find(plots, "temperature_impact")
@@ -233,7 +235,7 @@ def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], ou
                 model = c["new_model"] if c["old_model"] == c["new_model"] else f"{c['old_model']} -> {c['new_model']}"
                 rows.append([model, c["scenario"], c["case"], str(c["concurrency"]), cell("latency"), cell("ttft"), cell("decode_tps", 1)])
             L += [_table(["model", "scenario", "case", "conc", "mean latency s", "mean TTFT s", "decode tok/s"], rows), "",
-                  "**\\*** marks a difference larger than the noise (2 standard errors of the difference).", ""]
+                  f"**\\*** marks a difference larger than the noise ({NOISE_SIGMAS:g} standard errors of the difference).", ""]
         else:
             L += ["No scenario/case/concurrency combination appears in both runs.", ""]
 
