@@ -124,6 +124,25 @@ class ProbeMetrics:
             RUN_LABELS, registry=registry,
         )
 
+    def _all(self):
+        return [v for v in vars(self).values() if isinstance(v, (Counter, Gauge, Histogram))]
+
+    def retire(self, config: Config) -> int:
+        """Drop the series of target/scenario pairs the new config no longer has.
+
+        Otherwise a renamed or removed scenario would export its last success=0 forever,
+        and its alert would never resolve. Returns how many label sets were removed.
+        """
+        keep = {(t.name, s.name) for s in config.scenarios for t in s.targets}
+        removed = 0
+        for metric in self._all():
+            # prometheus_client keeps its children in _metrics; there is no public listing.
+            for labels in list(metric._metrics):
+                if tuple(labels[:2]) not in keep:
+                    metric.remove(*labels)
+                    removed += 1
+        return removed
+
     def declare(self, config: Config) -> None:
         """Create the zero series of every configured combination, so rates and ratios exist from the start."""
         for scenario in config.scenarios:

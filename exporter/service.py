@@ -76,6 +76,7 @@ class Exporter:
 
     def _install(self, config: Config) -> None:
         self.config = config
+        self.probe_metrics.retire(config)
         self.probe_metrics.declare(config)
         self.server_stats.set_targets(config.targets)
         self.scheduler.apply(config)

@@ -99,6 +99,10 @@ def test_reload_refuses_a_bad_config_and_keeps_the_old_one(running_exporter, fak
     assert exporter.registry.get_sample_value("llm_exporter_config_last_reload_successful") == 1
     wait_for(lambda: exporter.registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "renamed"}) == 1,
              what="the reloaded scenario to run")
+    # The old scenario's series are gone, so an alert on them can resolve.
+    assert exporter.registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "s"}) is None
+    assert exporter.registry.get_sample_value("llm_probe_requests_total", {
+        "target": "t1", "scenario": "s", "model": "tiny", "case": "short", "concurrency": "1"}) is None
 
 
 def test_results_file_gets_every_request(running_exporter):
