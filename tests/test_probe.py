@@ -107,3 +107,16 @@ def test_unique_prompt_defeats_the_prompt_cache(fake, make_config):
     assert first.endswith("] hello there") and second.endswith("] hello there")
     assert probe(make_config(fake.url)).prompt_chars == len("hello there")
     assert fake.requests[-1].body["prompt"] == "hello there"
+
+
+@pytest.mark.parametrize("mode,reason", [("ok", None), ("http_404", "model_not_found"), ("stream_error", "stream_error"),
+                                         ("malformed", "malformed_response"), ("no_done", "stream_error"),
+                                         ("stall", "timeout")])
+def test_http_client_reader_gives_the_same_results(fake, make_config, monkeypatch, mode, reason):
+    """The fallback reader (https targets, non-Linux) classifies every outcome as the raw reader does."""
+    monkeypatch.setattr(OllamaClient, "raw_streaming", False)
+    fake.behavior = Behavior(mode=mode, tokens=5, load_time=0)
+    r = probe(make_config(fake.url, extra="timeout: 1s\n"))
+    assert r.reason == reason
+    if reason is None:
+        assert r.ok and r.output_chunks == 5 and len(r.inter_token_gaps_s) == 4 and r.eval_count == 5
