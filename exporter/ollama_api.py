@@ -210,6 +210,18 @@ def _chunk_from_line(line: bytes, received: float, chat: bool) -> Optional[Strea
     return StreamChunk(received, text_len, obj if obj.get("done") is True else None)
 
 
+def _chunks_from_lines(lines: list[bytes], received: float, chat: bool):
+    """Yield the chunks of complete lines; return True once the final (done) chunk was yielded."""
+    for line in lines:
+        chunk = _chunk_from_line(line, received, chat)
+        if chunk is None:
+            continue
+        yield chunk
+        if chunk.final is not None:
+            return True
+    return False
+
+
 def _close(conn, resp, sock) -> None:
     """Release the descriptor now, not at garbage collection: the response holds its own reference."""
     if resp is not None:
@@ -488,13 +500,8 @@ class OllamaClient:
             if len(buf) > MAX_LINE:
                 raise OllamaError("malformed_response", "line too long for NDJSON")
             *lines, buf = buf.split(b"\n")
-            for line in lines:
-                chunk = _chunk_from_line(line, received, chat)
-                if chunk is None:
-                    continue
-                yield chunk
-                if chunk.final is not None:
-                    return
+            if (yield from _chunks_from_lines(lines, received, chat)):
+                return
 
 
 class _RawResponse:
@@ -734,13 +741,8 @@ class _RawResponse:
                     raise OllamaError("malformed_response", "line too long for NDJSON")
                 continue
             *lines, buf = data.split(b"\n")
-            for line in lines:
-                chunk = _chunk_from_line(line, received, chat)
-                if chunk is None:
-                    continue
-                yield chunk
-                if chunk.final is not None:
-                    return
+            if (yield from _chunks_from_lines(lines, received, chat)):
+                return
             if len(buf) > MAX_LINE:
                 raise OllamaError("malformed_response", "line too long for NDJSON")
         if buf.strip():
