@@ -133,7 +133,7 @@ def run_exporter(args: argparse.Namespace) -> int:
         results_max_bytes=args.results_max_size, results_keep=args.results_keep,
     )
     try:
-        server = HTTPServer(exporter, host, port)
+        server = HTTPServer(exporter.app(), host, port)
     except OSError as exc:
         print(f"cannot listen on {args.listen_address}: {exc}", file=sys.stderr)
         return EXIT_RUNTIME

@@ -4,8 +4,9 @@ import pytest
 
 from exporter.metrics import ProbeMetrics
 from exporter.results import FAILURE_REASONS
-from exporter.runner import CollectingSink, ScenarioRunner
-from tests.fake_ollama import Behavior
+from exporter.runner import ScenarioRunner
+from exporter.testkit.exporters import CollectingSink
+from exporter.testkit.fake_ollama import Behavior
 
 
 def run(cfg, registry, sinks=()):
