@@ -21,7 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
-DEFAULT_CONFIG_RESOURCE = "default.yaml"  # shipped inside the package, same as scenarios/default.yaml
+# Inside the package as a link to scenarios/default.yaml; a wheel build copies the file in.
+DEFAULT_CONFIG_RESOURCE = "default.yaml"
 # A config that would create more label combinations than this is refused: each
 # combination is a dozen histograms of ~20 buckets, so 2000 is ~500k samples per scrape.
 DEFAULT_MAX_LABEL_COMBINATIONS = 2000
@@ -112,7 +113,6 @@ class Options(_Strict):
         return self.model_dump(exclude_none=True)
 
 
-SWEEPABLE_OPTIONS = tuple(Options.model_fields)
 
 
 class Auth(_Strict):
@@ -304,7 +304,6 @@ class Config:
     label_combinations: int
     source: str = "config"
     max_label_combinations: int = DEFAULT_MAX_LABEL_COMBINATIONS
-    extra: dict = field(default_factory=dict)
 
 
 def _format_loc(loc: tuple) -> str:

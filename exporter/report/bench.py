@@ -12,6 +12,7 @@ import time
 from typing import Any, Optional
 
 from ..config import Config
+from ..exit_codes import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from ..results import ProbeResult, ResultsWriter, read_results
 from ..runner import ScenarioRunner, planned_requests
 from ..server_stats import ProcessTree
@@ -21,7 +22,6 @@ from .stats import compare, summarize
 
 log = logging.getLogger(__name__)
 SAMPLE_INTERVAL_S = 0.5
-EXIT_OK, EXIT_ALL_FAILED = 0, 3
 
 
 class ResourceSampler:
@@ -124,7 +124,7 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
               memory_bandwidth: Optional[float] = None) -> int:
     if compare and not os.path.exists(os.path.join(compare, "summary.json")):
         print(f"--compare {compare}: no summary.json there (is it a bench output directory?)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     os.makedirs(out_dir, exist_ok=True)
     results_path = os.path.join(out_dir, "results.jsonl")
     if os.path.exists(results_path):
@@ -158,4 +158,5 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
     if not quiet:
         print(f"{summary['requests']} requests, {summary['failures']} failed; report: {os.path.join(out_dir, 'REPORT.md')}",
               file=sys.stderr)
-    return EXIT_ALL_FAILED if summary["requests"] and summary["failures"] == summary["requests"] else EXIT_OK
+    all_failed = summary["requests"] and summary["failures"] == summary["requests"]
+    return EXIT_RUNTIME if all_failed else EXIT_OK
