@@ -153,7 +153,7 @@ class ProbeMetrics(Sink):
         for metric, labels in series:
             try:
                 metric.remove(*labels)
-            except KeyError:  # never observed since it was created and removed before
+            except KeyError:  # already removed by someone else: nothing to do
                 pass
         return len(series)
 
