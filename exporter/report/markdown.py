@@ -152,40 +152,55 @@ def _prompt_length_section(m: dict[str, Any], plots: list[str]) -> list[str]:
     return L + _plot(plots, "prompt_length_impact", "Prompt length impact") + [""]
 
 
+def _experiment(title: str, items: Optional[list[dict[str, Any]]], missing: str, item_lines, note: str,
+                plot: list[str]) -> list[str]:
+    """An experiment over several scenarios: a block per scenario, then a note and the plot."""
+    L = [title, ""]
+    if not items:
+        return L + [missing, ""]
+    for item in items:
+        L += item_lines(item)
+    return L + [note] + plot + [""]
+
+
+def _temperature_lines(t: dict[str, Any]) -> list[str]:
+    rows = [[f"{r['temperature']:g}", _n(r["latency"].get("mean")), _pct(r["latency_change_pct"]),
+             _noise(r["latency_beyond_noise"]), _n(r["decode_tps"].get("mean"), 1), _pct(r["decode_tps_change_pct"]),
+             _noise(r["decode_tps_beyond_noise"]), _n(r["output_tokens"].get("mean"), 1)]
+            for r in t["rows"]]
+    return [f"Scenario `{t['scenario']}`, changes against temperature {t['baseline_temperature']:g}:", "",
+            _table(["temperature", "mean latency s", "change", "beyond noise", "decode tok/s", "change",
+                    "beyond noise", "mean output tokens"], rows), ""]
+
+
 def _temperature_section(m: dict[str, Any], plots: list[str]) -> list[str]:
-    L = ["### Experiment 2: temperature impact", ""]
-    if not m.get("temperature"):
-        return L + ["Not measured: no scenario ran several temperatures.", ""]
-    for t in m["temperature"]:
-        rows = [[f"{r['temperature']:g}", _n(r["latency"].get("mean")), _pct(r["latency_change_pct"]),
-                 _noise(r["latency_beyond_noise"]), _n(r["decode_tps"].get("mean"), 1), _pct(r["decode_tps_change_pct"]),
-                 _noise(r["decode_tps_beyond_noise"]), _n(r["output_tokens"].get("mean"), 1)]
-                for r in t["rows"]]
-        L += [f"Scenario `{t['scenario']}`, changes against temperature {t['baseline_temperature']:g}:", "",
-              _table(["temperature", "mean latency s", "change", "beyond noise", "decode tok/s", "change",
-                      "beyond noise", "mean output tokens"], rows), ""]
-    L.append(f"\"Beyond noise\" means the difference of means exceeds {NOISE_SIGMAS:g} standard errors of the difference. "
-             "Temperature changes which tokens are sampled, not how fast: a latency change usually comes from "
-             "a different answer length (see mean output tokens).")
-    return L + _plot(plots, "temperature_impact", "Temperature impact") + [""]
+    return _experiment(
+        "### Experiment 2: temperature impact", m.get("temperature"),
+        "Not measured: no scenario ran several temperatures.", _temperature_lines,
+        f"\"Beyond noise\" means the difference of means exceeds {NOISE_SIGMAS:g} standard errors of the difference. "
+        "Temperature changes which tokens are sampled, not how fast: a latency change usually comes from "
+        "a different answer length (see mean output tokens).",
+        _plot(plots, "temperature_impact", "Temperature impact"))
+
+
+def _concurrency_lines(c: dict[str, Any]) -> list[str]:
+    rows = [[str(r["concurrency"]), str(r["batches"]), _n(r["aggregate_tps"].get("mean"), 1),
+             _n(r["throughput_gain"], 2), _n(r["requests_per_s"].get("mean"), 3), _n(r["latency"].get("mean")),
+             _n(r["ttft"].get("mean")), _n(r["server_parallelism"], 2), str(r["failures"])]
+            for r in c["rows"]]
+    return [f"Scenario `{c['scenario']}`:", "",
+            _table(["concurrency", "batches", "aggregate tok/s", "gain vs lowest", "requests/s", "mean latency s",
+                    "mean TTFT s", "server parallelism", "failures"], rows), "",
+            f"Verdict: {c['mode']}.", ""]
 
 
 def _concurrency_section(m: dict[str, Any], plots: list[str]) -> list[str]:
-    L = ["### Experiment 3: concurrent requests", ""]
-    if not m.get("concurrency"):
-        return L + ["Not measured: no scenario ran several concurrency levels.", ""]
-    for c in m["concurrency"]:
-        rows = [[str(r["concurrency"]), str(r["batches"]), _n(r["aggregate_tps"].get("mean"), 1),
-                 _n(r["throughput_gain"], 2), _n(r["requests_per_s"].get("mean"), 3), _n(r["latency"].get("mean")),
-                 _n(r["ttft"].get("mean")), _n(r["server_parallelism"], 2), str(r["failures"])]
-                for r in c["rows"]]
-        L += [f"Scenario `{c['scenario']}`:", "",
-              _table(["concurrency", "batches", "aggregate tok/s", "gain vs lowest", "requests/s", "mean latency s",
-                      "mean TTFT s", "server parallelism", "failures"], rows), "",
-              f"Verdict: {c['mode']}.", ""]
-    L.append("Server parallelism is the server's busy time (prefill + decode of every request) over the batch's "
-             "wall time: about 1 when requests are served one at a time, about N when N run at once.")
-    return L + _plot(plots, "concurrency_impact", "Concurrency impact") + [""]
+    return _experiment(
+        "### Experiment 3: concurrent requests", m.get("concurrency"),
+        "Not measured: no scenario ran several concurrency levels.", _concurrency_lines,
+        "Server parallelism is the server's busy time (prefill + decode of every request) over the batch's "
+        "wall time: about 1 when requests are served one at a time, about N when N run at once.",
+        _plot(plots, "concurrency_impact", "Concurrency impact"))
 
 
 def _resources_section(m: dict[str, Any], plots: list[str]) -> list[str]:

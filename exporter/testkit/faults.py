@@ -140,26 +140,26 @@ def _failed(out: FaultOutcome, records) -> None:
 
 # ---- faults made with the fake server ----
 
-def stall_after_headers() -> FaultOutcome:
+def _fake_server_fault(fault: str, expected: tuple[str, ...], behavior: Behavior, **probe_args) -> FaultOutcome:
+    """The fake server misbehaves as told for one run, then behaves: the failure, then the recovery."""
     def body(out):
-        with FakeOllama(Behavior(mode="stall", load_time=0, stall_seconds=30)) as server:
-            probe = Probe(server.url, timeout="1s")
+        with FakeOllama(behavior) as server:
+            probe = Probe(server.url, **probe_args)
             _failed(out, probe.run())
             out.success_gauge = probe.success()
             server.behavior = Behavior(load_time=0)
             _recover(probe, out, time.monotonic())
-    return measure("stall after response headers", ("timeout",), body)
+    return measure(fault, expected, body)
+
+
+def stall_after_headers() -> FaultOutcome:
+    return _fake_server_fault("stall after response headers", ("timeout",),
+                              Behavior(mode="stall", load_time=0, stall_seconds=30), timeout="1s")
 
 
 def burst_of_503() -> FaultOutcome:
-    def body(out):
-        with FakeOllama(Behavior(mode="http_503")) as server:
-            probe = Probe(server.url, extra="repeats: 5\n")
-            _failed(out, probe.run())
-            out.success_gauge = probe.success()
-            server.behavior = Behavior(load_time=0)
-            _recover(probe, out, time.monotonic())
-    return measure("burst of 503 (queue full)", ("server_busy",), body)
+    return _fake_server_fault("burst of 503 (queue full)", ("server_busy",), Behavior(mode="http_503"),
+                              extra="repeats: 5\n")
 
 
 def unresolvable_host() -> FaultOutcome:
