@@ -147,7 +147,10 @@ def run_exporter(args: argparse.Namespace) -> int:
     server.start()
     exporter.start()
     log.info("listening on %s:%d, version %s", host, server.port, __version__)
-    stop.wait()
+    # Wake now and then: the kernel may hand a signal to another thread, and its Python
+    # handler (stop, reload) runs only when the main thread next executes.
+    while not stop.wait(0.5):
+        pass
     log.info("shutting down")
     server.stop()
     finished = exporter.shutdown(args.shutdown_grace)
