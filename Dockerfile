@@ -3,6 +3,8 @@ FROM python:3.11.10-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
+# exporter/default.yaml links to scenarios/default.yaml: the wheel build needs the file behind it.
+COPY scenarios ./scenarios
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[report]'
 
 FROM python:3.11.10-slim-bookworm

@@ -6,7 +6,7 @@ Prints the tables and writes them to benchmarks/RESULTS.md, the raw numbers to
 benchmarks/results.json (about 6 minutes; --quick about 3). --from-json PATH
 prints the tables of an earlier run again.
 
-A dedicated streaming server (benchmarks/stream_server.py) runs in its own
+A dedicated streaming server (exporter/testkit/stream_server.py) runs in its own
 process and logs time.monotonic() right before each token's send(); the client
 side runs here. Linux has one monotonic clock for all processes, so the two
 sides' timestamps can be subtracted directly.
@@ -50,7 +50,6 @@ import platform
 import random
 import resource
 import subprocess
-import types
 import sys
 import tempfile
 import threading
@@ -58,18 +57,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest, make_wsgi_app
+
+from exporter.config import Case, Config, Scenario, Target
+from exporter.exposition import CachedExposition
+from exporter.http import create_app
+from exporter.metrics import ExporterMetrics, ProbeMetrics
+from exporter.ollama_api import OllamaClient
+from exporter.probe import run_probe
+from exporter.results import BatchSummary, ProbeResult, ResultsWriter, RunSummary
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest, make_wsgi_app  # noqa: E402
-from exporter.exposition import CachedExposition  # noqa: E402
-from exporter.http import create_app  # noqa: E402
-
-from exporter.config import Case, Config, Scenario, Target  # noqa: E402
-from exporter.metrics import ExporterMetrics, ProbeMetrics  # noqa: E402
-from exporter.ollama_api import OllamaClient  # noqa: E402
-from exporter.probe import run_probe  # noqa: E402
-from exporter.results import BatchSummary, ProbeResult, ResultsWriter, RunSummary  # noqa: E402
 
 MONO = time.monotonic
 CAPACITY_RATES = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0)  # tokens/s per stream, 32 streams
@@ -84,11 +82,11 @@ TARGETS = {
 # ----------------------------------------------------------------------------- server
 
 class StreamServer:
-    """benchmarks/stream_server.py in a child process."""
+    """exporter/testkit/stream_server.py in a child process."""
 
     def __init__(self):
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "benchmarks", "stream_server.py"), "--port", "0"],
+            [sys.executable, "-m", "exporter.testkit.stream_server", "--port", "0"],
             stdout=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline()
@@ -580,7 +578,7 @@ def section_scrape(quick: bool) -> list:
         app = make_wsgi_app(registry)  # prometheus_client's own: renders on every scrape
         # The exporter's: serves the last background rendering (exporter/exposition.py).
         exposition = CachedExposition(registry)
-        served = create_app(types.SimpleNamespace(exposition=exposition))
+        served = create_app(exposition)
         text = generate_latest(registry)
         series = sum(1 for line in text.split(b"\n") if line and not line.startswith(b"#"))
 
@@ -629,7 +627,7 @@ def _rss_bytes() -> int:
 def memory_child(kind: str, url: str, probes: int, lines: int) -> dict:
     """Run in a fresh process: the exporter's runner and sinks, RSS sampled as probes accumulate."""
     from exporter.runner import ScenarioRunner
-    from exporter.service import ResultsSink
+    from exporter.sinks import FanOut, ResultsFileSink, Sink
 
     tmp = tempfile.mkdtemp(prefix="probe-bench-mem-")
     samples = []
@@ -643,7 +641,7 @@ def memory_child(kind: str, url: str, probes: int, lines: int) -> dict:
         pm = ProbeMetrics(registry)
         em = ExporterMetrics(registry)
         writer = ResultsWriter(os.path.join(tmp, "results.jsonl"))
-        sinks = [pm, ResultsSink(writer, em)]
+        sinks = FanOut([pm, ResultsFileSink(writer, em.results_lines, em.results_errors)])
         target = Target(name="bench", url=url, process_match=None)
         case = Case(name="c", prompt=prompt_for("mem", 8, 2000.0, 0.0), system=None, options={})
         scenario = Scenario(
@@ -654,12 +652,13 @@ def memory_child(kind: str, url: str, probes: int, lines: int) -> dict:
         count = [0]
         every = max(1, probes // 10)
 
-        def progress(_r):
-            count[0] += 1
-            if count[0] % every == 0:
-                samples.append((count[0], _rss_bytes()))
+        class Progress(Sink):
+            def on_result(self, _r):
+                count[0] += 1
+                if count[0] % every == 0:
+                    samples.append((count[0], _rss_bytes()))
 
-        summary = ScenarioRunner(scenario, target, sinks, progress=progress).run()
+        summary = ScenarioRunner(scenario, target, [sinks, Progress()]).run()
         done, failed = summary.requests, summary.failures
         rss_probes = _rss_bytes()
         # Then results lines up to `lines`: records through the same sinks (metrics + results file).
@@ -669,8 +668,7 @@ def memory_child(kind: str, url: str, probes: int, lines: int) -> dict:
         template.concurrency = level
         t1 = MONO()
         for i in range(done, lines):
-            for sink in sinks:
-                sink.on_result(template)
+            sinks.on_result(template)
             if (i + 1) % (lines // 10) == 0:
                 samples.append((i + 1, _rss_bytes()))
         lines_s = MONO() - t1
@@ -678,7 +676,7 @@ def memory_child(kind: str, url: str, probes: int, lines: int) -> dict:
         rss_lines = _rss_bytes()
         size = os.path.getsize(writer.path)
         os.unlink(writer.path)
-        return {"client": "engine", "probes": done, "failures": failed, "probe_s": t1 - t0 - 0, "lines": writer.lines_written,
+        return {"client": "engine", "probes": done, "failures": failed, "probe_s": t1 - t0 - 0, "lines": int(registry.get_sample_value("llm_exporter_results_lines_total")),
                 "results_file_bytes": size, "lines_s": lines_s, "rss_start": rss_start, "rss_after_probes": rss_probes,
                 "rss_after_lines": rss_lines, "samples": samples}
     # Baseline: the ollama package, batches of `level` threads.

@@ -12,9 +12,11 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .config import ConfigError, load_file
+from .exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 
 DEFAULT_LISTEN = "127.0.0.1:9877"
-EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
+# What `bench` imports beyond the exporter's own dependencies: the `report` extra.
+REPORT_MODULES = ("numpy", "matplotlib")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +135,7 @@ def run_exporter(args: argparse.Namespace) -> int:
         results_max_bytes=args.results_max_size, results_keep=args.results_keep,
     )
     try:
-        server = HTTPServer(exporter, host, port)
+        server = HTTPServer(exporter.app(), host, port)
     except OSError as exc:
         print(f"cannot listen on {args.listen_address}: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -145,7 +147,10 @@ def run_exporter(args: argparse.Namespace) -> int:
     server.start()
     exporter.start()
     log.info("listening on %s:%d, version %s", host, server.port, __version__)
-    stop.wait()
+    # Wake now and then: the kernel may hand a signal to another thread, and its Python
+    # handler (stop, reload) runs only when the main thread next executes.
+    while not stop.wait(0.5):
+        pass
     log.info("shutting down")
     server.stop()
     finished = exporter.shutdown(args.shutdown_grace)
@@ -160,7 +165,18 @@ def run_exporter(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _missing_report_modules() -> list[str]:
+    import importlib.util
+
+    return [m for m in REPORT_MODULES if importlib.util.find_spec(m) is None]
+
+
 def run_bench(args: argparse.Namespace) -> int:
+    missing = _missing_report_modules()
+    if missing:
+        # Said before anything runs: a bench takes minutes, and the exporter alone needs neither.
+        print(f"bench needs {' and '.join(missing)}: pip install 'ollama-perf-exporter[report]'", file=sys.stderr)
+        return EXIT_USAGE
     from .report.bench import run_bench as bench
 
     config = _load_or_report(args.config_file)

@@ -15,12 +15,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
-DEFAULT_CONFIG_RESOURCE = "default.yaml"  # shipped inside the package, same as scenarios/default.yaml
+# Inside the package as a link to scenarios/default.yaml; a wheel build copies the file in.
+DEFAULT_CONFIG_RESOURCE = "default.yaml"
 # A config that would create more label combinations than this is refused: each
 # combination is a dozen histograms of ~20 buckets, so 2000 is ~500k samples per scrape.
 DEFAULT_MAX_LABEL_COMBINATIONS = 2000
@@ -111,7 +113,6 @@ class Options(_Strict):
         return self.model_dump(exclude_none=True)
 
 
-SWEEPABLE_OPTIONS = tuple(Options.model_fields)
 
 
 class Auth(_Strict):
@@ -138,6 +139,12 @@ class Target(_Strict):
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("must be an http:// or https:// URL")
         return v.rstrip("/")
+
+    @property
+    def port(self) -> int:
+        """The TCP port of `url`, the scheme's default when the URL names none."""
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
 
     @field_validator("process_match")
     @classmethod
@@ -297,7 +304,6 @@ class Config:
     label_combinations: int
     source: str = "config"
     max_label_combinations: int = DEFAULT_MAX_LABEL_COMBINATIONS
-    extra: dict = field(default_factory=dict)
 
 
 def _format_loc(loc: tuple) -> str:

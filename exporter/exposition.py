@@ -18,12 +18,16 @@ from typing import Optional
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from .sinks import Sink
+
 log = logging.getLogger(__name__)
 MIN_INTERVAL_S = 1.0
 SPACING_FACTOR = 10.0
 
 
-class CachedExposition:
+class CachedExposition(Sink):
+    """Also a sink: every record changes the numbers, so each one asks for a new rendering."""
+
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
         self._lock = threading.Lock()
@@ -32,13 +36,17 @@ class CachedExposition:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self.render_seconds = 0.0
-        self.renders = 0
         self._thread = threading.Thread(target=self._loop, name="exposition", daemon=True)
         self._thread.start()
 
     def invalidate(self) -> None:
         """Something changed: render again soon."""
         self._dirty.set()
+
+    def on_result(self, result) -> None:
+        self.invalidate()
+
+    on_batch = on_run = on_result
 
     def render(self) -> bytes:
         t0 = time.perf_counter()
@@ -47,7 +55,6 @@ class CachedExposition:
         with self._lock:
             self._body, self._gzipped = body, zipped
         self.render_seconds = time.perf_counter() - t0
-        self.renders += 1
         return body
 
     def get(self, gzipped: bool = False) -> bytes:
@@ -73,19 +80,3 @@ class CachedExposition:
     def close(self) -> None:
         self._stop.set()
         self._dirty.set()
-
-
-class ExpositionSink:
-    """Probe results change the numbers: ask for a new rendering."""
-
-    def __init__(self, exposition: CachedExposition):
-        self.exposition = exposition
-
-    def on_result(self, result) -> None:
-        self.exposition.invalidate()
-
-    def on_batch(self, batch) -> None:
-        self.exposition.invalidate()
-
-    def on_run(self, run) -> None:
-        self.exposition.invalidate()

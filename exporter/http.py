@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import html
 import logging
+import socket
 import threading
+from dataclasses import dataclass
 from typing import Callable, Optional
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from . import __version__
-from .service import Exporter
+from .config import Config
+from .exposition import CachedExposition
 
 log = logging.getLogger(__name__)
 # Our names are all legacy-safe, so the classic text format is what generate_latest writes;
@@ -19,16 +22,28 @@ log = logging.getLogger(__name__)
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _landing(exporter: Exporter) -> bytes:
-    rows = []
-    for scenario in exporter.config.scenarios:
-        for target in scenario.targets:
+@dataclass(frozen=True)
+class LandingPage:
+    """What the landing page lists: one row per scenario and target, and the config's source."""
+
+    rows: tuple[tuple[str, str, str, int, str], ...] = ()  # scenario, target, model, cases, schedule
+    source: str = ""
+
+    @classmethod
+    def of(cls, config: Config) -> "LandingPage":
+        rows = []
+        for scenario in config.scenarios:
             schedule = f"every {scenario.interval:g}s" if scenario.interval else f"cron {scenario.cron}"
-            rows.append(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-                    *(html.escape(str(x)) for x in (scenario.name, target.name, scenario.model, len(scenario.cases), schedule))
-                )
-            )
+            for target in scenario.targets:
+                rows.append((scenario.name, target.name, scenario.model, len(scenario.cases), schedule))
+        return cls(tuple(rows), config.source)
+
+
+def _landing(page: LandingPage) -> bytes:
+    rows = [
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(*(html.escape(str(x)) for x in row))
+        for row in page.rows
+    ]
     body = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ollama-perf-exporter</title></head>
 <body>
@@ -43,14 +58,23 @@ def _landing(exporter: Exporter) -> bytes:
 <tr><th>scenario</th><th>target</th><th>model</th><th>cases</th><th>schedule</th></tr>
 {''.join(rows)}
 </table>
-<p>Config: {html.escape(exporter.config.source)}</p>
+<p>Config: {html.escape(page.source)}</p>
 </body></html>
 """
     return body.encode()
 
 
-def create_app(exporter: Exporter) -> Callable:
-    """WSGI app; /metrics serves the exporter's last background rendering (text format 0.0.4)."""
+def create_app(
+    exposition: CachedExposition,
+    reload: Optional[Callable[[], tuple[bool, str]]] = None,
+    ready: Callable[[], bool] = lambda: True,
+    landing: Callable[[], LandingPage] = LandingPage,
+) -> Callable:
+    """WSGI app; /metrics serves the exposition's last background rendering (text format 0.0.4).
+
+    `reload` returns (ok, message) and may be absent (then /-/reload is 404); `ready` says
+    whether the probes run; `landing` gives the landing page's current contents.
+    """
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "/")
@@ -62,25 +86,25 @@ def create_app(exporter: Exporter) -> Callable:
 
         if path == "/metrics":
             gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
-            body = exporter.exposition.get(gzipped)
+            body = exposition.get(gzipped)
             headers = [("Content-Type", TEXT_FORMAT), ("Content-Length", str(len(body)))]
             if gzipped:
                 headers.append(("Content-Encoding", "gzip"))
             start_response("200 OK", headers)
             return [body]
-        if path == "/-/reload":
+        if path == "/-/reload" and reload is not None:
             if method not in ("POST", "PUT"):
                 return reply("405 Method Not Allowed", b"use POST to reload the config\n")
-            ok, message = exporter.reload()
+            ok, message = reload()
             return reply("200 OK" if ok else "500 Internal Server Error", (message + "\n").encode())
         if method not in ("GET", "HEAD"):
             return reply("405 Method Not Allowed", b"method not allowed\n")
         if path == "/":
-            return reply("200 OK", _landing(exporter), "text/html; charset=utf-8")
+            return reply("200 OK", _landing(landing()), "text/html; charset=utf-8")
         if path == "/-/healthy":
             return reply("200 OK", b"Healthy\n")
         if path == "/-/ready":
-            if exporter.ready:
+            if ready():
                 return reply("200 OK", b"Ready\n")
             return reply("503 Service Unavailable", b"Not ready\n")
         return reply("404 Not Found", b"not found\n")
@@ -96,9 +120,10 @@ class _QuietHandler(WSGIRequestHandler):
 class HTTPServer:
     """The WSGI app on a threaded server, in a background thread."""
 
-    def __init__(self, exporter: Exporter, host: str, port: int):
-        server_cls = type("ExporterWSGIServer", (ThreadingWSGIServer,), {"address_family": _family(host)})
-        self.server = make_server(host, port, create_app(exporter), server_cls, handler_class=_QuietHandler)
+    def __init__(self, app: Callable, host: str, port: int):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_cls = type("ExporterWSGIServer", (ThreadingWSGIServer,), {"address_family": family})
+        self.server = make_server(host, port, app, server_cls, handler_class=_QuietHandler)
         self.thread: Optional[threading.Thread] = None
 
     @property
@@ -112,12 +137,6 @@ class HTTPServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def _family(host: str):
-    import socket
-
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:

@@ -6,12 +6,15 @@ scrape only reads what the last runs recorded.
 
 from __future__ import annotations
 
-from typing import Iterable
+import threading
+from collections import defaultdict
+from typing import Optional, Union
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .config import Config
 from .results import FAILURE_REASONS, BatchSummary, ProbeResult, RunSummary
+from .sinks import Sink
 
 PROBE_LABELS = ("target", "scenario", "model", "case", "concurrency")
 START_LABELS = PROBE_LABELS + ("start",)
@@ -35,10 +38,17 @@ LOAD_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120,
 RATE_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000)
 
 
-class ProbeMetrics:
+Metric = Union[Counter, Gauge, Histogram]
+
+
+class ProbeMetrics(Sink):
     """The probe sink: turns result records into Prometheus series."""
 
     def __init__(self, registry: CollectorRegistry):
+        # Every label set this sink created, by (target, scenario): what retire() removes.
+        self._series: dict[tuple[str, str], set[tuple[Metric, tuple[str, ...]]]] = defaultdict(set)
+        self._series_lock = threading.Lock()
+
         def hist(name, doc, labels, buckets):
             return Histogram(name, doc + BG, labels, buckets=buckets, registry=registry)
 
@@ -124,8 +134,11 @@ class ProbeMetrics:
             RUN_LABELS, registry=registry,
         )
 
-    def _all(self):
-        return [v for v in vars(self).values() if isinstance(v, (Counter, Gauge, Histogram))]
+    def _child(self, metric: Metric, *labels: str):
+        """metric.labels(...), remembered so that retire() can find it; every label set starts with target, scenario."""
+        with self._series_lock:
+            self._series[labels[:2]].add((metric, labels))
+        return metric.labels(*labels)
 
     def retire(self, config: Config) -> int:
         """Drop the series of target/scenario pairs the new config no longer has.
@@ -134,14 +147,15 @@ class ProbeMetrics:
         and its alert would never resolve. Returns how many label sets were removed.
         """
         keep = {(t.name, s.name) for s in config.scenarios for t in s.targets}
-        removed = 0
-        for metric in self._all():
-            # prometheus_client keeps its children in _metrics; there is no public listing.
-            for labels in list(metric._metrics):
-                if tuple(labels[:2]) not in keep:
-                    metric.remove(*labels)
-                    removed += 1
-        return removed
+        with self._series_lock:
+            gone = [pair for pair in self._series if pair not in keep]
+            series = [item for pair in gone for item in self._series.pop(pair)]
+        for metric, labels in series:
+            try:
+                metric.remove(*labels)
+            except KeyError:  # already removed by someone else: nothing to do
+                pass
+        return len(series)
 
     def declare(self, config: Config) -> None:
         """Create the zero series of every configured combination, so rates and ratios exist from the start."""
@@ -150,56 +164,53 @@ class ProbeMetrics:
                 for case in scenario.cases:
                     for level in scenario.concurrency:
                         labels = (target.name, scenario.name, scenario.model, case.name, str(level))
-                        self.requests.labels(*labels)
-                        self.prompt_tokens.labels(*labels)
-                        self.output_tokens.labels(*labels)
+                        self._child(self.requests, *labels)
+                        self._child(self.prompt_tokens, *labels)
+                        self._child(self.output_tokens, *labels)
                         for reason in FAILURE_REASONS:
-                            self.failures.labels(*labels, reason)
-                self.skipped_runs.labels(target.name, scenario.name)
+                            self._child(self.failures, *labels, reason)
+                self._child(self.skipped_runs, target.name, scenario.name)
 
     # ---- sink interface ----
     def on_result(self, r: ProbeResult) -> None:
         labels = (r.target, r.scenario, r.model, r.case, str(r.concurrency))
-        self.requests.labels(*labels).inc()
+        self._child(self.requests, *labels).inc()
         if not r.ok:
-            self.failures.labels(*labels, r.reason or "stream_error").inc()
+            self._child(self.failures, *labels, r.reason or "stream_error").inc()
             return
         start_labels = labels + (r.start,)
-        if r.ttft_s is not None:
-            self.ttft.labels(*start_labels).observe(r.ttft_s)
-        if r.request_duration_s is not None:
-            self.duration.labels(*start_labels).observe(r.request_duration_s)
-        gap_hist = self.inter_token.labels(*labels)
+        self._observe(self.ttft, start_labels, r.ttft_s)
+        self._observe(self.duration, start_labels, r.request_duration_s)
+        gap_hist = self._child(self.inter_token, *labels)
         for gap in r.inter_token_gaps_s:
             gap_hist.observe(gap)
-        _observe(self.tpot, labels, r.time_per_output_token_s)
-        _observe(self.output_tps, labels, r.output_tokens_per_s)
-        _observe(self.prompt_tps, labels, r.prompt_tokens_per_s)
-        _observe(self.load, labels, r.load_duration_s)
-        _observe(self.prompt_eval, labels, r.prompt_eval_duration_s)
-        _observe(self.eval, labels, r.eval_duration_s)
-        _observe(self.queue, labels, r.queue_duration_s)
+        self._observe(self.tpot, labels, r.time_per_output_token_s)
+        self._observe(self.output_tps, labels, r.output_tokens_per_s)
+        self._observe(self.prompt_tps, labels, r.prompt_tokens_per_s)
+        self._observe(self.load, labels, r.load_duration_s)
+        self._observe(self.prompt_eval, labels, r.prompt_eval_duration_s)
+        self._observe(self.eval, labels, r.eval_duration_s)
+        self._observe(self.queue, labels, r.queue_duration_s)
         if r.prompt_eval_count:
-            self.prompt_tokens.labels(*labels).inc(r.prompt_eval_count)
+            self._child(self.prompt_tokens, *labels).inc(r.prompt_eval_count)
         if r.eval_count:
-            self.output_tokens.labels(*labels).inc(r.eval_count)
+            self._child(self.output_tokens, *labels).inc(r.eval_count)
+
+    def _observe(self, metric: Histogram, labels: tuple[str, ...], value: Optional[float]) -> None:
+        if value is not None:
+            self._child(metric, *labels).observe(value)
 
     def on_batch(self, b: BatchSummary) -> None:
         if b.output_tokens_per_s is not None:
-            self.batch_tps.labels(b.target, b.scenario, b.model, b.case, str(b.concurrency)).set(b.output_tokens_per_s)
+            self._child(self.batch_tps, b.target, b.scenario, b.model, b.case, str(b.concurrency)).set(b.output_tokens_per_s)
 
     def on_run(self, run: RunSummary) -> None:
-        self.success.labels(run.target, run.scenario).set(1 if run.success else 0)
-        self.last_run.labels(run.target, run.scenario).set(run.ended_at)
-        self.run_duration.labels(run.target, run.scenario).set(run.duration_s)
+        self._child(self.success, run.target, run.scenario).set(1 if run.success else 0)
+        self._child(self.last_run, run.target, run.scenario).set(run.ended_at)
+        self._child(self.run_duration, run.target, run.scenario).set(run.duration_s)
 
     def skipped(self, target: str, scenario: str) -> None:
-        self.skipped_runs.labels(target, scenario).inc()
-
-
-def _observe(metric: Histogram, labels: Iterable[str], value) -> None:
-    if value is not None:
-        metric.labels(*labels).observe(value)
+        self._child(self.skipped_runs, target, scenario).inc()
 
 
 class ExporterMetrics:

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 log = logging.getLogger(__name__)
 
-# The fixed set of failure reasons (DESIGN.md); metric labels only ever take these.
+# The fixed set of failure reasons (docs/architecture.md); metric labels only ever take these.
 FAILURE_REASONS = (
     "connection",
     "timeout",
@@ -170,11 +170,11 @@ class ResultsWriter:
 
     Each line goes out in a single os.write on an O_APPEND descriptor, so a crash
     leaves at most the line being written torn, never an earlier one; the reader
-    skips a torn line. Write failures (disk full, read-only) are logged and
-    counted, never raised into the probe.
+    skips a torn line. A failed write (disk full, read-only) is logged and
+    reported by write() returning False, never raised into the probe.
     """
 
-    def __init__(self, path: str | os.PathLike, on_error=None, max_bytes: Optional[int] = None, keep: int = 5):
+    def __init__(self, path: str | os.PathLike, max_bytes: Optional[int] = None, keep: int = 5):
         self.path = Path(path)
         # Size-based rotation: PATH -> PATH.1 -> ... -> PATH.<keep>; the oldest is dropped.
         self.max_bytes = max_bytes
@@ -182,9 +182,6 @@ class ResultsWriter:
         self._size = 0
         self._lock = threading.Lock()
         self._fd: Optional[int] = None
-        self._on_error = on_error
-        self.lines_written = 0
-        self.write_errors = 0
         self._closed = False
 
     def _open(self) -> int:
@@ -214,6 +211,7 @@ class ResultsWriter:
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
 
     def write(self, record: ProbeResult) -> bool:
+        """True if the line is in the file; False (logged) if it could not be written."""
         line = (json.dumps(record.to_dict(), separators=(",", ":"), allow_nan=False) + "\n").encode()
         with self._lock:
             if self._closed:
@@ -229,13 +227,9 @@ class ResultsWriter:
                     n = os.write(fd, view)
                     view = view[n:]
                     self._size += n
-                self.lines_written += 1
                 return True
             except (OSError, ValueError) as exc:
-                self.write_errors += 1
                 log.error("cannot write results file %s: %s", self.path, exc)
-                if self._on_error:
-                    self._on_error(exc)
                 return False
 
     def close(self) -> None:

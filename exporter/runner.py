@@ -8,12 +8,13 @@ import threading
 import time
 import uuid
 from datetime import datetime
-from typing import Callable, Iterable, Optional, Protocol
+from typing import Callable, Iterable, Optional
 
 from .config import Case, Scenario, Target
 from .ollama_api import OllamaClient, OllamaError
 from .probe import run_probe
 from .results import BatchSummary, ProbeResult, RunSummary, batch_output_tokens_per_s
+from .sinks import FanOut, Sink
 
 log = logging.getLogger(__name__)
 
@@ -22,33 +23,6 @@ COLD_LOAD_FALLBACK_S = 0.5
 # A model due to expire within this margin is treated as already gone.
 UNLOAD_MARGIN_S = 1.0
 _RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|z|[+-]\d\d:\d\d)$")
-
-
-class Sink(Protocol):
-    def on_result(self, result: ProbeResult) -> None: ...
-    def on_batch(self, batch: BatchSummary) -> None: ...
-    def on_run(self, run: RunSummary) -> None: ...
-
-
-class CollectingSink:
-    """Keeps every record, batch and run summary; optionally passes each record on."""
-
-    def __init__(self, on_result: Optional[Callable[[ProbeResult], None]] = None):
-        self.results: list[ProbeResult] = []
-        self.batches: list[BatchSummary] = []
-        self.runs: list[RunSummary] = []
-        self._on_result = on_result
-
-    def on_result(self, result: ProbeResult) -> None:
-        self.results.append(result)
-        if self._on_result:
-            self._on_result(result)
-
-    def on_batch(self, batch: BatchSummary) -> None:
-        self.batches.append(batch)
-
-    def on_run(self, run: RunSummary) -> None:
-        self.runs.append(run)
 
 
 def normalize_model_name(name: str) -> str:
@@ -99,6 +73,11 @@ def _label_start(result: ProbeResult, loaded_before: Optional[bool]) -> None:
     result.start = "cold" if cold else "warm"
 
 
+def planned_requests(scenario: Scenario) -> int:
+    """Requests one run of the scenario sends on one target, warm-ups excluded."""
+    return len(scenario.cases) * scenario.repeats * sum(scenario.concurrency)
+
+
 class ScenarioRunner:
     """Runs a scenario once against one target and hands every record to the sinks."""
 
@@ -109,14 +88,12 @@ class ScenarioRunner:
         sinks: Iterable[Sink],
         stop: Optional[threading.Event] = None,
         client_factory: Callable[[Target], OllamaClient] = OllamaClient,
-        progress: Optional[Callable[[ProbeResult], None]] = None,
     ):
         self.scenario = scenario
         self.target = target
-        self.sinks = list(sinks)
+        self.sinks = FanOut(sinks)
         self.stop = stop or threading.Event()
         self.client = client_factory(target)
-        self.progress = progress
         self.run_id = uuid.uuid4().hex[:12]
         self._batch_seq = 0
         self._requests = 0
@@ -125,29 +102,16 @@ class ScenarioRunner:
         # keeps every finished request); sinks see one result at a time.
         self._emit_lock = threading.Lock()
 
-    def planned_requests(self) -> int:
-        s = self.scenario
-        return len(s.cases) * s.repeats * sum(s.concurrency)
-
     def _emit(self, result: ProbeResult) -> None:
         with self._emit_lock:
-            self._emit_locked(result)
-
-    def _emit_locked(self, result: ProbeResult) -> None:
-        self._requests += 1
-        if not result.ok:
-            self._failures += 1
-            log.warning(
-                "probe failed: target=%s scenario=%s case=%s reason=%s: %s",
-                result.target, result.scenario, result.case, result.reason, result.error,
-            )
-        for sink in self.sinks:
-            try:
-                sink.on_result(result)
-            except Exception:
-                log.exception("sink %r failed on a result", sink)
-        if self.progress:
-            self.progress(result)
+            self._requests += 1
+            if not result.ok:
+                self._failures += 1
+                log.warning(
+                    "probe failed: target=%s scenario=%s case=%s reason=%s: %s",
+                    result.target, result.scenario, result.case, result.reason, result.error,
+                )
+            self.sinks.on_result(result)
 
     def _warm_up(self, case: Case) -> None:
         for _ in range(self.scenario.warmup):
@@ -157,19 +121,8 @@ class ScenarioRunner:
             if not r.ok:
                 log.info("warm-up failed: target=%s scenario=%s reason=%s", r.target, r.scenario, r.reason)
 
-    def _sequential(self, case: Case) -> None:
-        for _ in range(self.scenario.repeats):
-            if self.stop.is_set():
-                return
-            loaded = model_is_loaded(self.client, self.scenario.model)
-            self._batch_seq += 1
-            r = run_probe(self.client, self.scenario, case, concurrency=1, batch=self._batch_seq, run_id=self.run_id)
-            _label_start(r, loaded)
-            self._emit(r)
-            self._emit_batch(case, 1, [r])
-
     def _batch(self, case: Case, level: int) -> None:
-        """All requests of a batch are released together by a barrier."""
+        """One batch of `level` requests; more than one are released together by a barrier."""
         loaded = model_is_loaded(self.client, self.scenario.model)
         self._batch_seq += 1
         batch_id = self._batch_seq
@@ -177,25 +130,30 @@ class ScenarioRunner:
         results: list[Optional[ProbeResult]] = [None] * level
 
         def one(i: int) -> None:
-            try:
-                barrier.wait(timeout=30)
-            except threading.BrokenBarrierError:
-                pass
+            if level > 1:
+                try:
+                    barrier.wait(timeout=30)
+                except threading.BrokenBarrierError:
+                    pass
             r = run_probe(self.client, self.scenario, case, concurrency=level, batch=batch_id, run_id=self.run_id)
             _label_start(r, loaded)
             self._emit(r)
             results[i] = r
 
-        threads = [threading.Thread(target=one, args=(i,), name=f"probe-{self.scenario.name}-{i}", daemon=True) for i in range(level)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            # A probe is bounded by the scenario timeout; the margin covers connect and thread start.
-            t.join(self.scenario.timeout + 60)
+        if level == 1:
+            one(0)  # a lone request needs no thread
+        else:
+            threads = [threading.Thread(target=one, args=(i,), name=f"probe-{self.scenario.name}-{i}", daemon=True)
+                       for i in range(level)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                # A probe is bounded by the scenario timeout; the margin covers connect and thread start.
+                t.join(self.scenario.timeout + 60)
         self._emit_batch(case, level, [r for r in results if r is not None])
 
     def _emit_batch(self, case: Case, level: int, results: list[ProbeResult]) -> None:
-        summary = BatchSummary(
+        self.sinks.on_batch(BatchSummary(
             target=self.target.name,
             scenario=self.scenario.name,
             model=self.scenario.model,
@@ -204,12 +162,7 @@ class ScenarioRunner:
             requests=len(results),
             failures=sum(1 for r in results if not r.ok),
             output_tokens_per_s=batch_output_tokens_per_s(results),
-        )
-        for sink in self.sinks:
-            try:
-                sink.on_batch(summary)
-            except Exception:
-                log.exception("sink %r failed on a batch", sink)
+        ))
 
     def run(self) -> RunSummary:
         started = time.time()
@@ -218,15 +171,10 @@ class ScenarioRunner:
                 break
             self._warm_up(case)
             for level in self.scenario.concurrency:
-                if self.stop.is_set():
-                    break
-                if level == 1:
-                    self._sequential(case)
-                else:
-                    for _ in range(self.scenario.repeats):
-                        if self.stop.is_set():
-                            break
-                        self._batch(case, level)
+                for _ in range(self.scenario.repeats):
+                    if self.stop.is_set():
+                        break
+                    self._batch(case, level)
         summary = RunSummary(
             target=self.target.name,
             scenario=self.scenario.name,
@@ -237,9 +185,5 @@ class ScenarioRunner:
             failures=self._failures,
             stopped=self.stop.is_set(),
         )
-        for sink in self.sinks:
-            try:
-                sink.on_run(summary)
-            except Exception:
-                log.exception("sink %r failed on a run", sink)
+        self.sinks.on_run(summary)
         return summary

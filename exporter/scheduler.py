@@ -15,7 +15,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config, Scenario, Target
-from .runner import ScenarioRunner, Sink
+from .runner import ScenarioRunner
+from .sinks import Sink
 
 log = logging.getLogger(__name__)
 STATS_JOB = "server-stats"

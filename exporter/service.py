@@ -10,33 +10,15 @@ from typing import Optional
 from prometheus_client import CollectorRegistry
 
 from .config import Config, ConfigError, load_file
-from .exposition import CachedExposition, ExpositionSink
+from .http import LandingPage
+from .exposition import CachedExposition
 from .metrics import ExporterMetrics, ProbeMetrics
-from .results import BatchSummary, ProbeResult, ResultsWriter, RunSummary
+from .results import ResultsWriter
 from .scheduler import ProbeScheduler
+from .sinks import ResultsFileSink, Sink
 from .server_stats import ServerStats, ServerStatsCollector
 
 log = logging.getLogger(__name__)
-
-
-class ResultsSink:
-    """Appends every result record to the results file and counts the outcome."""
-
-    def __init__(self, writer: ResultsWriter, metrics: ExporterMetrics):
-        self.writer = writer
-        self.metrics = metrics
-
-    def on_result(self, result: ProbeResult) -> None:
-        if self.writer.write(result):
-            self.metrics.results_lines.inc()
-        else:
-            self.metrics.results_errors.inc()
-
-    def on_batch(self, batch: BatchSummary) -> None:
-        pass
-
-    def on_run(self, run: RunSummary) -> None:
-        pass
 
 
 class Exporter:
@@ -58,12 +40,12 @@ class Exporter:
         self.registry.register(ServerStatsCollector(self.server_stats))
         self.writer = ResultsWriter(results_path, max_bytes=results_max_bytes, keep=results_keep) if results_path else None
         self.exposition = CachedExposition(self.registry)
-        sinks: list = [self.probe_metrics, ExpositionSink(self.exposition)]
+        sinks: list[Sink] = [self.probe_metrics, self.exposition]
         if self.writer:
-            sinks.append(ResultsSink(self.writer, self.exporter_metrics))
+            sinks.append(ResultsFileSink(self.writer, self.exporter_metrics.results_lines,
+                                         self.exporter_metrics.results_errors))
         self.scheduler = ProbeScheduler(sinks, self._skipped, self._poll_stats)
         self._reload_lock = threading.Lock()
-        self.last_reload_error: Optional[str] = None
         self._install(config)
 
     def _poll_stats(self) -> None:
@@ -92,7 +74,6 @@ class Exporter:
             len(self.config.scenarios), len(self.config.targets), self.config.source,
         )
 
-    @property
     def ready(self) -> bool:
         return self.scheduler.running and not self.scheduler.stop.is_set()
 
@@ -104,13 +85,20 @@ class Exporter:
             except ConfigError as exc:
                 self.exporter_metrics.reload_ok.set(0)
                 self.exposition.invalidate()
-                self.last_reload_error = str(exc)
                 log.error("reload refused, keeping the running config: %s", exc)
                 return False, str(exc)
             self._install(config)
-            self.last_reload_error = None
             log.info("config reloaded from %s", config.source)
             return True, f"reloaded {len(config.scenarios)} scenario(s) from {config.source}"
+
+    def landing(self) -> "LandingPage":
+        return LandingPage.of(self.config)
+
+    def app(self):
+        """The WSGI app serving this exporter."""
+        from .http import create_app
+
+        return create_app(self.exposition, reload=self.reload, ready=self.ready, landing=self.landing)
 
     def shutdown(self, grace: float = 10.0) -> bool:
         """Stop probing; True if every run ended within the grace period."""

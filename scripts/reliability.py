@@ -12,12 +12,11 @@ import os
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-from tests import faults  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from exporter.testkit import faults
+from exporter.testkit.exporters import ExporterProcess, free_port, scenario_yaml, wait_for
+from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from exporter.testkit.real_ollama import OllamaServer, ollama_binary
+from exporter.testkit.soak import soak
 
 
 def scrape_latency(exp, n: int = 200) -> tuple[float, float]:
@@ -37,9 +36,6 @@ def scrape_latency(exp, n: int = 200) -> tuple[float, float]:
 
 def scrapes_while_probes_stall(stalled: int = 64) -> str:
     """/metrics latency with `stalled` probes hanging on a server that never sends a token, against idle."""
-    from tests.conftest import ExporterProcess, scenario_yaml, wait_for
-    from tests.fake_ollama import Behavior, FakeOllama
-
     lines = []
     with FakeOllama(Behavior(load_time=0)) as server, tempfile.TemporaryDirectory() as tmp:
         cfg = os.path.join(tmp, "c.yaml")
@@ -73,8 +69,6 @@ def main() -> int:
     args = ap.parse_args()
     outcomes = faults.fake_faults()
     if not args.no_real:
-        from tests.real_ollama import OllamaServer, ollama_binary
-
         with tempfile.TemporaryDirectory() as models:
             binary = ollama_binary()
             seed = OllamaServer(binary, models, free_port(), os.path.join(models, "serve.log")).start()
@@ -92,8 +86,6 @@ def main() -> int:
     print()
     print(scrapes_while_probes_stall())
     if args.soak:
-        from soak import soak
-
         print(f"\nsoak: {args.soak:.0f} s at 10x the default probe rate")
         result = soak(args.soak, 6, max(args.soak / 4, 5))
         print(f"fds {result['fds_start']} -> {result['fds_end']}, threads {result['threads_start']} -> "

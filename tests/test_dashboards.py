@@ -28,7 +28,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import ROOT, free_port, wait_for
+from exporter.testkit.exporters import ROOT, free_port, wait_for
 
 DASH_DIR = os.path.join(ROOT, "grafana", "dashboards")
 PROVISIONING = os.path.join(ROOT, "grafana", "provisioning")
@@ -267,13 +267,12 @@ def _has_data(result):
 # happening and the cold-start panels and rules have data too.
 FAKE_LAUNCHER = textwrap.dedent("""\
     import os, sys, threading, time
-    sys.path.insert(0, sys.argv[3])
-    from tests.fake_ollama import Behavior, FakeOllama
+    from exporter.testkit.fake_ollama import Behavior, FakeOllama
     srv = FakeOllama(Behavior(tokens=10, token_interval=0.003, first_token_delay=0.01, load_time=0.2),
                      port=int(sys.argv[2])).start()
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
     while True:
-        time.sleep(float(sys.argv[4]))
+        time.sleep(float(sys.argv[3]))
         with srv.lock:
             srv.loaded.clear()
     """)
@@ -386,7 +385,7 @@ def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
     base = f"http://{prom_addr}"
     procs = []
     try:
-        procs.append(_spawn([sys.executable, "-c", FAKE_LAUNCHER, marker, str(fake_port), ROOT, "4"],
+        procs.append(_spawn([sys.executable, "-c", FAKE_LAUNCHER, marker, str(fake_port), "4"],
                             tmp_path / "fake.log"))
         wait_for(lambda: _get(fake_url + "/api/version"), timeout=20, what="fake Ollama")
 

@@ -1,20 +1,15 @@
 """Leaks and crashes: a short soak of the real exporter process, and SIGKILL while it writes results."""
 
 import io
-import os
 import signal
-import sys
 
 from exporter.results import read_results
-from tests.conftest import ROOT, ExporterProcess, scenario_yaml, wait_for
-from tests.fake_ollama import Behavior, FakeOllama
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from exporter.testkit.exporters import ExporterProcess, scenario_yaml, wait_for
+from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from exporter.testkit.soak import soak
 
 
 def test_short_soak_returns_to_its_descriptor_and_thread_counts():
-    from soak import soak
-
     result = soak(duration=20, interval=1, report_every=5, out=io.StringIO())
     assert result["requests"] > 50
     assert result["fds_end"] <= result["fds_start"], result

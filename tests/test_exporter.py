@@ -9,36 +9,13 @@ import pytest
 import requests
 
 from exporter.config import load_file
-from exporter.http import HTTPServer
 from exporter.results import read_results
 from exporter.service import Exporter
-from tests.conftest import ROOT, ExporterProcess, scenario_yaml, wait_for
-from tests.fake_ollama import Behavior, FakeOllama
+from exporter.testkit.exporters import ROOT, ExporterProcess, ThreadedExporter, scenario_yaml, wait_for
+from exporter.testkit.fake_ollama import Behavior, FakeOllama
 
-CONTRACT = [
-    "llm_probe_time_to_first_token_seconds",
-    "llm_probe_inter_token_latency_seconds",
-    "llm_probe_time_per_output_token_seconds",
-    "llm_probe_request_duration_seconds",
-    "llm_probe_output_tokens_per_second",
-    "llm_probe_prompt_tokens_per_second",
-    "llm_probe_load_duration_seconds",
-    "llm_probe_prompt_eval_duration_seconds",
-    "llm_probe_eval_duration_seconds",
-    "llm_probe_queue_duration_seconds",
-    "llm_probe_prompt_tokens_total",
-    "llm_probe_output_tokens_total",
-    "llm_probe_requests_total",
-    "llm_probe_request_failures_total",
-    "llm_probe_success",
-    "llm_probe_last_run_timestamp_seconds",
-    "llm_probe_run_duration_seconds",
-    "llm_probe_batch_output_tokens_per_second",
-    "llm_server_up",
-    "llm_server_info",
-    "llm_server_model_loaded_bytes",
-    "llm_server_model_vram_bytes",
-]
+# The server-stats families, which the golden exposition (tests/test_golden.py) leaves out.
+SERVER_FAMILIES = ["llm_server_up", "llm_server_info", "llm_server_model_loaded_bytes", "llm_server_model_vram_bytes"]
 
 
 @pytest.fixture
@@ -49,23 +26,18 @@ def running_exporter(tmp_path, fake):
         fake.url, extra="repeats: 2\nconcurrency: [1, 2]\n", top_extra="server_stats: {interval: 1s}\n",
         cases={"short": "hi", "long": "a much longer prompt " * 10},
     ))
-    exporter = Exporter(str(config_path), load_file(str(config_path)), results_path=str(tmp_path / "results.jsonl"))
-    server = HTTPServer(exporter, "127.0.0.1", 0)
-    server.start()
-    exporter.start()
-    base = f"http://127.0.0.1:{server.port}"
-    wait_for(lambda: exporter.registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "s"}) is not None,
-             what="first scenario run")
-    yield exporter, base, config_path
-    server.stop()
-    exporter.shutdown(5)
+    with ThreadedExporter(str(config_path), results_path=str(tmp_path / "results.jsonl")) as running:
+        exporter = running.exporter
+        wait_for(lambda: exporter.registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "s"})
+                 is not None, what="first scenario run")
+        yield exporter, running.base, config_path
 
 
-def test_every_contract_metric_is_served(running_exporter):
+def test_every_golden_family_is_served(running_exporter, golden_families):
     exporter, base, _ = running_exporter
     wait_for(lambda: "llm_server_model_loaded_bytes{" in requests.get(base + "/metrics", timeout=5).text, what="server stats")
     text = requests.get(base + "/metrics", timeout=5).text
-    for name in CONTRACT:
+    for name in golden_families + SERVER_FAMILIES:
         assert f"\n{name}" in text or f"\n{name}_" in text, name
     assert 'llm_server_info{target="t1",version="0.11.4"} 1.0' in text
     assert 'llm_probe_success{scenario="s",target="t1"} 1.0' in text
@@ -125,6 +97,7 @@ def test_promtool_finds_no_problem_in_a_scrape(running_exporter):
 
 
 def test_skipped_runs_are_counted(tmp_path):
+    """A run takes ~0.8 s and is scheduled every 0.3 s: the overlapping runs are skipped and counted, never stacked."""
     with FakeOllama(Behavior(tokens=3, token_interval=0.4, load_time=0)) as server:
         cfg_path = tmp_path / "c.yaml"
         cfg_path.write_text(scenario_yaml(server.url).replace("interval: 1h", "interval: 0.3s"))
@@ -132,9 +105,13 @@ def test_skipped_runs_are_counted(tmp_path):
         exporter.start()
         try:
             wait_for(lambda: (exporter.registry.get_sample_value(
-                "llm_probe_skipped_runs_total", {"target": "t1", "scenario": "s"}) or 0) >= 1, what="a skipped run")
+                "llm_probe_skipped_runs_total", {"target": "t1", "scenario": "s"}) or 0) >= 2
+                and len(server.requests) >= 2, what="skipped runs and a second run")
         finally:
             exporter.shutdown(5)
+        received = [r.received for r in server.requests]
+    # Each request streams for 0.8 s; a stacked run would have sent its request sooner.
+    assert all(b - a >= 0.75 for a, b in zip(received, received[1:])), received
 
 
 def test_process_reloads_on_sighup_and_stops_cleanly_on_sigterm(tmp_path):

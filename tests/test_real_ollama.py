@@ -10,10 +10,10 @@ from prometheus_client import CollectorRegistry
 from exporter.config import load_text
 from exporter.metrics import ProbeMetrics
 from exporter.ollama_api import OllamaClient
-from exporter.runner import CollectingSink, ScenarioRunner
+from exporter.runner import ScenarioRunner
 from exporter.server_stats import ServerStats, ServerStatsCollector
-from tests.conftest import free_port
-from tests.real_ollama import MODEL, OllamaServer
+from exporter.testkit.exporters import CollectingSink, free_port
+from exporter.testkit.real_ollama import MODEL, OllamaServer
 
 pytestmark = pytest.mark.ollama
 
@@ -177,13 +177,13 @@ def test_unique_prompt_measures_real_prefill(real_ollama):
     assert d.prompt_eval_duration_s > 0.5 * c.prompt_eval_duration_s  # prefilled from scratch each time
 
 
-def test_cli_with_default_scenarios_serves_every_contract_metric(real_ollama, tmp_path):
+def test_cli_with_default_scenarios_serves_every_contract_metric(real_ollama, tmp_path, golden_families):
     """The issue's acceptance check: OLLAMA_HOST at a real server, the shipped default scenarios."""
     import os
     import shutil
     import subprocess
-    from tests.conftest import ExporterProcess, wait_for
-    from tests.test_exporter import CONTRACT
+    from exporter.testkit.exporters import ExporterProcess, wait_for
+    from tests.test_exporter import SERVER_FAMILIES
 
     env = dict(os.environ, OLLAMA_HOST=f"127.0.0.1:{real_ollama.port}", OLLAMA_PERF_MODEL=MODEL)
     exp = ExporterProcess(["--config.file", "scenarios/default.yaml", "--results.file", str(tmp_path / "r.jsonl")], env=env)
@@ -192,7 +192,8 @@ def test_cli_with_default_scenarios_serves_every_contract_metric(real_ollama, tm
                  interval=1, what="one run of the default scenarios")
         wait_for(lambda: "llm_server_process_cpu_seconds_total{" in exp.scrape(), timeout=60, what="process stats")
         text = exp.scrape()
-        for name in CONTRACT + ["llm_server_process_cpu_seconds_total", "llm_server_process_resident_memory_bytes"]:
+        for name in golden_families + SERVER_FAMILIES + ["llm_server_process_cpu_seconds_total",
+                                                         "llm_server_process_resident_memory_bytes"]:
             assert f"\n{name}" in text, name
         if shutil.which("promtool"):
             res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)

@@ -43,12 +43,19 @@ def test_garbage_lines_are_skipped(tmp_path):
 
 
 def test_unwritable_file_is_counted_not_raised(tmp_path):
-    errors = []
+    from prometheus_client import CollectorRegistry
+
+    from exporter.metrics import ExporterMetrics
+    from exporter.sinks import ResultsFileSink
+
     target = tmp_path / "dir-not-file"
     target.mkdir()
-    w = ResultsWriter(target, on_error=errors.append)
-    assert not w.write(record(0))
-    assert w.write_errors == 1 and len(errors) == 1
+    registry = CollectorRegistry()
+    m = ExporterMetrics(registry)
+    sink = ResultsFileSink(ResultsWriter(target), m.results_lines, m.results_errors)
+    sink.on_result(record(0))
+    assert registry.get_sample_value("llm_exporter_results_write_errors_total") == 1
+    assert registry.get_sample_value("llm_exporter_results_lines_total") == 0
 
 
 def test_writes_after_close_are_refused(tmp_path):

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from exporter.testkit.exporters import ROOT
 
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 OVERRIDES = [os.path.join(ROOT, "docker", "compose.gpu.yml"), os.path.join(ROOT, "docker", "compose.rocm.yml")]

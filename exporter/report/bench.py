@@ -12,24 +12,23 @@ import time
 from typing import Any, Optional
 
 from ..config import Config
+from ..exit_codes import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from ..results import ProbeResult, ResultsWriter, read_results
-from ..runner import CollectingSink, ScenarioRunner
+from ..runner import ScenarioRunner, planned_requests
 from ..server_stats import ProcessTree
+from ..sinks import ResultsFileSink, Sink
 from . import sysinfo
 from .stats import compare, summarize
 
 log = logging.getLogger(__name__)
 SAMPLE_INTERVAL_S = 0.5
-EXIT_OK, EXIT_ALL_FAILED = 0, 3
 
 
 class ResourceSampler:
     """Samples each local target's process tree in the background while the benchmark runs."""
 
     def __init__(self, config: Config, interval: float = SAMPLE_INTERVAL_S):
-        from ..ollama_api import OllamaClient
-
-        self.trees = {t.name: ProcessTree(t.process_match, OllamaClient(t).port) for t in config.targets if t.process_match}
+        self.trees = {t.name: ProcessTree(t.process_match, t.port) for t in config.targets if t.process_match}
         self.interval = interval
         self.samples: list[dict[str, Any]] = []
         self._stop = threading.Event()
@@ -54,7 +53,7 @@ class ResourceSampler:
         self._thread.join(5)
 
 
-class Progress:
+class Progress(Sink):
     """requests done / total, elapsed, current case: one rewritten line on a terminal, sparse lines otherwise."""
 
     def __init__(self, total: int, quiet: bool, stream=sys.stderr):
@@ -67,7 +66,7 @@ class Progress:
         self.started = time.monotonic()
         self._last_line = 0.0
 
-    def __call__(self, r: ProbeResult) -> None:
+    def on_result(self, r: ProbeResult) -> None:
         self.done += 1
         self.failed += 0 if r.ok else 1
         if self.quiet:
@@ -125,7 +124,7 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
               memory_bandwidth: Optional[float] = None) -> int:
     if compare and not os.path.exists(os.path.join(compare, "summary.json")):
         print(f"--compare {compare}: no summary.json there (is it a bench output directory?)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     os.makedirs(out_dir, exist_ok=True)
     results_path = os.path.join(out_dir, "results.jsonl")
     if os.path.exists(results_path):
@@ -134,14 +133,15 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
     writer = ResultsWriter(results_path)
 
     jobs = [(s, t) for s in config.scenarios for t in s.targets]
-    total = sum(ScenarioRunner(s, t, []).planned_requests() for s, t in jobs)
+    total = sum(planned_requests(s) for s, _ in jobs)
     progress = Progress(total, quiet)
+    # Every record goes to the results file; the report is built from that file.
+    sinks = [ResultsFileSink(writer), progress]
     running: dict[str, list[dict[str, Any]]] = {}
     started = time.time()
     with ResourceSampler(config) as sampler:
         for scenario, target in jobs:
-            # Every record goes to the results file; the report is built from that file.
-            ScenarioRunner(scenario, target, [CollectingSink(on_result=writer.write)], progress=progress).run()
+            ScenarioRunner(scenario, target, sinks).run()
 
             # Loaded-model facts (size, VRAM, context) while the model is still resident.
             running[target.name] = sysinfo.running_model_facts(target) or running.get(target.name, [])
@@ -158,4 +158,5 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
     if not quiet:
         print(f"{summary['requests']} requests, {summary['failures']} failed; report: {os.path.join(out_dir, 'REPORT.md')}",
               file=sys.stderr)
-    return EXIT_ALL_FAILED if summary["requests"] and summary["failures"] == summary["requests"] else EXIT_OK
+    all_failed = summary["requests"] and summary["failures"] == summary["requests"]
+    return EXIT_RUNTIME if all_failed else EXIT_OK

@@ -18,11 +18,12 @@ from typing import Callable, Optional
 import psutil
 from prometheus_client import CollectorRegistry
 
-from exporter.config import load_text
-from exporter.metrics import ProbeMetrics
-from exporter.runner import CollectingSink, ScenarioRunner
-from exporter.server_stats import ServerStats, ServerStatsCollector
-from tests.fake_ollama import Behavior, FakeOllama
+from ..config import load_text
+from ..metrics import ProbeMetrics
+from ..runner import ScenarioRunner
+from ..server_stats import ServerStats, ServerStatsCollector
+from .exporters import CollectingSink
+from .fake_ollama import Behavior, FakeOllama
 
 MODEL_REAL = "smollm2-135m"
 
@@ -139,26 +140,26 @@ def _failed(out: FaultOutcome, records) -> None:
 
 # ---- faults made with the fake server ----
 
-def stall_after_headers() -> FaultOutcome:
+def _fake_server_fault(fault: str, expected: tuple[str, ...], behavior: Behavior, **probe_args) -> FaultOutcome:
+    """The fake server misbehaves as told for one run, then behaves: the failure, then the recovery."""
     def body(out):
-        with FakeOllama(Behavior(mode="stall", load_time=0, stall_seconds=30)) as server:
-            probe = Probe(server.url, timeout="1s")
+        with FakeOllama(behavior) as server:
+            probe = Probe(server.url, **probe_args)
             _failed(out, probe.run())
             out.success_gauge = probe.success()
             server.behavior = Behavior(load_time=0)
             _recover(probe, out, time.monotonic())
-    return measure("stall after response headers", ("timeout",), body)
+    return measure(fault, expected, body)
+
+
+def stall_after_headers() -> FaultOutcome:
+    return _fake_server_fault("stall after response headers", ("timeout",),
+                              Behavior(mode="stall", load_time=0, stall_seconds=30), timeout="1s")
 
 
 def burst_of_503() -> FaultOutcome:
-    def body(out):
-        with FakeOllama(Behavior(mode="http_503")) as server:
-            probe = Probe(server.url, extra="repeats: 5\n")
-            _failed(out, probe.run())
-            out.success_gauge = probe.success()
-            server.behavior = Behavior(load_time=0)
-            _recover(probe, out, time.monotonic())
-    return measure("burst of 503 (queue full)", ("server_busy",), body)
+    return _fake_server_fault("burst of 503 (queue full)", ("server_busy",), Behavior(mode="http_503"),
+                              extra="repeats: 5\n")
 
 
 def unresolvable_host() -> FaultOutcome:
@@ -270,7 +271,7 @@ def load_longer_than_timeout(make_server) -> FaultOutcome:
         server = make_server()
         try:
             probe = Probe(server.url, model=MODEL_REAL, timeout="150ms", num_predict=8)
-            from exporter.ollama_api import OllamaClient
+            from ..ollama_api import OllamaClient
 
             OllamaClient(probe.config.targets[0]).unload(MODEL_REAL)
             time.sleep(0.5)

@@ -9,9 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
+from .exporters import ROOT, http_get
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m"
 START_DEADLINE_S = 60
 
@@ -21,7 +20,7 @@ def ollama_binary() -> str:
     path = os.environ.get("OLLAMA_BIN")
     if path and os.access(path, os.X_OK):
         return path
-    res = subprocess.run([str(ROOT / "scripts" / "install-ollama.sh")], capture_output=True, text=True, timeout=3600)
+    res = subprocess.run([os.path.join(ROOT, "scripts", "install-ollama.sh")], capture_output=True, text=True, timeout=3600)
     if res.returncode != 0:
         raise RuntimeError(f"cannot build Ollama:\n{res.stderr[-3000:]}")
     return res.stdout.strip().splitlines()[-1]
@@ -67,11 +66,8 @@ class OllamaServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ollama serve exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if requests.get(self.url + "/api/version", timeout=1).ok:
-                    return self
-            except requests.RequestException:
-                pass
+            if http_get(self.url + "/api/version", timeout=1)[0] == 200:
+                return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"ollama serve did not answer within {START_DEADLINE_S}s; see {self.log_path}")
