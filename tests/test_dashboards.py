@@ -424,6 +424,23 @@ def _exporter_config(fake_url, marker):
         """)
 
 
+def _seed_results(path, now):
+    """Runs of the `default` scenario one to two hours ago, as an earlier exporter would have written
+    them: the exact statistics rebuild their baseline from the results file at start-up."""
+    from exporter.results import ProbeResult
+
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(12):
+            ended = now - 7200 + i * 300
+            for case, ttft in (("short", 0.012), ("long", 0.015)):
+                r = ProbeResult(target="local", scenario="default", model="tiny", case=case, run_id=f"seed-{i}",
+                                started_at=ended - 0.05, ended_at=ended, ok=True, ttft_s=ttft * (1 + i % 3 / 50),
+                                request_duration_s=0.045, eval_count=10, eval_duration_s=0.03, prompt_eval_count=12,
+                                prompt_eval_duration_s=0.002, load_duration_s=0.001, total_duration_s=0.04,
+                                inter_token_gaps_s=[0.003] * 9, output_chunks=10)
+                f.write(json.dumps(r.to_dict()) + "\n")
+
+
 def _prometheus_config(exporter_addr, prom_addr):
     """prometheus/prometheus.yml with test addresses, 1s intervals and absolute rule paths."""
     with open(os.path.join(ROOT, "prometheus", "prometheus.yml"), encoding="utf-8") as f:
@@ -461,6 +478,7 @@ def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
 
         cfg = tmp_path / "scenarios.yaml"
         cfg.write_text(_exporter_config(fake_url, marker))
+        _seed_results(tmp_path / "results.jsonl", time.time())
         env = {k: v for k, v in os.environ.items() if k != "OLLAMA_HOST"}
         procs.append(_spawn([sys.executable, "-m", "exporter", "--config.file", str(cfg),
                              "--web.listen-address", exporter_addr, "--results.file", str(tmp_path / "results.jsonl")],
