@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Union
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 # Inside the package as a link to scenarios/default.yaml; a wheel build copies the file in.
@@ -179,10 +179,50 @@ class Schedule(_Strict):
         return v
 
 
+class Slo(_Strict):
+    """A service-level objective: the share of requests that must be good.
+
+    A request is good when it succeeded and met every threshold given (seconds).
+    """
+
+    ttft: Optional[float] = None
+    time_per_output_token: Optional[float] = None
+    request_duration: Optional[float] = None
+    objective: float
+
+    @field_validator("ttft", "time_per_output_token", "request_duration", mode="before")
+    @classmethod
+    def _threshold(cls, v):
+        return None if v is None else parse_duration(v)
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective(cls, v):
+        # "99%" and 0.99 mean the same; a bare 99 is refused rather than guessed at.
+        if isinstance(v, str) and v.strip().endswith("%"):
+            try:
+                v = round(float(v.strip()[:-1]) / 100, 12)
+            except ValueError:
+                raise ValueError(f"expected a percentage such as 99% or a ratio such as 0.99, got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"expected a percentage such as 99% or a ratio such as 0.99, got {v!r}")
+        if not (0 < v < 1):
+            raise ValueError("must be between 0 and 1 (exclusive), e.g. 99% or 0.99")
+        return float(v)
+
+    @model_validator(mode="after")
+    def _some_threshold(self):
+        if self.ttft is None and self.time_per_output_token is None and self.request_duration is None:
+            raise ValueError("give at least one of ttft, time_per_output_token, request_duration")
+        return self
+
+
 class CaseSpec(_Strict):
     prompt: str = Field(min_length=1)
     system: Optional[str] = None
     options: Optional[Options] = None
+    # Overrides the scenario's slo for this case.
+    slo: Optional[Slo] = None
     # Repeat the prompt text this many times: a cheap way to build long prompts for
     # prompt-length experiments without pasting pages of text into YAML.
     prompt_repeat: int = Field(1, ge=1, le=10000)
@@ -219,6 +259,7 @@ class ScenarioSpec(_Strict):
     options: Options = Options()
     cases: dict[str, CaseSpec] = Field(min_length=1)
     sweep: Optional[Sweep] = None
+    slo: Optional[Slo] = None  # for every case that has none of its own
 
     @field_validator("keep_alive", mode="before")
     @classmethod
@@ -276,6 +317,7 @@ class Case:
     prompt: str
     system: Optional[str]
     options: dict[str, Any]
+    slo: Optional[Slo] = None
 
 
 @dataclass(frozen=True)
@@ -353,7 +395,8 @@ def _expand_cases(spec: ScenarioSpec) -> list[Case]:
             option_params = {k: v for k, v in params.items() if k != "prompt_repeat"}
             options = spec.options.merged(case.options).model_copy(update=option_params)
             prompt = " ".join([case.prompt] * repeat)
-            cases.append(Case(_case_name(case_name, params), prompt, case.system, options.as_request()))
+            cases.append(Case(_case_name(case_name, params), prompt, case.system, options.as_request(),
+                              case.slo or spec.slo))
     return cases
 
 

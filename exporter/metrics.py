@@ -7,6 +7,7 @@ scrape only reads what the last runs recorded.
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from typing import Optional, Union
 
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .config import Config
 from .results import FAILURE_REASONS, BatchSummary, ProbeResult, RunSummary
+from .scheduler import longest_gap_s
 from .sinks import Sink
 
 PROBE_LABELS = ("target", "scenario", "model", "case", "concurrency")
@@ -21,21 +23,42 @@ START_LABELS = PROBE_LABELS + ("start",)
 RUN_LABELS = ("target", "scenario")
 BG = " Measured by scheduled background probe runs, not at scrape time."
 
-# Buckets are chosen for LLM work, not web requests.
-# TTFT: 10 ms (a warm, short prompt on a GPU) up to 2 minutes (a cold load of a large
-# model from disk, or a long prompt prefilled on a CPU).
-TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
+# Buckets are chosen for LLM work, not web requests, and span both a small CPU host and a
+# fast GPU. They stay modest in number: every bucket is one series per label set, and each
+# label set has a dozen histograms. Dashboards and alerts read exact statistics computed
+# from the measured requests (llm_probe_recent_quantile, ...), not quantiles interpolated
+# inside these buckets; the histograms remain for distributions (heatmaps, counts).
+# TTFT: 2.5 ms (a warm, short prompt on a GPU) up to 10 minutes (a cold load of a large
+# model from a slow disk, or a long prompt prefilled on a CPU).
+TTFT_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 # Gaps between streamed tokens: 1 ms (fast GPU, ~1000 tok/s) to 5 s (a stalled or
 # swapping CPU host); dense between 10 and 100 ms, where CPU decoding of 1-8B models lives.
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 5)
-# End-to-end: 100 ms to 10 minutes (long generations on a CPU run for minutes).
-DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+# End-to-end: 25 ms (a few tokens on a GPU) to 10 minutes (long generations on a CPU).
+DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 # Server-side phases can be far shorter than a request: start at 1 ms.
 PHASE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 # Model load: a resident model reports a few ms; a cold load from disk takes seconds to minutes.
-LOAD_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
-# Tokens per second: 1 (a 70B model on a CPU) to 2000 (prefill of a small model on a GPU).
-RATE_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000)
+LOAD_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+# Tokens per second: 1 (a 70B model on a CPU) to 50,000 (prefill of a small model on a
+# fast GPU runs at tens of thousands); dense from 10 to 100, where CPU decoding lives.
+RATE_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+START_KINDS = ("cold", "warm")
+
+
+def slo_good(r: ProbeResult, slo) -> bool:
+    """Judge one request against an SLO (config.Slo): good if it succeeded and met every
+    threshold given. A threshold whose value the request lacks counts as missed, except the
+    time per output token of a request with fewer than two tokens, which has no pace to judge."""
+    if not r.ok:
+        return False
+    for threshold, value in ((slo.ttft, r.ttft_s), (slo.request_duration, r.request_duration_s)):
+        if threshold is not None and (value is None or value > threshold):
+            return False
+    tpot = r.time_per_output_token_s
+    if slo.time_per_output_token is not None and tpot is not None and tpot > slo.time_per_output_token:
+        return False
+    return True
 
 
 Metric = Union[Counter, Gauge, Histogram]
@@ -128,6 +151,34 @@ class ProbeMetrics(Sink):
             "Aggregate output tokens / wall time of the last batch at this concurrency level." + BG,
             PROBE_LABELS, registry=registry,
         )
+        self.schedule_interval = Gauge(
+            "llm_probe_schedule_interval_seconds",
+            "Longest expected wait between two runs of the scenario: its interval, or for a cron "
+            "schedule the widest gap between its fire times over the next week.",
+            RUN_LABELS, registry=registry,
+        )
+        self.schedule_start = Gauge(
+            "llm_probe_schedule_start_timestamp_seconds",
+            "Unix time when the scenario was (re)scheduled by a config load; its first run starts then.",
+            RUN_LABELS, registry=registry,
+        )
+        self.slo_requests = Counter(
+            "llm_probe_slo_requests_total",
+            "Probe requests judged against the case's SLO (warm-ups excluded)." + BG, PROBE_LABELS, registry=registry,
+        )
+        self.slo_good = Counter(
+            "llm_probe_slo_good_requests_total",
+            "Probe requests that succeeded and met every threshold of the case's SLO." + BG,
+            PROBE_LABELS, registry=registry,
+        )
+        self.slo_objective = Gauge(
+            "llm_probe_slo_objective_ratio",
+            "The SLO's objective: the share of requests that must be good, e.g. 0.99.",
+            ("target", "scenario", "model", "case"), registry=registry,
+        )
+        # (scenario, case) -> config.Slo of the running config; results are judged against it.
+        self._slos: dict = {}
+        self._slo_series: set = set()
         self.skipped_runs = Counter(
             "llm_probe_skipped_runs_total",
             "Scheduled runs skipped because the previous run of the scenario was still going.",
@@ -157,11 +208,23 @@ class ProbeMetrics(Sink):
                 pass
         return len(series)
 
-    def declare(self, config: Config) -> None:
-        """Create the zero series of every configured combination, so rates and ratios exist from the start."""
+    def declare(self, config: Config, now: Optional[float] = None) -> None:
+        """Create the zero series of every configured combination, so rates and ratios exist from the start.
+
+        Histograms too, cold and warm: a child born with its first observation has no earlier
+        zero, so increase() over it would miss that observation (the first cold start).
+        """
+        now = time.time() if now is None else now
+        slos = {}
+        slo_series: set[tuple[Metric, tuple[str, ...]]] = set()
         for scenario in config.scenarios:
             for target in scenario.targets:
                 for case in scenario.cases:
+                    if case.slo is not None:
+                        slos[(scenario.name, case.name)] = case.slo
+                        obj_labels = (target.name, scenario.name, scenario.model, case.name)
+                        self._child(self.slo_objective, *obj_labels).set(case.slo.objective)
+                        slo_series.add((self.slo_objective, obj_labels))
                     for level in scenario.concurrency:
                         labels = (target.name, scenario.name, scenario.model, case.name, str(level))
                         self._child(self.requests, *labels)
@@ -169,12 +232,45 @@ class ProbeMetrics(Sink):
                         self._child(self.output_tokens, *labels)
                         for reason in FAILURE_REASONS:
                             self._child(self.failures, *labels, reason)
+                        for start in START_KINDS:
+                            self._child(self.ttft, *labels, start)
+                            self._child(self.duration, *labels, start)
+                        for hist in self._per_request_histograms():
+                            self._child(hist, *labels)
+                        if case.slo is not None:
+                            self._child(self.slo_requests, *labels)
+                            self._child(self.slo_good, *labels)
+                            slo_series.update(((self.slo_requests, labels), (self.slo_good, labels)))
                 self._child(self.skipped_runs, target.name, scenario.name)
+                self._child(self.schedule_interval, target.name, scenario.name).set(longest_gap_s(scenario))
+                self._child(self.schedule_start, target.name, scenario.name).set(now)
+        # A case whose SLO was removed stops exporting it, so its alerts resolve.
+        for metric, labels in self._slo_series - slo_series:
+            self._forget(metric, labels)
+        self._slo_series = slo_series
+        self._slos = slos
+
+    def _forget(self, metric: Metric, labels: tuple[str, ...]) -> None:
+        with self._series_lock:
+            self._series[labels[:2]].discard((metric, labels))
+        try:
+            metric.remove(*labels)
+        except KeyError:  # already removed by retire(): nothing to do
+            pass
+
+    def _per_request_histograms(self):
+        return (self.inter_token, self.tpot, self.output_tps, self.prompt_tps, self.load,
+                self.prompt_eval, self.eval, self.queue)
 
     # ---- sink interface ----
     def on_result(self, r: ProbeResult) -> None:
         labels = (r.target, r.scenario, r.model, r.case, str(r.concurrency))
         self._child(self.requests, *labels).inc()
+        slo = self._slos.get((r.scenario, r.case))
+        if slo is not None:
+            self._child(self.slo_requests, *labels).inc()
+            if slo_good(r, slo):
+                self._child(self.slo_good, *labels).inc()
         if not r.ok:
             self._child(self.failures, *labels, r.reason or "stream_error").inc()
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Optional
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
@@ -24,6 +24,36 @@ STATS_JOB = "server-stats"
 
 def job_id(scenario: Scenario, target: Target) -> str:
     return f"probe:{scenario.name}@{target.name}"
+
+
+def trigger_for(scenario: Scenario):
+    if scenario.interval is not None:
+        return IntervalTrigger(seconds=scenario.interval, timezone=timezone.utc)
+    return CronTrigger.from_crontab(scenario.cron, timezone=timezone.utc)
+
+
+def longest_gap_s(scenario: Scenario, now: Optional[datetime] = None, horizon: timedelta = timedelta(days=7)) -> float:
+    """The longest wait between two consecutive runs: the interval, or for a cron schedule the
+    widest gap between its fire times over the next week (a weekday-only cron has a weekend gap).
+
+    The runs-stopped alert waits a couple of these before it calls a scenario stuck.
+    """
+    if scenario.interval is not None:
+        return float(scenario.interval)
+    trigger = trigger_for(scenario)
+    now = now or datetime.now(timezone.utc)
+    end = now + horizon
+    previous = trigger.get_next_fire_time(None, now)
+    longest = 0.0
+    while previous is not None:
+        nxt = trigger.get_next_fire_time(previous, previous + timedelta(microseconds=1))
+        if nxt is None:
+            break
+        longest = max(longest, (nxt - previous).total_seconds())
+        if nxt > end:
+            break
+        previous = nxt
+    return longest or horizon.total_seconds()
 
 
 class ProbeScheduler:
@@ -94,11 +124,7 @@ class ProbeScheduler:
         for job in self._scheduler.get_jobs():
             job.remove()
         for scenario in config.scenarios:
-            trigger = (
-                IntervalTrigger(seconds=scenario.interval, timezone=timezone.utc)
-                if scenario.interval is not None
-                else CronTrigger.from_crontab(scenario.cron, timezone=timezone.utc)
-            )
+            trigger = trigger_for(scenario)
             for target in scenario.targets:
                 jid = job_id(scenario, target)
                 jobs[jid] = (target.name, scenario.name)

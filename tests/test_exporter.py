@@ -23,7 +23,7 @@ def running_exporter(tmp_path, fake):
     """An exporter with its HTTP server on a free port, probing the fake server; stopped afterwards."""
     config_path = tmp_path / "scenarios.yaml"
     config_path.write_text(scenario_yaml(
-        fake.url, extra="repeats: 2\nconcurrency: [1, 2]\n", top_extra="server_stats: {interval: 1s}\n",
+        fake.url, extra="repeats: 2\nconcurrency: [1, 2]\nslo: {ttft: 5s, objective: 99%}\n", top_extra="server_stats: {interval: 1s}\n",
         cases={"short": "hi", "long": "a much longer prompt " * 10},
     ))
     with ThreadedExporter(str(config_path), results_path=str(tmp_path / "results.jsonl")) as running:

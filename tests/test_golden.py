@@ -40,14 +40,14 @@ def _failed(case: str, reason: str) -> ProbeResult:
 
 
 def render(tmp_path) -> str:
-    config = load_text(scenario_yaml("http://127.0.0.1:11434", extra="concurrency: [1, 2]\n",
+    config = load_text(scenario_yaml("http://127.0.0.1:11434", extra="concurrency: [1, 2]\nslo: {ttft: 1s, objective: 99%}\n",
                                      cases={"short": "hi", "long": "a longer prompt"}), "golden")
     disable_created_metrics()  # as the exporter does: `_created` series carry the wall clock
     try:
         registry = CollectorRegistry()
         probe_metrics = ProbeMetrics(registry)
         exporter_metrics = ExporterMetrics(registry)
-        probe_metrics.declare(config)
+        probe_metrics.declare(config, now=T0)
         exporter_metrics.reload_ok.set(1)
         exporter_metrics.reload_time.set(T0)
         exporter_metrics.label_combinations.set(config.label_combinations)

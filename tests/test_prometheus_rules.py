@@ -20,6 +20,8 @@ PROM_CONFIG = os.path.join(PROM_DIR, "prometheus.yml")
 RECORDING = os.path.join(PROM_DIR, "rules", "recording.yml")
 ALERTS = os.path.join(PROM_DIR, "rules", "alerts.yml")
 RULE_TESTS = os.path.join(PROM_DIR, "tests", "alerts_test.yml")
+SLO_RULES = os.path.join(PROM_DIR, "rules", "slo.yml")
+SLO_TESTS = os.path.join(PROM_DIR, "tests", "slo_test.yml")
 ALERTMANAGER = os.path.join(PROM_DIR, "alertmanager.yml")
 
 # level:metric:operations, each part in the metric-name alphabet, operations lower-case.
@@ -56,26 +58,28 @@ def test_promtool_check_config():
     out = _run([_tool("promtool"), "check", "config", PROM_CONFIG])
     assert "SUCCESS" in out
     # check config also parses every rule file that rule_files matches.
-    assert "recording.yml" in out and "alerts.yml" in out
+    assert "recording.yml" in out and "alerts.yml" in out and "slo.yml" in out
 
 
 @pytest.mark.prometheus
 def test_promtool_check_rules():
-    out = _run([_tool("promtool"), "check", "rules", RECORDING, ALERTS])
-    assert out.count("SUCCESS") == 2, out
+    out = _run([_tool("promtool"), "check", "rules", RECORDING, ALERTS, SLO_RULES])
+    assert out.count("SUCCESS") == 3, out
 
 
 @pytest.mark.prometheus
-def test_promtool_unit_tests_pass():
-    out = _run([_tool("promtool"), "test", "rules", RULE_TESTS], timeout=300)
+@pytest.mark.parametrize("tests", [RULE_TESTS, SLO_TESTS], ids=os.path.basename)
+def test_promtool_unit_tests_pass(tests):
+    out = _run([_tool("promtool"), "test", "rules", tests], timeout=300)
     assert "SUCCESS" in out and "FAILED" not in out, out
 
 
 # ---------------------------------------------------------------- conventions
 
 
-def test_recording_rules_are_named_level_metric_operations():
-    rules = _rules(RECORDING)
+@pytest.mark.parametrize("path", [RECORDING, SLO_RULES], ids=os.path.basename)
+def test_recording_rules_are_named_level_metric_operations(path):
+    rules = [r for r in _rules(path) if "record" in r]
     assert rules and all("record" in r for r in rules)
     names = [r["record"] for r in rules]
     assert len(names) == len(set(names)), "duplicate recording rule"
@@ -100,9 +104,10 @@ def test_recording_rules_cover_the_contract():
     assert "target_model_scenario:llm_probe_request_failures:ratio_rate10m" in names
 
 
-def test_recording_rule_levels_match_their_aggregation():
+@pytest.mark.parametrize("path", [RECORDING, SLO_RULES], ids=os.path.basename)
+def test_recording_rule_levels_match_their_aggregation(path):
     """The level part names exactly the labels that the outer `by (...)` keeps."""
-    for rule in _rules(RECORDING):
+    for rule in (r for r in _rules(path) if "record" in r):
         level = rule["record"].split(":")[0]
         expected = set(level.split("_")) - {""}
         groupings = re.findall(r"by \(([^)]*)\)", rule["expr"])
@@ -113,7 +118,7 @@ def test_recording_rule_levels_match_their_aggregation():
 
 
 def test_every_alert_has_severity_summary_description():
-    alerts = _rules(ALERTS)
+    alerts = _rules(ALERTS) + [r for r in _rules(SLO_RULES) if "alert" in r]
     assert len(alerts) >= 7
     names = [a["alert"] for a in alerts]
     assert len(names) == len(set(names))
@@ -128,8 +133,23 @@ def test_the_required_alerts_exist():
     names = {a["alert"] for a in _rules(ALERTS)}
     assert {
         "LLMProbeFailing", "LLMExporterDown", "OllamaServerDown", "LLMTimeToFirstTokenRegression",
-        "LLMDecodeThroughputDrop", "OllamaRepeatedColdStarts", "OllamaServerMemoryGrowth",
+        "LLMDecodeThroughputDrop", "OllamaRepeatedColdStarts", "OllamaServerMemoryGrowth", "LLMProbeRunsStopped",
     } <= names
+    assert {a["alert"] for a in _rules(SLO_RULES) if "alert" in a} == {"LLMSLOErrorBudgetBurnFast",
+                                                                       "LLMSLOErrorBudgetBurnSlow"}
+
+
+def test_slo_alerts_pair_a_long_and_a_short_window_at_the_workbook_burn_rates():
+    alerts = {a["alert"]: a for a in _rules(SLO_RULES) if "alert" in a}
+    for name, long_w, short_w, burn, severity in (("LLMSLOErrorBudgetBurnFast", "1h", "5m", "14.4", "critical"),
+                                                  ("LLMSLOErrorBudgetBurnSlow", "6h", "30m", "6", "warning")):
+        expr = alerts[name]["expr"]
+        assert re.search(rf"error_ratio_rate{long_w}\s", expr) and f"error_ratio_rate{short_w}[" in expr, name
+        assert len(re.findall(rf">\s*{re.escape(burn)}\s", expr)) == 2, name
+        assert alerts[name]["labels"]["severity"] == severity
+    records = {r["record"] for r in _rules(SLO_RULES) if "record" in r}
+    for w in ("5m", "30m", "1h", "6h"):
+        assert f"target_model_scenario_case:llm_probe_slo_requests:error_ratio_rate{w}" in records
 
 
 def test_ttft_regression_compares_with_an_offset_baseline_and_a_floor():
@@ -139,9 +159,13 @@ def test_ttft_regression_compares_with_an_offset_baseline_and_a_floor():
     assert re.search(r"-\s*avg_over_time\(.*\)\s*>\s*0\.\d+", expr, re.S), "absolute floor on the difference"
 
 
-def test_every_alert_has_a_firing_and_a_quiet_unit_test():
-    alerts = {a["alert"] for a in _rules(ALERTS)}
-    tests = _load(RULE_TESTS)
+@pytest.mark.parametrize("rules_path, tests_path, rule_files", [
+    (ALERTS, RULE_TESTS, ["../rules/alerts.yml", "../rules/recording.yml"]),
+    (SLO_RULES, SLO_TESTS, ["../rules/slo.yml"]),
+], ids=["alerts", "slo"])
+def test_every_alert_has_a_firing_and_a_quiet_unit_test(rules_path, tests_path, rule_files):
+    alerts = {a["alert"] for a in _rules(rules_path) if "alert" in a}
+    tests = _load(tests_path)
     fires, quiet = set(), set()
     for group in tests["tests"]:
         for case in group.get("alert_rule_test", []):
@@ -149,8 +173,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test():
     assert alerts <= fires, f"no firing test for {sorted(alerts - fires)}"
     assert alerts <= quiet, f"no must-not-fire test for {sorted(alerts - quiet)}"
     # The tests load the repository's own rule files, recording rules included.
-    rule_files = tests["rule_files"]
-    assert sorted(rule_files) == ["../rules/alerts.yml", "../rules/recording.yml"]
+    assert sorted(tests["rule_files"]) == rule_files
 
 
 def test_prometheus_config_scrapes_the_stack_and_loads_the_rules():

@@ -55,7 +55,8 @@ def test_failure_sets_success_zero_and_counts_reason(fake, make_config, registry
     assert registry.get_sample_value("llm_probe_request_failures_total", labels(reason="server_busy")) == 2
     assert registry.get_sample_value("llm_probe_request_failures_total", labels(reason="timeout")) == 0
     assert registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "s"}) == 0
-    assert registry.get_sample_value("llm_probe_time_to_first_token_seconds_count", labels(start="warm")) is None
+    # Declared at 0 at config load; a failed request observes nothing.
+    assert registry.get_sample_value("llm_probe_time_to_first_token_seconds_count", labels(start="warm")) == 0
     for reason in FAILURE_REASONS:
         assert registry.get_sample_value("llm_probe_request_failures_total", labels(reason=reason)) is not None
 
