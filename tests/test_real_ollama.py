@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.config import load_text
 from exporter.metrics import ProbeMetrics
-from exporter.ollama_api import OllamaClient
+from exporter.ollama import OllamaClient
 from exporter.runner import CollectingSink, ScenarioRunner
 from exporter.server_stats import ServerStats, ServerStatsCollector
 from tests.conftest import free_port

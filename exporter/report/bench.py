@@ -27,9 +27,9 @@ class ResourceSampler:
     """Samples each local target's process tree in the background while the benchmark runs."""
 
     def __init__(self, config: Config, interval: float = SAMPLE_INTERVAL_S):
-        from ..ollama_api import OllamaClient
+        from ..ollama.endpoint import Endpoint
 
-        self.trees = {t.name: ProcessTree(t.process_match, OllamaClient(t).port) for t in config.targets if t.process_match}
+        self.trees = {t.name: ProcessTree(t.process_match, Endpoint(t.url).port) for t in config.targets if t.process_match}
         self.interval = interval
         self.samples: list[dict[str, Any]] = []
         self._stop = threading.Event()
