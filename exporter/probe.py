@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -85,13 +86,8 @@ def run_probe(
         result.ok = True
         result.ttft_s = first - t0
         result.request_duration_s = end - t0
-        result.load_duration_s = final.load_duration_s
-        result.prompt_eval_count = final.prompt_eval_count
-        result.prompt_eval_duration_s = final.prompt_eval_duration_s
-        result.eval_count = final.eval_count
-        result.eval_duration_s = final.eval_duration_s
-        result.total_duration_s = final.total_duration_s
-        result.done_reason = final.done_reason
+        for f in dataclasses.fields(FinalStats):  # the record keeps the server's figures under the same names
+            setattr(result, f.name, getattr(final, f.name))
     except OllamaError as exc:
         end = time.monotonic()
         t0 = sent[0] if sent else t_start

@@ -96,8 +96,9 @@ def test_control_calls_through_the_ollama_package():
         [m] = client.running_models()
         assert (m.name, m.size, m.size_vram, m.context_length) == ("tiny:latest", 100_000_000, 0, 4096)
         facts = client.show("tiny")
-        assert facts["architecture"] == "llama" and facts["context_length"] == 8192
-        assert facts["quantization_level"] == "Q4_1" and facts["capabilities"] == ["completion"]
+        assert facts.architecture == "llama" and facts.context_length == 8192 and facts.head_count_kv == 3
+        assert facts.quantization_level == "Q4_1" and facts.capabilities == ["completion"]
+        assert "parameter_count" not in facts.to_dict()  # the fake does not say
         assert client.control.local_models() == set()  # the fake lists names only, without `model`
         client.unload("tiny")
         assert client.running_models() == []

@@ -4,7 +4,7 @@ through the `ollama` package (control.py), and the timed stream with its two rea
 
 from .client import HTTP_CLIENT, RAW, TRANSPORTS, OllamaClient
 from .errors import OllamaError
-from .wire import FinalStats, RunningModel, StreamChunk, normalize_model_name, same_model
+from .wire import FinalStats, ModelFacts, RunningModel, StreamChunk, normalize_model_name, same_model
 
-__all__ = ["HTTP_CLIENT", "RAW", "TRANSPORTS", "OllamaClient", "OllamaError", "FinalStats", "RunningModel",
+__all__ = ["HTTP_CLIENT", "RAW", "TRANSPORTS", "OllamaClient", "OllamaError", "FinalStats", "ModelFacts", "RunningModel",
            "StreamChunk", "normalize_model_name", "same_model"]

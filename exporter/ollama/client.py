@@ -12,7 +12,7 @@ from .control import CONTROL_TIMEOUT_S, ControlClient
 from .endpoint import Endpoint
 from .httpclient import HttpClientTransport
 from .rawsocket import RawSocketTransport
-from .wire import RunningModel, StreamChunk, stream_request
+from .wire import ModelFacts, RunningModel, StreamChunk, stream_request
 
 RAW = RawSocketTransport()
 HTTP_CLIENT = HttpClientTransport()
@@ -52,7 +52,7 @@ class OllamaClient:
     def running_models(self) -> list[RunningModel]:
         return self.control.running_models()
 
-    def show(self, model: str) -> dict[str, Any]:
+    def show(self, model: str) -> ModelFacts:
         return self.control.show(model)
 
     def unload(self, model: str) -> None:

@@ -7,13 +7,13 @@ pull progress. Every exception it raises becomes an OllamaError (errors.py).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import ollama
 
 from .endpoint import Endpoint, tls_context
 from .errors import OllamaError, error_message, from_exception, http_failure
-from .wire import RunningModel, model_facts, normalize_model_name
+from .wire import ModelFacts, RunningModel, normalize_model_name
 
 CONTROL_TIMEOUT_S = 10.0
 UNLOAD_TIMEOUT_S = 60.0
@@ -58,10 +58,9 @@ class ControlClient:
             models = client.ps().models
         return [m for m in map(RunningModel.from_ps, models) if m is not None]
 
-    def show(self, model: str) -> dict[str, Any]:
-        """The model's facts from /api/show (see wire.model_facts)."""
+    def show(self, model: str) -> ModelFacts:
         with self._client("/api/show") as client:
-            return model_facts(client.show(model))
+            return ModelFacts.from_show(client.show(model))
 
     def local_models(self) -> set[str]:
         """Normalised names of the models on the server (/api/tags)."""

@@ -172,27 +172,48 @@ class RunningModel:
         return asdict(self)
 
 
-def model_facts(show: Any) -> dict[str, Any]:
-    """An ollama.ShowResponse -> the facts the report uses (only those the server gave)."""
-    details = show.details
-    info = show.modelinfo or {}
-    arch = info.get("general.architecture")
+@dataclass(frozen=True)
+class ModelFacts:
+    """What /api/show says about a model that the report uses; None where the server did not say."""
 
-    def key(name):
-        return info.get(f"{arch}.{name}") if arch else None
+    family: Optional[str] = None
+    parameter_size: Optional[str] = None
+    quantization_level: Optional[str] = None
+    format: Optional[str] = None
+    architecture: Optional[str] = None
+    parameter_count: Optional[int] = None
+    block_count: Optional[int] = None
+    embedding_length: Optional[int] = None
+    head_count: Optional[int] = None
+    head_count_kv: Optional[int] = None
+    context_length: Optional[int] = None
+    capabilities: Optional[list[str]] = None
 
-    facts = {
-        "family": details.family if details else None,
-        "parameter_size": details.parameter_size if details else None,
-        "quantization_level": details.quantization_level if details else None,
-        "format": details.format if details else None,
-        "architecture": arch,
-        "parameter_count": info.get("general.parameter_count"),
-        "block_count": key("block_count"),
-        "embedding_length": key("embedding_length"),
-        "head_count": key("attention.head_count"),
-        "head_count_kv": key("attention.head_count_kv"),
-        "context_length": key("context_length"),
-        "capabilities": list(show.capabilities) if show.capabilities is not None else None,
-    }
-    return {k: v for k, v in facts.items() if v is not None}
+    @classmethod
+    def from_show(cls, show: Any) -> "ModelFacts":
+        """An ollama.ShowResponse -> ModelFacts (architecture-specific keys of model_info resolved)."""
+        details = show.details
+        info = show.modelinfo or {}
+        arch = info.get("general.architecture")
+
+        def key(name):
+            return info.get(f"{arch}.{name}") if arch else None
+
+        return cls(
+            family=details.family if details else None,
+            parameter_size=details.parameter_size if details else None,
+            quantization_level=details.quantization_level if details else None,
+            format=details.format if details else None,
+            architecture=arch,
+            parameter_count=info.get("general.parameter_count"),
+            block_count=key("block_count"),
+            embedding_length=key("embedding_length"),
+            head_count=key("attention.head_count"),
+            head_count_kv=key("attention.head_count_kv"),
+            context_length=key("context_length"),
+            capabilities=list(show.capabilities) if show.capabilities is not None else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Only the facts the server gave (the report's JSON)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}

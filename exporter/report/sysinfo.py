@@ -77,7 +77,7 @@ def target_info(target: Target, models: Iterable[str]) -> dict[str, Any]:
         return out
     for model in models:
         try:
-            out["models"][model] = client.show(model)
+            out["models"][model] = client.show(model).to_dict()
         except OllamaError as exc:
             out["models"][model] = {"error": exc.message}
     return out
