@@ -1,8 +1,10 @@
 """The client: both stream readers over a real socket, the control calls, and the failure-reason table."""
 
 import socket
+import ssl
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import ollama
@@ -22,16 +24,22 @@ TRANSPORTS = ["raw", "http.client"]
 class Replay:
     """Answers every request with recorded bytes, written in pieces with a pause between them."""
 
-    def __init__(self, pieces, pause=0.002):
-        self.pieces, self.pause = pieces, pause
+    def __init__(self, pieces, pause=0.002, tls=None):
+        self.pieces, self.pause, self.tls = pieces, pause, tls
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.written: list[float] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.listener.getsockname()[1]}"
 
     def _serve(self):
         conn, _ = self.listener.accept()
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except ssl.SSLError:  # a client that does not trust us hangs up in the handshake
+                conn.close()
+                return
         with conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             request = b""
@@ -79,6 +87,35 @@ def test_an_http_error_is_classified_with_its_message(transport):
         stream(server.url, transport)
     assert (e.value.reason, e.value.http_status) == ("model_not_found", 404)
     assert e.value.message == "HTTP 404: model 'nope' not found"
+
+
+@pytest.fixture
+def tls(monkeypatch):
+    """A server context with a self-signed localhost certificate, which the client is made to trust."""
+    cert = Path(__file__).parent / "data" / "localhost-cert.pem"  # test only, valid to 2125
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, cert.with_name("localhost-key.pem"))
+    monkeypatch.setattr("exporter.ollama.endpoint._tls_context", ssl.create_default_context(cafile=str(cert)))
+    return server
+
+
+def test_https_streams_through_http_client_and_control_calls_verify_the_certificate(tls):
+    server = Replay(cut(GENERATE, range(0, len(GENERATE), 300)), tls=tls)
+    client = OllamaClient(Target(name="t", url=server.url))
+    assert client.transport.name == "http.client"
+    chunks = list(client.stream("generate", "smollm2-135m", "hi", timeout=5))
+    assert chunks[-1].final.eval_count == 12 and sum(c.text_len for c in chunks) > 0
+    body = b'{"version":"0.11.4"}'
+    version = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    assert OllamaClient(Target(name="t", url=Replay([version], tls=tls).url)).version() == "0.11.4"
+
+
+def test_https_with_an_untrusted_certificate_is_a_connection_failure(tls, monkeypatch):
+    monkeypatch.setattr("exporter.ollama.endpoint._tls_context", ssl.create_default_context())
+    server = Replay([GENERATE], tls=tls)
+    with pytest.raises(OllamaError) as e:
+        stream(server.url, None)
+    assert e.value.reason == "connection" and "CERTIFICATE_VERIFY_FAILED" in e.value.message
 
 
 def test_unknown_transport_is_refused():
