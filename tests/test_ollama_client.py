@@ -124,7 +124,8 @@ def test_unknown_transport_is_refused():
     assert OllamaClient(Target(name="t", url="https://example.invalid"), transport="raw").transport.name == "http.client"
 
 
-def test_control_calls_through_the_ollama_package():
+def test_control_calls_through_the_ollama_package(monkeypatch):
+    monkeypatch.setenv("OLLAMA_API_KEY", "an-ollama-com-key")  # never sent to a target
     with FakeOllama() as fake:
         client = OllamaClient(Target(name="t", url=fake.url))
         assert client.version() == "0.11.4"
@@ -139,9 +140,28 @@ def test_control_calls_through_the_ollama_package():
         assert client.control.local_models() == set()  # the fake lists names only, without `model`
         client.unload("tiny")
         assert client.running_models() == []
+        assert fake.requests[-1].body == {"model": "tiny", "keep_alive": 0, "stream": False}
+        assert "authorization" not in {k.lower() for k in fake.requests[-1].headers}
         with pytest.raises(OllamaError) as e:
             OllamaClient(Target(name="t", url=fake.url + "/nope")).version()
         assert (e.value.reason, e.value.http_status) == ("model_not_found", 404)
+
+
+def test_control_calls_send_the_targets_credentials(monkeypatch):
+    from exporter.config import Auth
+
+    monkeypatch.setenv("PROBE_TOKEN", "s3cr3t")
+    with FakeOllama() as fake:
+        fake.require_auth = "Bearer s3cr3t"
+        target = Target(name="t", url=fake.url, auth=Auth(bearer_token_env="PROBE_TOKEN"))
+        assert OllamaClient(target).show("tiny").architecture == "llama"
+        with pytest.raises(OllamaError) as e:
+            OllamaClient(Target(name="t", url=fake.url)).show("tiny")
+        assert (e.value.reason, e.value.http_status, e.value.message) == ("http_error", 401, "HTTP 401: unauthorized")
+        monkeypatch.delenv("PROBE_TOKEN")
+        with pytest.raises(OllamaError) as e:
+            OllamaClient(target).show("tiny")
+        assert e.value.reason == "connection" and "PROBE_TOKEN" in e.value.message and "s3cr3t" not in e.value.message
 
 
 def test_control_call_to_a_dead_port_is_a_connection_failure():

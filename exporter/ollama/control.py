@@ -29,12 +29,16 @@ class ControlClient:
 
         One per call, like the connections before it: cheap with the shared TLS context.
         trust_env=False: the measured stream ignores proxy variables, so these calls do too.
+        The package would add $OLLAMA_API_KEY (an ollama.com key) to a target that has no
+        credentials configured; only the target's own credentials are sent.
         """
         where = f"{what} on {self.endpoint.where}"
         headers = self.endpoint.headers()
         try:
             with ollama.Client(host=self.endpoint.base_url, timeout=timeout, headers=headers,
                                verify=tls_context(), trust_env=False) as client:
+                if not headers:
+                    client._client.headers.pop("authorization", None)
                 yield client
         except OllamaError:
             raise
