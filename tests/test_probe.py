@@ -33,6 +33,12 @@ def test_successful_stream_is_measured_from_both_sides(fake, make_config):
     assert r.time_per_output_token_s == pytest.approx((r.request_duration_s - r.ttft_s) / 9)
     assert r.output_tokens_per_s == pytest.approx(10 / r.eval_duration_s)
     assert r.client_tokens_per_s == pytest.approx(9 / sum(r.inter_token_gaps_s))
+    # The record says when the request went out: the server got it after that, and the first
+    # token arrived ttft_s after it, as the server wrote it (same monotonic clock; the server
+    # logs a write after it returned, the kernel stamps the arrival before that).
+    assert r.sent_at_monotonic <= fake.requests[-1].received
+    assert abs(r.sent_at_monotonic + r.ttft_s - writes[0]) < 0.05
+    assert "sent_at_monotonic" not in r.to_dict()
 
 
 def test_chat_api(fake, make_config):
