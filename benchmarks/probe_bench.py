@@ -28,14 +28,14 @@ Definitions (all on time.monotonic()):
                window; the server's CPU is in the other process and not counted.
 
 Clients compared in the same run, on the same server, interleaved:
-  engine      exporter.probe.run_probe (exporter.ollama_api), feeding the real
+  engine      exporter.probe.run_probe (exporter.ollama, raw transport), feeding the real
               sinks (ProbeMetrics on a registry and the JSON-lines ResultsWriter),
               one thread per concurrent request as exporter.runner does.
   ollama-py   the `ollama` package: Client(host).generate(..., stream=True), one
               thread per request, a timestamp per yielded chunk; no sinks.
   engine-old  the same engine with the previous stream reader (http.client,
               timestamps taken in user space after each read):
-              OllamaClient.raw_streaming = False. The before/after of the change.
+              OllamaClient(target, transport="http.client"). The before/after of the change.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from exporter.config import Case, Config, Scenario, Target
 from exporter.exposition import CachedExposition
 from exporter.http import create_app
 from exporter.metrics import ExporterMetrics, ProbeMetrics
-from exporter.ollama_api import OllamaClient
+from exporter.ollama import OllamaClient
 from exporter.probe import run_probe
 from exporter.results import BatchSummary, ProbeResult, ResultsWriter, RunSummary
 
@@ -88,6 +88,8 @@ class StreamServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exporter.testkit.stream_server", "--port", "0"],
             stdout=subprocess.PIPE, text=True,
+            # It imports the exporter's receive-stamp helpers: the same copy as this process.
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH"))))},
         )
         line = self.proc.stdout.readline()
         if not line.startswith("PORT "):
@@ -140,38 +142,13 @@ def _scenario(target: Target, concurrency: int = 1) -> Scenario:
     )
 
 
-def _first_recording(base: type) -> type:
-    """A client subclass that remembers the absolute time of each stream's first chunk.
-
-    run_probe reports ttft_s = first - t0 but not t0 itself; the first chunk's own
-    timestamp gives both. Later chunks are passed through untouched (`yield from`).
-    """
-
-    class Recording(base):
-        def __init__(self, target):
-            super().__init__(target)
-            self.first: dict[str, float] = {}
-
-        def stream(self, api, model, prompt, **kw):
-            it = super().stream(api, model, prompt, **kw)
-            for chunk in it:
-                if chunk.text_len:
-                    self.first[prompt] = chunk.received
-                    yield chunk
-                    break
-                yield chunk
-            yield from it
-
-    return Recording
-
-
 class EngineClient:
     """exporter.probe.run_probe feeding the exporter's real sinks."""
 
-    def __init__(self, name: str, url: str, client_cls: type = OllamaClient, results_dir: Optional[str] = None):
+    def __init__(self, name: str, url: str, transport: Optional[str] = None, results_dir: Optional[str] = None):
         self.name = name
         self.target = Target(name="bench", url=url, process_match=None)
-        self.client = _first_recording(client_cls)(self.target)
+        self.client = OllamaClient(self.target, transport=transport)
         self.registry = CollectorRegistry()
         self.metrics = ProbeMetrics(self.registry)
         self.results_dir = results_dir or tempfile.mkdtemp(prefix="probe-bench-")
@@ -187,15 +164,15 @@ class EngineClient:
         r = run_probe(self.client, scenario, case, concurrency=concurrency)
         self.metrics.on_result(r)
         self.writer.write(r)
-        first = self.client.first.pop(prompt, None)
-        if not r.ok or first is None:
+        if not r.ok or r.sent_at_monotonic is None or r.ttft_s is None:
             return Sample(rid, 0.0, [], False, f"{r.reason}: {r.error}")
+        first = r.sent_at_monotonic + r.ttft_s
         recv = [first]
         t = first
         for g in r.inter_token_gaps_s:
             t += g
             recv.append(t)
-        return Sample(rid, first - r.ttft_s, recv, True)
+        return Sample(rid, r.sent_at_monotonic, recv, True)
 
     def close(self) -> None:
         self.writer.close()
@@ -919,8 +896,7 @@ def main() -> int:
     try:
         clients = [
             EngineClient("engine", server.url),
-            EngineClient("engine-old", server.url, client_cls=type("HttpClientReader", (OllamaClient,),
-                                                                   {"raw_streaming": False})),
+            EngineClient("engine-old", server.url, transport="http.client"),
             OllamaPyClient(server.url),
         ]
         # Warm both paths (imports, first connections) before measuring.

@@ -14,17 +14,13 @@ failed, 2 for a bad scenario file, 3 when a server never answered.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Optional
 
 from exporter.config import ConfigError, Target, load_file
-from exporter.ollama_api import OllamaClient, OllamaError, auth_headers
-from exporter.runner import normalize_model_name
+from exporter.ollama import OllamaClient, OllamaError, normalize_model_name
 
 
 def log(msg: str) -> None:
@@ -45,50 +41,21 @@ def wait_until_up(client: OllamaClient, name: str, timeout: float) -> bool:
         time.sleep(1.0)
 
 
-def local_models(client: OllamaClient) -> set[str]:
-    data = client.request_json("GET", "/api/tags")
-    models = data.get("models") if isinstance(data, dict) else None
-    return {normalize_model_name(str(m.get("name") or m.get("model"))) for m in models or [] if isinstance(m, dict)}
-
-
-def pull(target: Target, model: str, timeout: float) -> Optional[str]:
+def pull(client: OllamaClient, target: Target, model: str, timeout: float) -> Optional[str]:
     """Stream /api/pull; return None on success, else the error message."""
-    body = json.dumps({"model": model, "stream": True}).encode()
-    try:
-        headers = {"Content-Type": "application/json", **auth_headers(target.auth)}
-    except OllamaError as exc:
-        return exc.message
-    req = urllib.request.Request(target.url + "/api/pull", data=body, headers=headers, method="POST")
     last_status, last_pct = None, -10
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            for raw in resp:
-                line = raw.strip()
-                if not line:
-                    continue
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    return f"unexpected line from /api/pull: {line[:200]!r}"
-                if msg.get("error"):
-                    return str(msg["error"])
-                status = str(msg.get("status", ""))
-                total, done = msg.get("total"), msg.get("completed")
-                pct = int(100 * done / total) if isinstance(total, int) and total > 0 and isinstance(done, int) else None
-                if status != last_status or (pct is not None and pct >= last_pct + 10):
-                    log(f"{target.name}: {model}: {status}" + (f" {pct}%" if pct is not None else ""))
-                    last_status, last_pct = status, (pct if pct is not None else -10)
-                if status == "success":
-                    return None
-    except urllib.error.HTTPError as exc:
-        detail = exc.read(4096).decode("utf-8", "replace")
-        try:
-            detail = json.loads(detail).get("error", detail)
-        except (ValueError, AttributeError):
-            pass
-        return f"HTTP {exc.code}: {detail}"
-    except (urllib.error.URLError, OSError) as exc:
-        return f"request failed: {exc}"
+        for msg in client.control.pull(model, timeout):
+            status = msg.status or ""
+            total, done = msg.total, msg.completed
+            pct = int(100 * done / total) if total and done is not None else None
+            if status != last_status or (pct is not None and pct >= last_pct + 10):
+                log(f"{target.name}: {model}: {status}" + (f" {pct}%" if pct is not None else ""))
+                last_status, last_pct = status, (pct if pct is not None else -10)
+            if status == "success":
+                return None
+    except OllamaError as exc:
+        return exc.message
     return "the pull stream ended without success"
 
 
@@ -115,7 +82,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not wait_until_up(client, name, args.wait):
             return 3
         try:
-            present = local_models(client)
+            present = client.control.local_models()
         except OllamaError as exc:
             log(f"{name}: cannot list models: {exc.message}")
             return 3
@@ -124,7 +91,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 log(f"{name}: {model}: already present")
                 continue
             log(f"{name}: {model}: pulling")
-            error = pull(target, model, args.timeout)
+            error = pull(client, target, model, args.timeout)
             if error:
                 log(f"{name}: {model}: pull failed: {error}")
                 failed = True

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
-from typing import Any, Optional
+from typing import Optional
 
 from .config import Case, Scenario
-from .ollama_api import OllamaClient, OllamaError
+from .ollama import FinalStats, OllamaClient, OllamaError
 from .results import ProbeResult
 
 log = logging.getLogger(__name__)
-NS = 1e-9
 ERROR_TEXT_MAX = 300
-
-
-def _seconds(final: dict[str, Any], key: str) -> Optional[float]:
-    value = final.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return value * NS
-    return None
-
-
-def _count(final: dict[str, Any], key: str) -> Optional[int]:
-    value = final.get(key)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
 
 
 def run_probe(
@@ -36,7 +22,6 @@ def run_probe(
     case: Case,
     *,
     concurrency: int = 1,
-    start: str = "warm",
     batch: int = 0,
     run_id: str = "",
 ) -> ProbeResult:
@@ -48,7 +33,6 @@ def run_probe(
         case=case.name,
         concurrency=concurrency,
         api=scenario.api,
-        start=start,
         batch=batch,
         run_id=run_id,
         options=dict(case.options),
@@ -66,7 +50,7 @@ def run_probe(
     gaps = result.inter_token_gaps_s
     chunks = 0
     chars = 0
-    final: Optional[dict[str, Any]] = None
+    final: Optional[FinalStats] = None
     final_received = 0.0
     try:
         for chunk in client.stream(
@@ -94,23 +78,16 @@ def run_probe(
                 final_received = chunk.received
         # End-to-end ends when the done line arrived, on the same clock as the tokens
         # (kernel receive time where available), not when this thread finished with it.
-        end = final_received if final is not None else time.monotonic()
+        # The client's stream ends with the final chunk or raises, so `final` is set here.
+        end = final_received
         t0 = sent[0] if sent else t_start
-        if final is None:  # the client raises before this; kept as a guard for future edits
-            raise OllamaError("stream_error", "stream ended before the final done chunk")
         if chunks == 0:
-            raise OllamaError("empty_response", f"model produced no tokens (done_reason={final.get('done_reason')!r})")
+            raise OllamaError("empty_response", f"model produced no tokens (done_reason={final.done_reason!r})")
         result.ok = True
         result.ttft_s = first - t0
         result.request_duration_s = end - t0
-        result.load_duration_s = _seconds(final, "load_duration")
-        result.prompt_eval_count = _count(final, "prompt_eval_count")
-        result.prompt_eval_duration_s = _seconds(final, "prompt_eval_duration")
-        result.eval_count = _count(final, "eval_count")
-        result.eval_duration_s = _seconds(final, "eval_duration")
-        result.total_duration_s = _seconds(final, "total_duration")
-        reason = final.get("done_reason")
-        result.done_reason = reason if isinstance(reason, str) else None
+        for f in dataclasses.fields(FinalStats):  # the record keeps the server's figures under the same names
+            setattr(result, f.name, getattr(final, f.name))
     except OllamaError as exc:
         end = time.monotonic()
         t0 = sent[0] if sent else t_start
@@ -134,5 +111,6 @@ def run_probe(
     result.started_at = wall_start + (t0 - t_start)
     result.ended_at = result.started_at + (end - t0)
     if sent:
+        result.sent_at_monotonic = sent[0]
         result.connect_duration_s = sent[0] - t_start
     return result

@@ -54,6 +54,9 @@ class ProbeResult:
     http_status: Optional[int] = None
     # client clock, from the moment the request is sent
     connect_duration_s: Optional[float] = None  # opening the connection, before the clock starts
+    # When the request started to go out, on this process's time.monotonic() clock (the
+    # zero of ttft_s and request_duration_s); not written to the results file.
+    sent_at_monotonic: Optional[float] = None
     ttft_s: Optional[float] = None
     request_duration_s: Optional[float] = None
     inter_token_gaps_s: list[float] = field(default_factory=list)
@@ -107,6 +110,7 @@ class ProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        del d["sent_at_monotonic"]  # meaningless outside this process
         d["inter_token_gaps_s"] = [round(g, 7) for g in self.inter_token_gaps_s]
         d["output_tokens_per_s"] = self.output_tokens_per_s
         d["prompt_tokens_per_s"] = self.prompt_tokens_per_s

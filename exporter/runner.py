@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import uuid
-from datetime import datetime
 from typing import Callable, Iterable, Optional
 
 from .config import Case, Scenario, Target
-from .ollama_api import OllamaClient, OllamaError
+from .ollama import OllamaClient, OllamaError, same_model
 from .probe import run_probe
 from .results import BatchSummary, ProbeResult, RunSummary, batch_output_tokens_per_s
 from .sinks import FanOut, Sink
@@ -22,27 +20,8 @@ log = logging.getLogger(__name__)
 COLD_LOAD_FALLBACK_S = 0.5
 # A model due to expire within this margin is treated as already gone.
 UNLOAD_MARGIN_S = 1.0
-_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|z|[+-]\d\d:\d\d)$")
 
 
-def normalize_model_name(name: str) -> str:
-    """Ollama lists 'llama3:latest' for a request that said 'llama3'."""
-    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
-
-
-def _expires_at(value: object) -> Optional[float]:
-    """Ollama's RFC 3339 timestamp (nanoseconds, Z or offset) -> Unix seconds."""
-    if not isinstance(value, str):
-        return None
-    m = _RFC3339.match(value)
-    if not m:
-        return None
-    frac = (m.group(2) or ".0")[:7]  # datetime takes microseconds at most
-    tz = "+00:00" if m.group(3) in ("Z", "z") else m.group(3)
-    try:
-        return datetime.fromisoformat(m.group(1) + frac + tz).timestamp()
-    except ValueError:
-        return None
 
 
 def model_is_loaded(client: OllamaClient, model: str) -> Optional[bool]:
@@ -55,13 +34,10 @@ def model_is_loaded(client: OllamaClient, model: str) -> Optional[bool]:
         running = client.running_models()
     except OllamaError:
         return None
-    wanted = normalize_model_name(model)
     now = time.time()
     for m in running:
-        if normalize_model_name(str(m.get("name") or m.get("model") or "")) != wanted:
-            continue
-        expires = _expires_at(m.get("expires_at"))
-        return expires is None or expires > now + UNLOAD_MARGIN_S
+        if same_model(m.name, model):
+            return not m.leaving(now, UNLOAD_MARGIN_S)
     return False
 
 

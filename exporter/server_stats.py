@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .config import Target
-from .ollama_api import OllamaClient, OllamaError
+from .ollama import OllamaClient, OllamaError, RunningModel
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class ProcessTree:
 class ServerSnapshot:
     up: bool = False
     version: Optional[str] = None
-    models: list[dict] = field(default_factory=list)
+    models: list[RunningModel] = field(default_factory=list)
     process: Optional[ProcessSample] = None
     polled_at: float = 0.0
     error: Optional[str] = None
@@ -222,11 +222,9 @@ class ServerStatsCollector(Collector):
                 rss.add_metric([name], snap.process.resident_bytes)
                 procs.add_metric([name], snap.process.processes)
             for m in snap.models:
-                model = str(m.get("name") or m.get("model") or "")[:64]
-                if not model:
-                    continue
-                if isinstance(m.get("size"), (int, float)):
-                    loaded.add_metric([name, model], m["size"])
-                if isinstance(m.get("size_vram"), (int, float)):
-                    vram.add_metric([name, model], m["size_vram"])
+                model = m.name[:64]
+                if m.size is not None:
+                    loaded.add_metric([name, model], m.size)
+                if m.size_vram is not None:
+                    vram.add_metric([name, model], m.size_vram)
         yield from (up, info, cpu, rss, procs, loaded, vram)

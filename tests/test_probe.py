@@ -2,16 +2,17 @@
 
 import pytest
 
-from exporter.ollama_api import OllamaClient
+from exporter.ollama import OllamaClient
 from exporter.probe import run_probe
 from exporter.results import FAILURE_REASONS
 from exporter.testkit.exporters import free_port
 from exporter.testkit.fake_ollama import Behavior, FakeOllama
 
 
-def probe(cfg, concurrency=1):
+def probe(cfg, concurrency=1, transport=None):
     scenario = cfg.scenarios[0]
-    return run_probe(OllamaClient(scenario.targets[0]), scenario, scenario.cases[0], concurrency=concurrency)
+    client = OllamaClient(scenario.targets[0], transport=transport)
+    return run_probe(client, scenario, scenario.cases[0], concurrency=concurrency)
 
 
 def test_successful_stream_is_measured_from_both_sides(fake, make_config):
@@ -32,6 +33,12 @@ def test_successful_stream_is_measured_from_both_sides(fake, make_config):
     assert r.time_per_output_token_s == pytest.approx((r.request_duration_s - r.ttft_s) / 9)
     assert r.output_tokens_per_s == pytest.approx(10 / r.eval_duration_s)
     assert r.client_tokens_per_s == pytest.approx(9 / sum(r.inter_token_gaps_s))
+    # The record says when the request went out: the server got it after that, and the first
+    # token arrived ttft_s after it, as the server wrote it (same monotonic clock; the server
+    # logs a write after it returned, the kernel stamps the arrival before that).
+    assert r.sent_at_monotonic <= fake.requests[-1].received
+    assert abs(r.sent_at_monotonic + r.ttft_s - writes[0]) < 0.05
+    assert "sent_at_monotonic" not in r.to_dict()
 
 
 def test_chat_api(fake, make_config):
@@ -112,11 +119,10 @@ def test_unique_prompt_defeats_the_prompt_cache(fake, make_config):
 @pytest.mark.parametrize("mode,reason", [("ok", None), ("http_404", "model_not_found"), ("stream_error", "stream_error"),
                                          ("malformed", "malformed_response"), ("no_done", "stream_error"),
                                          ("stall", "timeout")])
-def test_http_client_reader_gives_the_same_results(fake, make_config, monkeypatch, mode, reason):
+def test_http_client_reader_gives_the_same_results(fake, make_config, mode, reason):
     """The fallback reader (https targets, non-Linux) classifies every outcome as the raw reader does."""
-    monkeypatch.setattr(OllamaClient, "raw_streaming", False)
     fake.behavior = Behavior(mode=mode, tokens=5, load_time=0)
-    r = probe(make_config(fake.url, extra="timeout: 1s\n"))
+    r = probe(make_config(fake.url, extra="timeout: 1s\n"), transport="http.client")
     assert r.reason == reason
     if reason is None:
         assert r.ok and r.output_chunks == 5 and len(r.inter_token_gaps_s) == 4 and r.eval_count == 5

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.config import load_text
 from exporter.metrics import ProbeMetrics
-from exporter.ollama_api import OllamaClient
+from exporter.ollama import OllamaClient
 from exporter.runner import ScenarioRunner
 from exporter.server_stats import ServerStats, ServerStatsCollector
 from exporter.testkit.exporters import CollectingSink, free_port

@@ -121,11 +121,18 @@ def test_a_failing_sink_does_not_stop_the_run(fake, make_config, registry):
 
 
 def test_expiry_parsing_and_unloading_models_count_as_cold():
-    from exporter import runner
+    from ollama import ProcessResponse
 
-    assert runner._expires_at("2026-11-28T11:35:48.686760323Z") == pytest.approx(1795865748.686760, abs=1e-5)
-    assert runner._expires_at("2026-11-28T12:35:48+01:00") == pytest.approx(1795865748.0)
-    assert runner._expires_at("garbage") is None
+    from exporter import runner
+    from exporter.ollama import RunningModel
+
+    def running(name, expires_at):
+        return RunningModel.from_ps(ProcessResponse.Model(name=name, expires_at=expires_at))
+
+    assert running("m", "2026-11-28T11:35:48.686760323Z").expires_at == pytest.approx(1795865748.686760, abs=1e-5)
+    assert running("m", "2026-11-28T12:35:48+01:00").expires_at == pytest.approx(1795865748.0)
+    assert running("m", "2026-11-28T12:35:48").expires_at is None  # no zone: not trusted
+    assert running("m", None).name == "m:latest"
 
     class Client:
         def __init__(self, models):
@@ -137,9 +144,10 @@ def test_expiry_parsing_and_unloading_models_count_as_cold():
     import time as _t
     soon = _t.strftime("%Y-%m-%dT%H:%M:%S", _t.gmtime(_t.time() + 0.2)) + ".5Z"
     later = _t.strftime("%Y-%m-%dT%H:%M:%S", _t.gmtime(_t.time() + 300)) + "Z"
-    assert runner.model_is_loaded(Client([{"name": "m:latest", "expires_at": later}]), "m") is True
-    assert runner.model_is_loaded(Client([{"name": "m:latest", "expires_at": soon}]), "m") is False
-    assert runner.model_is_loaded(Client([{"name": "other:latest", "expires_at": later}]), "m") is False
+    assert runner.model_is_loaded(Client([running("m:latest", later)]), "m") is True
+    assert runner.model_is_loaded(Client([running("m:latest", soon)]), "m") is False
+    assert runner.model_is_loaded(Client([running("other:latest", later)]), "m") is False
+    assert runner.model_is_loaded(Client([running("m", None)]), "m:latest") is True
 
 
 def test_retire_drops_every_series_of_a_removed_scenario(registry, make_config):

@@ -259,7 +259,7 @@ class _PullStub:
                 if self.path == "/api/version":
                     self._json(200, {"version": "0.11.4"})
                 elif self.path == "/api/tags":
-                    self._json(200, {"models": [{"name": m} for m in sorted(stub.present)]})
+                    self._json(200, {"models": [{"name": m, "model": m} for m in sorted(stub.present)]})
                 else:
                     self._json(404, {"error": "not found"})
 

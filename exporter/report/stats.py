@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from ..ollama.wire import same_model
 from ..results import ProbeResult, batch_output_tokens_per_s
 
 # Approximate bits per weight of llama.cpp quantisations (weights plus block scales).
@@ -365,7 +366,7 @@ def summarize(records: list[ProbeResult], samples: list[dict[str, Any]], system:
         resources = resource_use(model_samples, rs) if len(by_model) == 1 else None
         shares = phase_shares([r for r in rs if r.concurrency == 1])
         conc = concurrency_impact(rs)
-        run_info = next((m for m in running.get(target, []) if str(m.get("name", "")).split(":")[0] == model.split(":")[0]), None)
+        run_info = next((m for m in running.get(target, []) if same_model(str(m.get("name", "")), model)), None)
         decode = describe(r.output_tokens_per_s for r in rs if r.ok and r.concurrency == 1)
         theory_facts = theory(facts, run_info, system.get("memory_bandwidth_bytes_per_s"), decode.get("median"),
                               resources["rss_bytes_peak"] if resources else None)

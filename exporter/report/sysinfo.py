@@ -10,7 +10,7 @@ from typing import Any, Iterable, Optional
 import psutil
 
 from ..config import Config, Target
-from ..ollama_api import OllamaClient, OllamaError
+from ..ollama import OllamaClient, OllamaError
 
 
 def _cpu_model() -> str:
@@ -42,31 +42,6 @@ def measure_memory_bandwidth(size_mb: int = 256, repeats: int = 5) -> Optional[f
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - t0)
     return 2 * src.nbytes / best
-
-
-def _model_facts(show: dict[str, Any]) -> dict[str, Any]:
-    details = show.get("details") or {}
-    info = show.get("model_info") or {}
-    arch = info.get("general.architecture")
-
-    def key(name):
-        return info.get(f"{arch}.{name}") if arch else None
-
-    facts = {
-        "family": details.get("family"),
-        "parameter_size": details.get("parameter_size"),
-        "quantization_level": details.get("quantization_level"),
-        "format": details.get("format"),
-        "architecture": arch,
-        "parameter_count": info.get("general.parameter_count"),
-        "block_count": key("block_count"),
-        "embedding_length": key("embedding_length"),
-        "head_count": key("attention.head_count"),
-        "head_count_kv": key("attention.head_count_kv"),
-        "context_length": key("context_length"),
-        "capabilities": show.get("capabilities"),
-    }
-    return {k: v for k, v in facts.items() if v is not None}
 
 
 def collect(config: Config, bandwidth: Optional[float] = None) -> dict[str, Any]:
@@ -102,7 +77,7 @@ def target_info(target: Target, models: Iterable[str]) -> dict[str, Any]:
         return out
     for model in models:
         try:
-            out["models"][model] = _model_facts(client.show(model))
+            out["models"][model] = client.show(model).to_dict()
         except OllamaError as exc:
             out["models"][model] = {"error": exc.message}
     return out
@@ -111,6 +86,6 @@ def target_info(target: Target, models: Iterable[str]) -> dict[str, Any]:
 def running_model_facts(target: Target) -> list[dict[str, Any]]:
     """Loaded models with their size and VRAM share (taken while the model is loaded)."""
     try:
-        return OllamaClient(target).running_models()
+        return [m.to_dict() for m in OllamaClient(target).running_models()]
     except OllamaError:
         return []

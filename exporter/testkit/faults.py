@@ -271,7 +271,7 @@ def load_longer_than_timeout(make_server) -> FaultOutcome:
         server = make_server()
         try:
             probe = Probe(server.url, model=MODEL_REAL, timeout="150ms", num_predict=8)
-            from ..ollama_api import OllamaClient
+            from ..ollama import OllamaClient
 
             OllamaClient(probe.config.targets[0]).unload(MODEL_REAL)
             time.sleep(0.5)

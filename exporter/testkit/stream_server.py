@@ -40,21 +40,10 @@ import struct
 import sys
 import time
 
-# Kernel receive timestamps (Linux, generic socket option numbers): when the request's
-# last bytes reached this host, i.e. when the client's send() ran, free of this loop's delays.
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux" else None)
-
-
-def wall_offset_ns() -> int:
-    """CLOCK_REALTIME - CLOCK_MONOTONIC: the tightest of several bracketed readings."""
-    best = None
-    for _ in range(5):
-        a = time.monotonic_ns()
-        wall = time.time_ns()
-        b = time.monotonic_ns()
-        if best is None or b - a < best[0]:
-            best = (b - a, wall - (a + b) // 2)
-    return best[1]
+# Kernel receive timestamps (Linux): when the request's last bytes reached this host,
+# i.e. when the client's send() ran, free of this loop's delays. The same option number
+# and clock conversion as the exporter's stream reader.
+from exporter.ollama.stamps_linux import SO_TIMESTAMPNS, measure_wall_to_monotonic_offset
 
 MODEL = "bench"
 CREATED = "2025-01-01T00:00:00.000000000Z"
@@ -132,7 +121,7 @@ class Server:
         self.logs: dict = {}
         self.deferred = 0
         self.max_late = 0.0
-        self.offset_ns = wall_offset_ns()  # wall clock steps during a benchmark run are not expected
+        self.offset_ns = measure_wall_to_monotonic_offset(5)  # wall clock steps during a benchmark run are not expected
 
     @property
     def port(self) -> int:

@@ -1,0 +1,92 @@
+"""The timed streaming request, and the seam between it and the reader that receives it.
+
+Both readers share everything but receiving: connecting, the request bytes and
+their credentials, the status check, NDJSON line splitting and the end-of-stream
+rules live here. A Response only gives the status and the body's bytes, each
+read stamped with when it arrived.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Callable, Iterator, Optional, Protocol
+
+from .endpoint import Endpoint
+from .errors import OllamaError, error_message, http_failure
+from .framing import LineSplitter
+from .wire import StreamChunk, chunks_from_lines
+
+MAX_ERROR_BODY = 64 * 1024
+READ_SIZE = 65536
+STREAM_TIMEOUT_MESSAGE = "request exceeded its timeout while streaming"
+
+
+class Response(Protocol):
+    """One response being received."""
+
+    def read_head(self) -> int:
+        """Wait for the status line and headers; return the status."""
+
+    def body(self, timeout_message: str) -> Iterator[tuple[bytes, float]]:
+        """(body bytes, arrival time on the monotonic clock), transfer framing removed, until the end."""
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """How the bytes of a timed stream are received."""
+
+    name: str
+
+    def connect(self, endpoint: Endpoint, timeout: float) -> socket.socket:
+        """A connected socket, set up for this reader."""
+
+    def response(self, sock: socket.socket, deadline: float, where: str) -> Response:
+        """A Response to receive on `sock`, created just before the request is sent."""
+
+
+def read_error_body(response: Response, limit: int = MAX_ERROR_BODY) -> bytes:
+    body = b""
+    try:
+        for data, _ in response.body("error body timed out"):
+            body += data
+            if len(body) >= limit:
+                break
+    except OllamaError:
+        pass
+    return body[:limit]
+
+
+def ndjson_chunks(body: Iterator[tuple[bytes, float]], chat: bool) -> Iterator[StreamChunk]:
+    """The stream's chunks, up to and including the final (done) one; raises if it never comes."""
+    lines = LineSplitter()
+    for data, received in body:
+        complete = lines.feed(data)
+        if complete and (yield from chunks_from_lines(complete, received, chat)):
+            return
+    lines.finish()
+    raise OllamaError("stream_error", "stream ended before the final done chunk")
+
+
+def stream(transport: Transport, endpoint: Endpoint, path: str, data: bytes, *, deadline: float,
+           connect_timeout: float, chat: bool,
+           on_sent: Optional[Callable[[float], None]] = None) -> Iterator[StreamChunk]:
+    """Send one streaming request and yield its chunks as they arrive (see OllamaClient.stream)."""
+    request = endpoint.request_head(path, len(data)) + data
+    sock = transport.connect(endpoint, connect_timeout)
+    response = None
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        response = transport.response(sock, deadline, endpoint.where)
+        if on_sent is not None:
+            on_sent(time.monotonic())
+        endpoint.send(sock, request)
+        status = response.read_head()
+        if not 200 <= status < 300:
+            raise http_failure(status, error_message(read_error_body(response)))
+        yield from ndjson_chunks(response.body(STREAM_TIMEOUT_MESSAGE), chat)
+    finally:
+        if response is not None:
+            response.close()
+        sock.close()

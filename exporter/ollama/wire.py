@@ -1,0 +1,219 @@
+"""Ollama's wire format, typed: what we send, and what we read back.
+
+Go's `omitempty` leaves zero values out of Ollama's JSON, so every field of a
+record here is optional. Durations arrive in nanoseconds and leave in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Iterable, Iterator, Optional
+
+from .errors import OllamaError, stream_failure
+
+NS = 1e-9
+
+
+def normalize_model_name(name: str) -> str:
+    """Ollama lists 'llama3:latest' for a request that said 'llama3'."""
+    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
+def same_model(a: str, b: str) -> bool:
+    return normalize_model_name(a) == normalize_model_name(b)
+
+
+def _seconds(obj: dict[str, Any], key: str) -> Optional[float]:
+    value = obj.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return value * NS
+    return None
+
+
+def _count(obj: dict[str, Any], key: str) -> Optional[int]:
+    value = obj.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _number(value: Any) -> Optional[int]:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class FinalStats:
+    """The server's own timings and counts from the stream's final (done) line."""
+
+    load_duration_s: Optional[float] = None
+    prompt_eval_count: Optional[int] = None
+    prompt_eval_duration_s: Optional[float] = None
+    eval_count: Optional[int] = None
+    eval_duration_s: Optional[float] = None
+    total_duration_s: Optional[float] = None
+    done_reason: Optional[str] = None
+
+    @classmethod
+    def from_line(cls, obj: dict[str, Any]) -> "FinalStats":
+        reason = obj.get("done_reason")
+        return cls(
+            load_duration_s=_seconds(obj, "load_duration"),
+            prompt_eval_count=_count(obj, "prompt_eval_count"),
+            prompt_eval_duration_s=_seconds(obj, "prompt_eval_duration"),
+            eval_count=_count(obj, "eval_count"),
+            eval_duration_s=_seconds(obj, "eval_duration"),
+            total_duration_s=_seconds(obj, "total_duration"),
+            done_reason=reason if isinstance(reason, str) else None,
+        )
+
+
+@dataclass
+class StreamChunk:
+    """One streamed line: when it arrived, how much text it carried, the final stats if done."""
+
+    received: float  # on the time.monotonic() clock; the kernel receive time where available
+    text_len: int
+    final: Optional[FinalStats]
+
+
+def chunk_from_line(line: bytes, received: float, chat: bool) -> Optional[StreamChunk]:
+    """One NDJSON line -> a StreamChunk (None for a blank line); raises OllamaError for an error line."""
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise OllamaError("malformed_response", "stream line is not JSON") from None
+    if not isinstance(obj, dict):
+        raise OllamaError("malformed_response", "stream line is not a JSON object")
+    err = obj.get("error")
+    if err is not None:
+        raise stream_failure(str(err))
+    if chat:
+        msg = obj.get("message") or {}
+        if not isinstance(msg, dict):
+            raise OllamaError("malformed_response", "chat chunk has no message object")
+        text, thinking = msg.get("content"), msg.get("thinking")
+    else:
+        text, thinking = obj.get("response"), obj.get("thinking")
+    text_len = (len(text) if isinstance(text, str) else 0) + (len(thinking) if isinstance(thinking, str) else 0)
+    return StreamChunk(received, text_len, FinalStats.from_line(obj) if obj.get("done") is True else None)
+
+
+def chunks_from_lines(lines: Iterable[bytes], received: float, chat: bool) -> Iterator[StreamChunk]:
+    """Yield the chunks of complete lines; return True once the final (done) chunk was yielded."""
+    for line in lines:
+        chunk = chunk_from_line(line, received, chat)
+        if chunk is None:
+            continue
+        yield chunk
+        if chunk.final is not None:
+            return True
+    return False
+
+
+def stream_request(api: str, model: str, prompt: str, system: Optional[str], options: Optional[dict[str, Any]],
+                   keep_alive: Any, think: Optional[bool]) -> tuple[str, bytes]:
+    """The path and JSON body of one streaming generate or chat request."""
+    if api == "chat":
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+        path = "/api/chat"
+    else:
+        body = {"model": model, "prompt": prompt, "stream": True}
+        if system:
+            body["system"] = system
+        path = "/api/generate"
+    if options:
+        body["options"] = options
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
+    if think is not None:
+        body["think"] = think
+    return path, json.dumps(body).encode()
+
+
+def _unix_seconds(value: Any) -> Optional[float]:
+    """An aware datetime (the package parses Ollama's RFC 3339 times) -> Unix seconds."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        try:
+            return value.timestamp()
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class RunningModel:
+    """One entry of /api/ps."""
+
+    name: str  # normalised: 'llama3' is listed as 'llama3:latest'
+    size: Optional[int] = None  # bytes of the loaded model
+    size_vram: Optional[int] = None  # of which in GPU memory
+    expires_at: Optional[float] = None  # Unix seconds; when the server will unload it
+    context_length: Optional[int] = None
+
+    @classmethod
+    def from_ps(cls, m: Any) -> Optional["RunningModel"]:
+        """An ollama.ProcessResponse.Model -> RunningModel (None without a name)."""
+        name = m.name or m.model
+        if not name:
+            return None
+        return cls(normalize_model_name(str(name)), _number(m.size), _number(m.size_vram),
+                   _unix_seconds(m.expires_at), _number(m.context_length))
+
+    def leaving(self, now: float, margin: float) -> bool:
+        """Due to be unloaded within `margin` seconds (keep_alive 0 or an expired timer)."""
+        return self.expires_at is not None and self.expires_at <= now + margin
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What /api/show says about a model that the report uses; None where the server did not say."""
+
+    family: Optional[str] = None
+    parameter_size: Optional[str] = None
+    quantization_level: Optional[str] = None
+    format: Optional[str] = None
+    architecture: Optional[str] = None
+    parameter_count: Optional[int] = None
+    block_count: Optional[int] = None
+    embedding_length: Optional[int] = None
+    head_count: Optional[int] = None
+    head_count_kv: Optional[int] = None
+    context_length: Optional[int] = None
+    capabilities: Optional[list[str]] = None
+
+    @classmethod
+    def from_show(cls, show: Any) -> "ModelFacts":
+        """An ollama.ShowResponse -> ModelFacts (architecture-specific keys of model_info resolved)."""
+        details = show.details
+        info = show.modelinfo or {}
+        arch = info.get("general.architecture")
+
+        def key(name):
+            return info.get(f"{arch}.{name}") if arch else None
+
+        return cls(
+            family=details.family if details else None,
+            parameter_size=details.parameter_size if details else None,
+            quantization_level=details.quantization_level if details else None,
+            format=details.format if details else None,
+            architecture=arch,
+            parameter_count=info.get("general.parameter_count"),
+            block_count=key("block_count"),
+            embedding_length=key("embedding_length"),
+            head_count=key("attention.head_count"),
+            head_count_kv=key("attention.head_count_kv"),
+            context_length=key("context_length"),
+            capabilities=list(show.capabilities) if show.capabilities is not None else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Only the facts the server gave (the report's JSON)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
