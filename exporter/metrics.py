@@ -63,6 +63,23 @@ def slo_good(r: ProbeResult, slo) -> bool:
 
 Metric = Union[Counter, Gauge, Histogram]
 
+# Histograms with one observation per successful request: name, help, buckets, ProbeResult field.
+PER_REQUEST_HISTOGRAMS = (
+    ("llm_probe_time_per_output_token_seconds", "Per request: (end-to-end latency - TTFT) / (output tokens - 1).",
+     TOKEN_GAP_BUCKETS, "time_per_output_token_s"),
+    ("llm_probe_output_tokens_per_second", "Server timings: eval_count / eval_duration (decode speed).",
+     RATE_BUCKETS, "output_tokens_per_s"),
+    ("llm_probe_prompt_tokens_per_second",
+     "Server timings: prompt_eval_count / prompt_eval_duration (prefill speed).", RATE_BUCKETS, "prompt_tokens_per_s"),
+    ("llm_probe_load_duration_seconds", "Server timings: model load time.", LOAD_BUCKETS, "load_duration_s"),
+    ("llm_probe_prompt_eval_duration_seconds", "Server timings: prompt evaluation (prefill) time.",
+     PHASE_BUCKETS, "prompt_eval_duration_s"),
+    ("llm_probe_eval_duration_seconds", "Server timings: generation (decode) time.", PHASE_BUCKETS, "eval_duration_s"),
+    ("llm_probe_queue_duration_seconds",
+     "Client end-to-end latency minus the server's total_duration: queueing and transport.",
+     PHASE_BUCKETS, "queue_duration_s"),
+)
+
 
 class ProbeMetrics(Sink):
     """The probe sink: turns result records into Prometheus series."""
@@ -80,45 +97,19 @@ class ProbeMetrics(Sink):
             "Client clock: time from sending the request to the first non-empty token.",
             START_LABELS, TTFT_BUCKETS,
         )
-        self.inter_token = hist(
-            "llm_probe_inter_token_latency_seconds",
-            "Client clock: each gap between consecutive streamed tokens.",
-            PROBE_LABELS, TOKEN_GAP_BUCKETS,
-        )
-        self.tpot = hist(
-            "llm_probe_time_per_output_token_seconds",
-            "Per request: (end-to-end latency - TTFT) / (output tokens - 1).",
-            PROBE_LABELS, TOKEN_GAP_BUCKETS,
-        )
         self.duration = hist(
             "llm_probe_request_duration_seconds",
             "Client clock: end-to-end latency of a successful request.",
             START_LABELS, DURATION_BUCKETS,
         )
-        self.output_tps = hist(
-            "llm_probe_output_tokens_per_second",
-            "Server timings: eval_count / eval_duration (decode speed).",
-            PROBE_LABELS, RATE_BUCKETS,
+        self.inter_token = hist(
+            "llm_probe_inter_token_latency_seconds",
+            "Client clock: each gap between consecutive streamed tokens.",
+            PROBE_LABELS, TOKEN_GAP_BUCKETS,
         )
-        self.prompt_tps = hist(
-            "llm_probe_prompt_tokens_per_second",
-            "Server timings: prompt_eval_count / prompt_eval_duration (prefill speed).",
-            PROBE_LABELS, RATE_BUCKETS,
-        )
-        self.load = hist(
-            "llm_probe_load_duration_seconds", "Server timings: model load time.", PROBE_LABELS, LOAD_BUCKETS
-        )
-        self.prompt_eval = hist(
-            "llm_probe_prompt_eval_duration_seconds", "Server timings: prompt evaluation (prefill) time.",
-            PROBE_LABELS, PHASE_BUCKETS,
-        )
-        self.eval = hist(
-            "llm_probe_eval_duration_seconds", "Server timings: generation (decode) time.", PROBE_LABELS, PHASE_BUCKETS
-        )
-        self.queue = hist(
-            "llm_probe_queue_duration_seconds",
-            "Client end-to-end latency minus the server's total_duration: queueing and transport.",
-            PROBE_LABELS, PHASE_BUCKETS,
+        # One observation per successful request, of the record's field of the same row.
+        self._per_request = tuple(
+            (hist(name, doc, PROBE_LABELS, buckets), field) for name, doc, buckets, field in PER_REQUEST_HISTOGRAMS
         )
         self.prompt_tokens = Counter(
             "llm_probe_prompt_tokens_total", "Prompt tokens evaluated by the server." + BG, PROBE_LABELS, registry=registry
@@ -259,8 +250,7 @@ class ProbeMetrics(Sink):
             pass
 
     def _per_request_histograms(self):
-        return (self.inter_token, self.tpot, self.output_tps, self.prompt_tps, self.load,
-                self.prompt_eval, self.eval, self.queue)
+        return (self.inter_token,) + tuple(metric for metric, _ in self._per_request)
 
     # ---- sink interface ----
     def on_result(self, r: ProbeResult) -> None:
@@ -280,13 +270,8 @@ class ProbeMetrics(Sink):
         gap_hist = self._child(self.inter_token, *labels)
         for gap in r.inter_token_gaps_s:
             gap_hist.observe(gap)
-        self._observe(self.tpot, labels, r.time_per_output_token_s)
-        self._observe(self.output_tps, labels, r.output_tokens_per_s)
-        self._observe(self.prompt_tps, labels, r.prompt_tokens_per_s)
-        self._observe(self.load, labels, r.load_duration_s)
-        self._observe(self.prompt_eval, labels, r.prompt_eval_duration_s)
-        self._observe(self.eval, labels, r.eval_duration_s)
-        self._observe(self.queue, labels, r.queue_duration_s)
+        for metric, field in self._per_request:
+            self._observe(metric, labels, getattr(r, field))
         if r.prompt_eval_count:
             self._child(self.prompt_tokens, *labels).inc(r.prompt_eval_count)
         if r.eval_count:
