@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from .config import Config, ConfigError, load_file
 from .exposition import CachedExposition, ExpositionSink
+from .live_stats import LiveStats
 from .metrics import ExporterMetrics, ProbeMetrics
 from .results import BatchSummary, ProbeResult, ResultsWriter, RunSummary
 from .scheduler import ProbeScheduler
@@ -58,7 +59,11 @@ class Exporter:
         self.registry.register(ServerStatsCollector(self.server_stats))
         self.writer = ResultsWriter(results_path, max_bytes=results_max_bytes, keep=results_keep) if results_path else None
         self.exposition = CachedExposition(self.registry)
-        sinks: list = [self.probe_metrics, ExpositionSink(self.exposition)]
+        self.live_stats = LiveStats(self.registry)
+        if results_path:
+            # A restart must not reset the baseline that regressions are judged against.
+            self.live_stats.rebuild(results_path)
+        sinks: list = [self.probe_metrics, self.live_stats, ExpositionSink(self.exposition)]
         if self.writer:
             sinks.append(ResultsSink(self.writer, self.exporter_metrics))
         self.scheduler = ProbeScheduler(sinks, self._skipped, self._poll_stats)
@@ -77,6 +82,7 @@ class Exporter:
     def _install(self, config: Config) -> None:
         self.config = config
         self.probe_metrics.retire(config)
+        self.live_stats.retire(config)
         self.probe_metrics.declare(config)
         self.server_stats.set_targets(config.targets)
         self.scheduler.apply(config)

@@ -1,0 +1,486 @@
+"""Exact live statistics per case: a recent window, a baseline and its run-to-run noise.
+
+A prober sends a few requests a minute, so quantiles interpolated inside histogram
+buckets are artefacts of the bucket edges. This sink keeps the measured values
+themselves and publishes exact statistics of them; prometheus/rules/regression.yml
+compares the recent window with the baseline.
+
+Per series (target, scenario, model, case, concurrency, start, quantity):
+
+- every finished run contributes one number, the median of its successful requests;
+- the recent window is the last max(RECENT_RUNS runs, RECENT_SECONDS) of runs, and its
+  quantiles are exact quantiles of the raw request values it holds (numpy's default,
+  linear interpolation between order statistics);
+- the baseline is the per-run medians older than the recent window and at most
+  BASELINE_SECONDS old (at most BASELINE_MAX_RUNS of them): their median, and their
+  robust standard deviation 1.4826 x MAD as the noise;
+- the regression threshold is the relative change that pure noise would exceed at most
+  FALSE_ALERTS_PER_4_WEEKS times in four weeks at this schedule (see threshold()).
+
+Time comes from the records (the newest ended_at of a run), never from the clock, so
+the results file can rebuild the same state after a restart and a simulation can
+drive it over simulated days.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import os
+import threading
+import time
+from array import array
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+from typing import Callable, Iterable, Iterator, Optional
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from .results import BatchSummary, ProbeResult, RunSummary
+
+log = logging.getLogger(__name__)
+
+SERIES_LABELS = ("target", "scenario", "model", "case", "concurrency", "start", "quantity")
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+# quantity label -> how to read it from a record. Higher is worse unless listed in LOWER_IS_WORSE.
+QUANTITIES: dict[str, Callable[[ProbeResult], Optional[float]]] = {
+    "time_to_first_token_seconds": lambda r: r.ttft_s,
+    "request_duration_seconds": lambda r: r.request_duration_s,
+    "time_per_output_token_seconds": lambda r: r.time_per_output_token_s,
+    "load_duration_seconds": lambda r: r.load_duration_s,
+    "output_tokens_per_second": lambda r: r.output_tokens_per_s,
+    "prompt_tokens_per_second": lambda r: r.prompt_tokens_per_s,
+}
+LOWER_IS_WORSE = frozenset({"output_tokens_per_second", "prompt_tokens_per_second"})
+
+# Robust statistics of a normal sample: sd = 1.4826 x MAD; the standard error of a
+# median is 1.2533 (sqrt(pi/2)) times that of a mean.
+MAD_TO_SD = 1.4826
+MEDIAN_SE_FACTOR = 1.2533
+WEEK_S = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Windows, bounds and the alert threshold. The defaults are tuned with `make alert-eval`."""
+
+    recent_runs: int = 3
+    recent_seconds: float = 15 * 60
+    baseline_seconds: float = 24 * 3600
+    baseline_min_runs: int = 6
+    baseline_max_runs: int = 1440
+    min_effect: float = 0.08
+    false_alerts_per_4_weeks: float = 0.25
+    # Hard caps, whatever the schedule: a 1 s schedule must not hold a day of raw values.
+    recent_max_runs: int = 240
+    recent_max_values: int = 20_000
+
+    def k(self, runs_per_week: float, recent_runs: int) -> float:
+        """Standard errors a change must exceed: a one-sided normal quantile, Bonferroni over
+        the nearly independent recent windows four weeks of this schedule make."""
+        tests = max(4.0 * runs_per_week / max(recent_runs, 1), 1.0)
+        alpha = min(self.false_alerts_per_4_weeks / tests, 0.5)
+        return NormalDist().inv_cdf(1.0 - alpha)
+
+
+def quantile(sorted_values, q: float) -> float:
+    """numpy.quantile(values, q) with its default linear method, on already sorted values."""
+    n = len(sorted_values)
+    h = (n - 1) * q
+    lo = math.floor(h)
+    if lo + 1 >= n:
+        return float(sorted_values[-1])
+    a, b = sorted_values[lo], sorted_values[lo + 1]
+    return float(a + (h - lo) * (b - a))
+
+
+def median(values) -> float:
+    return quantile(sorted(values), 0.5)
+
+
+@dataclass
+class Baseline:
+    median: float
+    noise: float
+    runs: int
+    interval_s: Optional[float]  # mean gap between the baseline's runs: the schedule as observed
+
+
+class Series:
+    """The per-run medians (bounded ring) and the raw values of the recent runs of one series.
+
+    The baseline's medians are also kept as a sorted list, updated as runs enter and leave
+    it, so its median and MAD are exact at every run and cost O(baseline) only in memmove.
+    """
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.times = array("d")
+        self.medians = array("d")
+        self._dropped = 0  # runs trimmed off the front, so absolute index = _dropped + local index
+        self.raw: deque[array] = deque()  # values of the newest runs, aligned with the end of medians
+        self._sorted: list[float] = []  # medians of the absolute runs [_bstart, _bend), sorted
+        self._bstart = 0
+        self._bend = 0
+
+    @property
+    def cap(self) -> int:
+        return self.policy.baseline_max_runs + self.policy.recent_max_runs
+
+    def add_run(self, t: float, values: Iterable[float]) -> None:
+        vals = array("d", sorted(values))
+        if not vals:
+            return
+        self.times.append(t)
+        self.medians.append(quantile(vals, 0.5))
+        self.raw.append(vals)
+        while len(self.raw) > self.policy.recent_max_runs:
+            self.raw.popleft()
+        # Runs older than the baseline span, or beyond the cap, never count again: trim them
+        # in chunks (amortised O(1)); until then the window arithmetic skips them.
+        oldest = t - self.policy.baseline_seconds
+        cut = max(len(self.times) - self.cap, 0)
+        while cut < len(self.times) and self.times[cut] < oldest:
+            cut += 1
+        if cut >= 64:
+            del self.times[:cut]
+            del self.medians[:cut]
+            self._dropped += cut
+
+    def recent_count(self, now: float) -> int:
+        """Runs in the recent window: the last max(recent_runs, runs within recent_seconds),
+        capped by recent_max_runs and recent_max_values."""
+        n = len(self.times)
+        start = now - self.policy.recent_seconds
+        i = n
+        while i > 0 and self.times[i - 1] > start:
+            i -= 1
+        count = min(max(n - i, min(self.policy.recent_runs, n)), len(self.raw))
+        values = 0
+        for k in range(1, count + 1):
+            values += len(self.raw[-k])
+            if values > self.policy.recent_max_values:
+                return max(k - 1, 1)
+        return count
+
+    def recent_values(self, count: int) -> list[float]:
+        out: list[float] = []
+        for k in range(len(self.raw) - count, len(self.raw)):
+            out.extend(self.raw[k])
+        out.sort()
+        return out
+
+    def _move(self, start: int, end: int) -> None:
+        """Make _sorted hold the medians of absolute runs [start, end)."""
+        d = self._dropped
+        if start >= self._bend or end <= self._bstart:
+            self._sorted = sorted(self.medians[start - d:end - d])
+        else:
+            s = self._sorted
+            for i in range(self._bstart, start):  # leaving at the old end
+                del s[bisect.bisect_left(s, self.medians[i - d])]
+            for i in range(start, self._bstart):  # (re)entering at the old end
+                bisect.insort(s, self.medians[i - d])
+            for i in range(end, self._bend):  # given back to the recent window
+                del s[bisect.bisect_left(s, self.medians[i - d])]
+            for i in range(self._bend, end):  # entering from the recent window
+                bisect.insort(s, self.medians[i - d])
+        self._bstart, self._bend = start, end
+
+    def baseline(self, now: float, recent: int) -> Optional[Baseline]:
+        p = self.policy
+        end = len(self.times) - recent
+        start = end
+        oldest = now - p.baseline_seconds
+        while start > 0 and self.times[start - 1] >= oldest and end - start < p.baseline_max_runs:
+            start -= 1
+        self._move(start + self._dropped, end + self._dropped)
+        count = end - start
+        if count < p.baseline_min_runs:
+            return None
+        meds = self._sorted
+        mid = quantile(meds, 0.5)
+        # Distances from the median: a descending run then an ascending one, which sorted() merges in O(n).
+        split = bisect.bisect_left(meds, mid)
+        dist = [mid - m for m in meds[:split]]
+        dist.extend(m - mid for m in meds[split:])
+        dist.sort()
+        mad = quantile(dist, 0.5)
+        span = self.times[end - 1] - self.times[start]
+        interval = span / (count - 1) if span > 0 else None
+        return Baseline(mid, MAD_TO_SD * mad, count, interval)
+
+
+@dataclass
+class Snapshot:
+    """What the gauges of one series say."""
+
+    quantiles: dict[float, float]
+    recent_requests: int
+    recent_runs: int
+    baseline: Optional[Baseline]
+    threshold: Optional[float]
+
+
+def threshold(policy: Policy, base: Baseline, recent_runs: int) -> Optional[float]:
+    """The relative change that counts as a regression: max(min effect, K x SE / baseline).
+
+    SE is the standard error of (recent median - baseline median) if the runs' medians
+    scatter with the baseline's noise: 1.2533 x noise x sqrt(1/recent + 1/baseline).
+    """
+    if base.median <= 0:
+        return None
+    se = MEDIAN_SE_FACTOR * base.noise * math.sqrt(1.0 / recent_runs + 1.0 / base.runs)
+    runs_per_week = WEEK_S / base.interval_s if base.interval_s else WEEK_S / policy.recent_seconds
+    k = policy.k(runs_per_week, recent_runs)
+    return max(policy.min_effect, k * se / base.median)
+
+
+class LiveStats:
+    """The live-statistics sink: collects a run's requests, and at the end of the run
+    turns them into the gauges of the metric contract (README: Live statistics and
+    regression alerts)."""
+
+    def __init__(self, registry: CollectorRegistry, policy: Policy = Policy()):
+        self.policy = policy
+        bg = " Computed by the exporter from the measured requests of scheduled probe runs."
+
+        def gauge(name, doc, extra=()):
+            return Gauge(name, doc + bg, SERIES_LABELS + extra, registry=registry)
+
+        self.recent_quantile = gauge(
+            "llm_probe_recent_quantile",
+            "Exact quantile of the successful requests in the recent window (last max(3 runs, 15 min)), "
+            "in the unit of `quantity`.", ("quantile",),
+        )
+        self.recent_requests = gauge("llm_probe_recent_requests", "Successful requests in the recent window.")
+        self.recent_runs = gauge("llm_probe_recent_runs", "Runs in the recent window.")
+        self.baseline_median = gauge(
+            "llm_probe_baseline_median",
+            "Median of the per-run medians over the baseline (the 24 h before the recent window).",
+        )
+        self.baseline_noise = gauge(
+            "llm_probe_baseline_noise",
+            "Run-to-run noise: 1.4826 x MAD of the per-run medians in the baseline, in the unit of `quantity`.",
+        )
+        self.baseline_runs = gauge("llm_probe_baseline_runs", "Runs in the baseline.")
+        self.threshold_ratio = gauge(
+            "llm_probe_regression_threshold_ratio",
+            "Relative change of the recent median against the baseline that counts as a regression: "
+            "max(minimum effect, K x standard error / baseline).",
+        )
+        self._series: dict[tuple, Series] = {}
+        # run_id -> [newest ended_at, {series key: [values]}]; runs in flight, oldest first.
+        self._pending: OrderedDict[str, list] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ---- sink interface ----
+    def on_result(self, r: ProbeResult) -> None:
+        if not r.ok or not r.run_id:
+            return
+        with self._lock:
+            self._collect(r)
+
+    def on_batch(self, batch: BatchSummary) -> None:
+        pass
+
+    def on_run(self, run: RunSummary) -> None:
+        with self._lock:
+            self._finish(run.run_id, run.ended_at, publish=True)
+
+    # ---- state ----
+    def _collect(self, r: ProbeResult) -> None:
+        pending = self._pending.get(r.run_id)
+        if pending is None:
+            pending = self._pending[r.run_id] = [r.ended_at, {}]
+            # A run whose summary never comes (a crash between runs) must not pile up.
+            while len(self._pending) > 256:
+                self._pending.popitem(last=False)
+        pending[0] = max(pending[0], r.ended_at)
+        base = (r.target, r.scenario, r.model, r.case, str(r.concurrency), r.start)
+        values = pending[1]
+        for quantity, read in QUANTITIES.items():
+            v = read(r)
+            if v is not None and math.isfinite(v) and v >= 0:
+                values.setdefault(base + (quantity,), []).append(v)
+
+    def _finish(self, run_id: str, fallback_end: float, publish: bool) -> list[tuple]:
+        """Close a run: one median per series, at the time of the run's newest record."""
+        pending = self._pending.pop(run_id, None)
+        if pending is None:
+            return []
+        t = pending[0] or fallback_end
+        keys = []
+        for key, values in pending[1].items():
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = Series(self.policy)
+            series.add_run(t, values)
+            keys.append(key)
+            if publish:
+                self._publish(key, series, t)
+        return keys
+
+    def snapshot(self, key: tuple) -> Optional[Snapshot]:
+        series = self._series.get(key)
+        if series is None or not len(series.times):
+            return None
+        return self._snapshot(series, series.times[-1])
+
+    def _snapshot(self, series: Series, now: float) -> Snapshot:
+        recent = series.recent_count(now)
+        values = series.recent_values(recent)
+        base = series.baseline(now, recent)
+        return Snapshot(
+            quantiles={q: quantile(values, q) for q in QUANTILES},
+            recent_requests=len(values),
+            recent_runs=recent,
+            baseline=base,
+            threshold=threshold(self.policy, base, recent) if base else None,
+        )
+
+    def _publish(self, key: tuple, series: Series, now: float) -> None:
+        s = self._snapshot(series, now)
+        for q, v in s.quantiles.items():
+            self.recent_quantile.labels(*key, _qlabel(q)).set(v)
+        self.recent_requests.labels(*key).set(s.recent_requests)
+        self.recent_runs.labels(*key).set(s.recent_runs)
+        self.baseline_runs.labels(*key).set(s.baseline.runs if s.baseline else _baseline_runs(series, s.recent_runs))
+        if s.baseline:
+            self.baseline_median.labels(*key).set(s.baseline.median)
+            self.baseline_noise.labels(*key).set(s.baseline.noise)
+            if s.threshold is not None:
+                self.threshold_ratio.labels(*key).set(s.threshold)
+            else:
+                _remove(self.threshold_ratio, key)
+        else:
+            # Too few runs to judge against: no baseline is better than a wrong one.
+            for g in (self.baseline_median, self.baseline_noise, self.threshold_ratio):
+                _remove(g, key)
+
+    def _gauges(self):
+        return (
+            self.recent_quantile, self.recent_requests, self.recent_runs, self.baseline_median,
+            self.baseline_noise, self.baseline_runs, self.threshold_ratio,
+        )
+
+    def retire(self, config) -> int:
+        """Forget the series of target/scenario/model/case/concurrency combinations the config no longer has."""
+        keep = {
+            (t.name, s.name, s.model, c.name, str(level))
+            for s in config.scenarios for t in s.targets for c in s.cases for level in s.concurrency
+        }
+        removed = 0
+        with self._lock:
+            for key in [k for k in self._series if k[:5] not in keep]:
+                del self._series[key]
+                removed += 1
+            for g in self._gauges():
+                # prometheus_client keeps its children in _metrics; there is no public listing.
+                for labels in list(g._metrics):
+                    if tuple(labels[:5]) not in keep:
+                        g.remove(*labels)
+        return removed
+
+    # ---- restart ----
+    def rebuild(self, path: str | os.PathLike, max_bytes: int = 64 << 20) -> "RebuildStats":
+        """Rebuild the windows from the tail of the results file (and PATH.1 when the baseline
+        span reaches into it), reading at most max_bytes in all and keeping only the records
+        of the last baseline span. Runs are closed in the order they ended; then every series
+        is published as the live path would have left it."""
+        began = time.monotonic()
+        path = Path(path)
+        records, read = _tail_records(path, max_bytes, self.policy.baseline_seconds)
+        runs: dict[str, float] = {}
+        with self._lock:
+            for r in records:
+                if r.ok and r.run_id:
+                    self._collect(r)
+                    runs[r.run_id] = max(runs.get(r.run_id, 0.0), r.ended_at)
+            touched = set()
+            for run_id in sorted(runs, key=runs.get):
+                touched.update(self._finish(run_id, runs[run_id], publish=False))
+            for key in touched:
+                series = self._series[key]
+                self._publish(key, series, series.times[-1])
+        stats = RebuildStats(len(records), len(runs), len(touched), read, time.monotonic() - began)
+        log.info(
+            "live statistics rebuilt from %s: %d records, %d runs, %d series (%.1f MB read, %.2fs)",
+            path, stats.records, stats.runs, stats.series, stats.bytes_read / 1e6, stats.seconds,
+        )
+        return stats
+
+
+@dataclass
+class RebuildStats:
+    records: int
+    runs: int
+    series: int
+    bytes_read: int
+    seconds: float
+
+
+def _qlabel(q: float) -> str:
+    return repr(q)
+
+
+def _remove(gauge: Gauge, key: tuple) -> None:
+    try:
+        gauge.remove(*key)
+    except KeyError:
+        pass
+
+
+def _baseline_runs(series: Series, recent: int) -> int:
+    return max(len(series.times) - recent, 0)
+
+
+def _parse(line: bytes) -> Optional[ProbeResult]:
+    """One results-file line; None for a blank, torn or garbled one (read_results logs those)."""
+    try:
+        d = json.loads(line)
+        return ProbeResult.from_dict(d) if isinstance(d, dict) else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _read_tail(path: Path, budget: int) -> tuple[list[bytes], int]:
+    """The complete lines of the last `budget` bytes of a file, oldest first."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return [], 0
+    start = max(size - budget, 0)
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(size - start)
+    lines = data.split(b"\n")
+    lines.pop()  # after the last newline: empty, or a torn last line
+    if start > 0 and lines:
+        lines.pop(0)  # began mid-line
+    return lines, len(data)
+
+
+def _tail_records(path: Path, max_bytes: int, span_s: float) -> tuple[list[ProbeResult], int]:
+    """Records of the last span_s seconds (by ended_at), from PATH and, if needed, PATH.1."""
+    records: list[ProbeResult] = []
+    read = 0
+    newest = None
+    for part in (path, path.with_name(path.name + ".1")):
+        lines, n = _read_tail(part, max_bytes - read)
+        read += n
+        chunk = [r for r in map(_parse, lines) if r is not None]
+        if chunk and newest is None:
+            newest = max(r.ended_at for r in chunk)
+        records[:0] = chunk
+        if read >= max_bytes or (chunk and newest - chunk[0].ended_at >= span_s) or not part.exists():
+            break
+    if newest is None:
+        return [], read
+    oldest = newest - span_s
+    return [r for r in records if r.ended_at >= oldest], read
