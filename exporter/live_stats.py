@@ -62,6 +62,7 @@ LOWER_IS_WORSE = frozenset({"output_tokens_per_second", "prompt_tokens_per_secon
 # median is 1.2533 (sqrt(pi/2)) times that of a mean.
 MAD_TO_SD = 1.4826
 MEDIAN_SE_FACTOR = 1.2533
+MAD_EFFICIENCY = 0.37
 WEEK_S = 7 * 86400.0
 
 
@@ -72,20 +73,30 @@ class Policy:
     recent_runs: int = 3
     recent_seconds: float = 15 * 60
     baseline_seconds: float = 24 * 3600
+    # A slow schedule reaches further back, to have this many runs to estimate the noise from...
+    baseline_min_span_runs: int = 48
+    # ...but never beyond this.
+    baseline_max_seconds: float = 3 * 24 * 3600
     baseline_min_runs: int = 6
     baseline_max_runs: int = 1440
     min_effect: float = 0.08
+    # Changes this small are not regressions (wobbles): the test is whether the change exceeds it.
+    tolerance: float = 0.04
     false_alerts_per_4_weeks: float = 0.25
     # Hard caps, whatever the schedule: a 1 s schedule must not hold a day of raw values.
     recent_max_runs: int = 240
     recent_max_values: int = 20_000
 
-    def k(self, runs_per_week: float, recent_runs: int) -> float:
+    def k(self, runs_per_week: float, recent_runs: int, baseline_runs: int) -> float:
         """Standard errors a change must exceed: a one-sided normal quantile, Bonferroni over
-        the nearly independent recent windows four weeks of this schedule make."""
+        the nearly independent recent windows four weeks of this schedule make, widened
+        like Student's t for a noise estimated from few runs (a MAD has the efficiency of
+        0.37 x as many runs as a standard deviation)."""
         tests = max(4.0 * runs_per_week / max(recent_runs, 1), 1.0)
         alpha = min(self.false_alerts_per_4_weeks / tests, 0.5)
-        return NormalDist().inv_cdf(1.0 - alpha)
+        z = NormalDist().inv_cdf(1.0 - alpha)
+        df = max(MAD_EFFICIENCY * (baseline_runs - 1), 1.0)
+        return z * (1.0 + (z * z + 1.0) / (4.0 * df))
 
 
 def quantile(sorted_values, q: float) -> float:
@@ -143,11 +154,18 @@ class Series:
             self.raw.popleft()
         # Runs older than the baseline span, or beyond the cap, never count again: trim them
         # in chunks (amortised O(1)); until then the window arithmetic skips them.
-        oldest = t - self.policy.baseline_seconds
+        oldest = t - self.policy.baseline_max_seconds
         cut = max(len(self.times) - self.cap, 0)
         while cut < len(self.times) and self.times[cut] < oldest:
             cut += 1
         if cut >= 64:
+            first = self._dropped + cut  # absolute index of the oldest run kept
+            if self._bend <= first:
+                self._sorted, self._bstart, self._bend = [], first, first
+            else:
+                for i in range(self._bstart, first):
+                    del self._sorted[bisect.bisect_left(self._sorted, self.medians[i - self._dropped])]
+                self._bstart = max(self._bstart, first)
             del self.times[:cut]
             del self.medians[:cut]
             self._dropped += cut
@@ -196,8 +214,11 @@ class Series:
         p = self.policy
         end = len(self.times) - recent
         start = end
-        oldest = now - p.baseline_seconds
-        while start > 0 and self.times[start - 1] >= oldest and end - start < p.baseline_max_runs:
+        day, oldest = now - p.baseline_seconds, now - p.baseline_max_seconds
+        while start > 0 and end - start < p.baseline_max_runs:
+            t = self.times[start - 1]
+            if t < oldest or (t < day and end - start >= p.baseline_min_span_runs):
+                break
             start -= 1
         self._move(start + self._dropped, end + self._dropped)
         count = end - start
@@ -227,18 +248,23 @@ class Snapshot:
     threshold: Optional[float]
 
 
-def threshold(policy: Policy, base: Baseline, recent_runs: int) -> Optional[float]:
-    """The relative change that counts as a regression: max(min effect, K x SE / baseline).
+def threshold(policy: Policy, base: Baseline, recent_runs: int, recent_requests: int) -> Optional[float]:
+    """The relative change that counts as a regression: max(min effect, tolerance + K x SE / baseline).
 
-    SE is the standard error of (recent median - baseline median) if the runs' medians
-    scatter with the baseline's noise: 1.2533 x noise x sqrt(1/recent + 1/baseline).
+    SE is the standard error of (recent median - baseline median) when the runs' medians
+    scatter with the baseline's noise: noise x sqrt(g/recent runs + (pi/2)/baseline runs).
+    g corrects for pooling: the median of all requests of R runs of n requests varies
+    like noise^2 x g / R, with g = pi/2 for n <= 2 and close to 1 for many requests a run.
     """
     if base.median <= 0:
         return None
-    se = MEDIAN_SE_FACTOR * base.noise * math.sqrt(1.0 / recent_runs + 1.0 / base.runs)
+    n = recent_requests / max(recent_runs, 1)
+    c_n = 1.0 if n < 2.5 else math.pi / 2 - 0.5 / n  # variance of a median of n, in sigma^2 / n
+    g = (math.pi / 2) / c_n
+    se = base.noise * math.sqrt(g / recent_runs + (math.pi / 2) / base.runs)
     runs_per_week = WEEK_S / base.interval_s if base.interval_s else WEEK_S / policy.recent_seconds
-    k = policy.k(runs_per_week, recent_runs)
-    return max(policy.min_effect, k * se / base.median)
+    k = policy.k(runs_per_week, recent_runs, base.runs)
+    return max(policy.min_effect, policy.tolerance + k * se / base.median)
 
 
 class LiveStats:
@@ -341,7 +367,7 @@ class LiveStats:
             recent_requests=len(values),
             recent_runs=recent,
             baseline=base,
-            threshold=threshold(self.policy, base, recent) if base else None,
+            threshold=threshold(self.policy, base, recent, len(values)) if base else None,
         )
 
     def _publish(self, key: tuple, series: Series, now: float) -> None:
@@ -395,7 +421,7 @@ class LiveStats:
         is published as the live path would have left it."""
         began = time.monotonic()
         path = Path(path)
-        records, read = _tail_records(path, max_bytes, self.policy.baseline_seconds)
+        records, read = _tail_records(path, max_bytes, self.policy.baseline_max_seconds)
         runs: dict[str, float] = {}
         with self._lock:
             for r in records:
