@@ -25,6 +25,7 @@ drive it over simulated days.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import logging
 import math
@@ -64,6 +65,7 @@ MAD_TO_SD = 1.4826
 MEDIAN_SE_FACTOR = 1.2533
 MAD_EFFICIENCY = 0.37
 WEEK_S = 7 * 86400.0
+MAX_RUNS_IN_FLIGHT = 256
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Policy:
     recent_seconds: float = 15 * 60
     baseline_seconds: float = 24 * 3600
     # A slow schedule reaches further back, to have this many runs to estimate the noise from...
-    baseline_min_span_runs: int = 48
+    baseline_min_span_runs: int = 72
     # ...but never beyond this.
     baseline_max_seconds: float = 3 * 24 * 3600
     baseline_min_runs: int = 6
@@ -82,7 +84,7 @@ class Policy:
     min_effect: float = 0.08
     # Changes this small are not regressions (wobbles): the test is whether the change exceeds it.
     tolerance: float = 0.04
-    false_alerts_per_4_weeks: float = 0.25
+    false_alerts_per_4_weeks: float = 0.5
     # Hard caps, whatever the schedule: a 1 s schedule must not hold a day of raw values.
     recent_max_runs: int = 240
     recent_max_values: int = 20_000
@@ -310,23 +312,24 @@ class LiveStats:
         if not r.ok or not r.run_id:
             return
         with self._lock:
-            self._collect(r)
+            self._collect(r, self._pending)
+            # A run whose summary never comes (a crash between runs) must not pile up.
+            while len(self._pending) > MAX_RUNS_IN_FLIGHT:
+                self._pending.popitem(last=False)
 
     def on_batch(self, batch: BatchSummary) -> None:
         pass
 
     def on_run(self, run: RunSummary) -> None:
         with self._lock:
-            self._finish(run.run_id, run.ended_at, publish=True)
+            self._finish(self._pending.pop(run.run_id, None), run.ended_at, publish=True)
 
     # ---- state ----
-    def _collect(self, r: ProbeResult) -> None:
-        pending = self._pending.get(r.run_id)
+    @staticmethod
+    def _collect(r: ProbeResult, runs: dict) -> None:
+        pending = runs.get(r.run_id)
         if pending is None:
-            pending = self._pending[r.run_id] = [r.ended_at, {}]
-            # A run whose summary never comes (a crash between runs) must not pile up.
-            while len(self._pending) > 256:
-                self._pending.popitem(last=False)
+            pending = runs[r.run_id] = [r.ended_at, {}]
         pending[0] = max(pending[0], r.ended_at)
         base = (r.target, r.scenario, r.model, r.case, str(r.concurrency), r.start)
         values = pending[1]
@@ -335,9 +338,8 @@ class LiveStats:
             if v is not None and math.isfinite(v) and v >= 0:
                 values.setdefault(base + (quantity,), []).append(v)
 
-    def _finish(self, run_id: str, fallback_end: float, publish: bool) -> list[tuple]:
+    def _finish(self, pending: Optional[list], fallback_end: float, publish: bool) -> list[tuple]:
         """Close a run: one median per series, at the time of the run's newest record."""
-        pending = self._pending.pop(run_id, None)
         if pending is None:
             return []
         t = pending[0] or fallback_end
@@ -415,26 +417,33 @@ class LiveStats:
 
     # ---- restart ----
     def rebuild(self, path: str | os.PathLike, max_bytes: int = 64 << 20) -> "RebuildStats":
-        """Rebuild the windows from the tail of the results file (and PATH.1 when the baseline
-        span reaches into it), reading at most max_bytes in all and keeping only the records
+        """Rebuild the windows from the tail of the results file (and the rotated files when the
+        baseline span reaches into them), reading at most max_bytes in all and keeping only the records
         of the last baseline span. Runs are closed in the order they ended; then every series
         is published as the live path would have left it."""
         began = time.monotonic()
         path = Path(path)
-        records, read = _tail_records(path, max_bytes, self.policy.baseline_max_seconds)
-        runs: dict[str, float] = {}
+        try:
+            records, read = _tail_records(path, max_bytes, self.policy.baseline_max_seconds)
+        except OSError as exc:
+            # The exporter starts anyway; the baseline builds up again from new runs.
+            log.error("cannot rebuild live statistics from %s: %s", path, exc)
+            records, read = [], 0
+        runs: dict[str, list] = {}
+        for r in records:
+            if r.ok and r.run_id:
+                self._collect(r, runs)
+        # Whole runs, judged by their newest record as the live path does.
+        newest = max((p[0] for p in runs.values()), default=0.0)
+        kept = sorted((p for p in runs.values() if p[0] >= newest - self.policy.baseline_max_seconds), key=lambda p: p[0])
         with self._lock:
-            for r in records:
-                if r.ok and r.run_id:
-                    self._collect(r)
-                    runs[r.run_id] = max(runs.get(r.run_id, 0.0), r.ended_at)
             touched = set()
-            for run_id in sorted(runs, key=runs.get):
-                touched.update(self._finish(run_id, runs[run_id], publish=False))
+            for pending in kept:
+                touched.update(self._finish(pending, pending[0], publish=False))
             for key in touched:
                 series = self._series[key]
                 self._publish(key, series, series.times[-1])
-        stats = RebuildStats(len(records), len(runs), len(touched), read, time.monotonic() - began)
+        stats = RebuildStats(len(records), len(kept), len(touched), read, time.monotonic() - began)
         log.info(
             "live statistics rebuilt from %s: %d records, %d runs, %d series (%.1f MB read, %.2fs)",
             path, stats.records, stats.runs, stats.series, stats.bytes_read / 1e6, stats.seconds,
@@ -493,20 +502,21 @@ def _read_tail(path: Path, budget: int) -> tuple[list[bytes], int]:
 
 
 def _tail_records(path: Path, max_bytes: int, span_s: float) -> tuple[list[ProbeResult], int]:
-    """Records of the last span_s seconds (by ended_at), from PATH and, if needed, PATH.1."""
+    """The records at the end of PATH and, as far as a span of span_s seconds (by ended_at)
+    needs and the byte budget allows, of the rotated PATH.1, PATH.2, ..., oldest first."""
     records: list[ProbeResult] = []
     read = 0
     newest = None
-    for part in (path, path.with_name(path.name + ".1")):
+    for i in itertools.count():
+        part = path.with_name(f"{path.name}.{i}") if i else path
+        if i and not part.exists():
+            break
         lines, n = _read_tail(part, max_bytes - read)
         read += n
         chunk = [r for r in map(_parse, lines) if r is not None]
         if chunk and newest is None:
             newest = max(r.ended_at for r in chunk)
         records[:0] = chunk
-        if read >= max_bytes or (chunk and newest - chunk[0].ended_at >= span_s) or not part.exists():
+        if read >= max_bytes or (chunk and newest - chunk[0].ended_at >= span_s):
             break
-    if newest is None:
-        return [], read
-    oldest = newest - span_s
-    return [r for r in records if r.ended_at >= oldest], read
+    return records, read

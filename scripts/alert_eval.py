@@ -86,7 +86,7 @@ class Case:
 def plan(days: int, quick: bool, rng: random.Random) -> list[Case]:
     cases: list[Case] = []
     per_effect = 1 if quick else 3
-    effects = ((0.25, 0.10), (0.50, 0.10)) if quick else ((0.10, 0.05), (0.25, 0.10), (0.50, 0.10))
+    effects = ((0.25, 0.10), (0.50, 0.10)) if quick else ((0.10, 0.05), (0.25, 0.05), (0.25, 0.10), (0.50, 0.10))
     latency = ("time_to_first_token_seconds", "request_duration_seconds")
     for effect, cv in effects:
         for i in range(per_effect):
@@ -314,10 +314,10 @@ def report(results: dict, days: int) -> tuple[list[str], list[bool]]:
             met.append(ok)
             lines.append(f"  target {'met' if ok else 'MISSED'}: {kind} at CV 10%: {fa} false alerts in {weeks:.0f} case-weeks "
                          f"= {4 * fa / weeks if weeks else float('nan'):.2f} per case per 4 weeks (<= 1)")
-        for effect in (0.25, 0.5):
-            if schedule not in ("1m", "1h"):
+        for effect, cv in ((0.25, 0.05), (0.25, 0.10), (0.5, 0.10)):
+            outs = [o for (k, _, e, c), o in rows.items() if k == "step" and e == effect and c == cv]
+            if schedule not in ("1m", "1h") or not outs:
                 continue
-            outs = [o for (k, _, e, _), o in rows.items() if k == "step" and e == effect]
             n = sum(len(o.detected) + o.missed for o in outs)
             if schedule == "1m":
                 good = sum(1 for o in outs for d, _ in o.detected if d <= 30)
@@ -327,7 +327,7 @@ def report(results: dict, days: int) -> tuple[list[str], list[bool]]:
                 limit = "3 runs"
             ok = n > 0 and good == n
             met.append(ok)
-            lines.append(f"  target {'met' if ok else 'MISSED'}: {effect:.0%} detected within {limit}: {good}/{n} (all)")
+            lines.append(f"  target {'met' if ok else 'MISSED'}: {effect:.0%} at CV {cv:.0%} detected within {limit}: {good}/{n} (all)")
         if schedule == "1m":
             outs = [o for (k, _, e, cv), o in rows.items() if k == "step" and e == 0.10 and cv <= 0.05]
             n = sum(len(o.detected) + o.missed for o in outs)
