@@ -416,26 +416,38 @@ class LiveStats:
         return removed
 
     # ---- restart ----
-    def rebuild(self, path: str | os.PathLike, max_bytes: int = 64 << 20) -> "RebuildStats":
-        """Rebuild the windows from the tail of the results file (and the rotated files when the
-        baseline span reaches into them), reading at most max_bytes in all and keeping only the records
-        of the last baseline span. Runs are closed in the order they ended; then every series
-        is published as the live path would have left it."""
+    def rebuild(self, path: str | os.PathLike, max_bytes: int = 32 << 20) -> "RebuildStats":
+        """Rebuild the windows from the end of the results file, and of its rotated files as far
+        as the baseline span (baseline_max_seconds) reaches, reading at most max_bytes in all.
+        Only the numbers LiveStats keeps are held, never the records. Runs are closed in the
+        order they ended; then every series is published as the live path would have left it."""
         began = time.monotonic()
         path = Path(path)
+        span = self.policy.baseline_max_seconds
+        runs: dict[str, list] = {}
+        records = read = 0
+        newest = -math.inf
         try:
-            records, read = _tail_records(path, max_bytes, self.policy.baseline_max_seconds)
+            for part in _parts(path):
+                lines, n = _read_tail(part, max_bytes - read)
+                read += n
+                oldest = None
+                for line in lines:
+                    r = _parse(line)
+                    if r is None:
+                        continue
+                    records += 1
+                    oldest = r.ended_at if oldest is None else oldest
+                    newest = max(newest, r.ended_at)
+                    if r.ok and r.run_id:
+                        self._collect(r, runs)
+                if read >= max_bytes or (oldest is not None and newest - oldest >= span):
+                    break
         except OSError as exc:
             # The exporter starts anyway; the baseline builds up again from new runs.
             log.error("cannot rebuild live statistics from %s: %s", path, exc)
-            records, read = [], 0
-        runs: dict[str, list] = {}
-        for r in records:
-            if r.ok and r.run_id:
-                self._collect(r, runs)
         # Whole runs, judged by their newest record as the live path does.
-        newest = max((p[0] for p in runs.values()), default=0.0)
-        kept = sorted((p for p in runs.values() if p[0] >= newest - self.policy.baseline_max_seconds), key=lambda p: p[0])
+        kept = sorted((p for p in runs.values() if p[0] >= newest - span), key=lambda p: p[0])
         with self._lock:
             touched = set()
             for pending in kept:
@@ -443,7 +455,7 @@ class LiveStats:
             for key in touched:
                 series = self._series[key]
                 self._publish(key, series, series.times[-1])
-        stats = RebuildStats(len(records), len(kept), len(touched), read, time.monotonic() - began)
+        stats = RebuildStats(records, len(kept), len(touched), read, time.monotonic() - began)
         log.info(
             "live statistics rebuilt from %s: %d records, %d runs, %d series (%.1f MB read, %.2fs)",
             path, stats.records, stats.runs, stats.series, stats.bytes_read / 1e6, stats.seconds,
@@ -501,22 +513,11 @@ def _read_tail(path: Path, budget: int) -> tuple[list[bytes], int]:
     return lines, len(data)
 
 
-def _tail_records(path: Path, max_bytes: int, span_s: float) -> tuple[list[ProbeResult], int]:
-    """The records at the end of PATH and, as far as a span of span_s seconds (by ended_at)
-    needs and the byte budget allows, of the rotated PATH.1, PATH.2, ..., oldest first."""
-    records: list[ProbeResult] = []
-    read = 0
-    newest = None
-    for i in itertools.count():
-        part = path.with_name(f"{path.name}.{i}") if i else path
-        if i and not part.exists():
-            break
-        lines, n = _read_tail(part, max_bytes - read)
-        read += n
-        chunk = [r for r in map(_parse, lines) if r is not None]
-        if chunk and newest is None:
-            newest = max(r.ended_at for r in chunk)
-        records[:0] = chunk
-        if read >= max_bytes or (chunk and newest - chunk[0].ended_at >= span_s):
-            break
-    return records, read
+def _parts(path: Path) -> Iterator[Path]:
+    """PATH, then its rotated files PATH.1, PATH.2, ... (newest first) while they exist."""
+    yield path
+    for i in itertools.count(1):
+        part = path.with_name(f"{path.name}.{i}")
+        if not part.exists():
+            return
+        yield part
