@@ -40,6 +40,7 @@ from statistics import NormalDist
 from typing import Callable, Iterable, Iterator, Optional
 
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.metrics_core import Metric
 
 from .results import BatchSummary, ProbeResult, RunSummary
 
@@ -245,6 +246,7 @@ class Snapshot:
 
     quantiles: dict[float, float]
     recent_requests: int
+    recent_sum: float
     recent_runs: int
     baseline: Optional[Baseline]
     threshold: Optional[float]
@@ -269,6 +271,47 @@ def threshold(policy: Policy, base: Baseline, recent_runs: int, recent_requests:
     return max(policy.min_effect, policy.tolerance + k * se / base.median)
 
 
+class RecentQuantiles:
+    """llm_probe_recent_quantile, exposed as a summary: exact quantiles labelled `quantile`
+    (the exposition format allows that label on summaries only), with the window's request
+    count and sum as _count and _sum."""
+
+    NAME = "llm_probe_recent_quantile"
+
+    def __init__(self, doc: str, registry: CollectorRegistry):
+        self.doc = doc
+        self._values: dict[tuple, tuple[dict, int, float]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def set(self, key: tuple, quantiles: dict, count: int, total: float) -> None:
+        with self._lock:
+            self._values[key] = (dict(quantiles), count, total)
+
+    def remove(self, key: tuple) -> None:
+        with self._lock:
+            self._values.pop(key, None)
+
+    def keys(self) -> list[tuple]:
+        with self._lock:
+            return list(self._values)
+
+    def describe(self):
+        return [Metric(self.NAME, self.doc, "summary")]
+
+    def collect(self):
+        family = Metric(self.NAME, self.doc, "summary")
+        with self._lock:
+            items = list(self._values.items())
+        for key, (quantiles, count, total) in items:
+            labels = dict(zip(SERIES_LABELS, key))
+            for q, v in quantiles.items():
+                family.add_sample(self.NAME, {**labels, "quantile": _qlabel(q)}, v)
+            family.add_sample(self.NAME + "_count", labels, count)
+            family.add_sample(self.NAME + "_sum", labels, total)
+        yield family
+
+
 class LiveStats:
     """The live-statistics sink: collects a run's requests, and at the end of the run
     turns them into the gauges of the metric contract (README: Live statistics and
@@ -281,10 +324,9 @@ class LiveStats:
         def gauge(name, doc, extra=()):
             return Gauge(name, doc + bg, SERIES_LABELS + extra, registry=registry)
 
-        self.recent_quantile = gauge(
-            "llm_probe_recent_quantile",
-            "Exact quantile of the successful requests in the recent window (last max(3 runs, 15 min)), "
-            "in the unit of `quantity`.", ("quantile",),
+        self.recent_quantile = RecentQuantiles(
+            "Exact quantiles of the successful requests in the recent window (last max(3 runs, 15 min)), "
+            "in the unit of `quantity`; _count and _sum over the same requests." + bg, registry,
         )
         self.recent_requests = gauge("llm_probe_recent_requests", "Successful requests in the recent window.")
         self.recent_runs = gauge("llm_probe_recent_runs", "Runs in the recent window.")
@@ -367,6 +409,7 @@ class LiveStats:
         return Snapshot(
             quantiles={q: quantile(values, q) for q in QUANTILES},
             recent_requests=len(values),
+            recent_sum=math.fsum(values),
             recent_runs=recent,
             baseline=base,
             threshold=threshold(self.policy, base, recent, len(values)) if base else None,
@@ -374,8 +417,7 @@ class LiveStats:
 
     def _publish(self, key: tuple, series: Series, now: float) -> None:
         s = self._snapshot(series, now)
-        for q, v in s.quantiles.items():
-            self.recent_quantile.labels(*key, _qlabel(q)).set(v)
+        self.recent_quantile.set(key, s.quantiles, s.recent_requests, s.recent_sum)
         self.recent_requests.labels(*key).set(s.recent_requests)
         self.recent_runs.labels(*key).set(s.recent_runs)
         self.baseline_runs.labels(*key).set(s.baseline.runs if s.baseline else _baseline_runs(series, s.recent_runs))
@@ -393,7 +435,7 @@ class LiveStats:
 
     def _gauges(self):
         return (
-            self.recent_quantile, self.recent_requests, self.recent_runs, self.baseline_median,
+            self.recent_requests, self.recent_runs, self.baseline_median,
             self.baseline_noise, self.baseline_runs, self.threshold_ratio,
         )
 
@@ -408,6 +450,9 @@ class LiveStats:
             for key in [k for k in self._series if k[:5] not in keep]:
                 del self._series[key]
                 removed += 1
+            for key in self.recent_quantile.keys():
+                if key[:5] not in keep:
+                    self.recent_quantile.remove(key)
             for g in self._gauges():
                 # prometheus_client keeps its children in _metrics; there is no public listing.
                 for labels in list(g._metrics):

@@ -159,7 +159,7 @@ def simulate(schedule: str, days: int, cases: list[Case], seed: int, policy: Pol
             if family.name not in wanted:
                 continue
             for s in family.samples:
-                if s.labels.get("quantile", "0.5") != "0.5":
+                if s.name != family.name or s.labels.get("quantile", "0.5") != "0.5":
                     continue
                 samples[(family.name, s.labels["case"])][minute] = s.value
     info = {"runs": run, "seconds": time.monotonic() - began}

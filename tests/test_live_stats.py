@@ -63,12 +63,33 @@ def test_recent_quantiles_are_exact_over_the_requests_of_the_window():
     for q in ("0.5", "0.9", "0.95", "0.99"):
         assert gauge(registry, "llm_probe_recent_quantile", quantile=q) == pytest.approx(np.quantile(pooled, float(q)), rel=1e-12)
     assert gauge(registry, "llm_probe_recent_requests") == 21
+    assert gauge(registry, "llm_probe_recent_quantile_count") == 21
+    assert gauge(registry, "llm_probe_recent_quantile_sum") == pytest.approx(sum(pooled))
     assert gauge(registry, "llm_probe_recent_runs") == 3
     # Two deterministic-looking values in (0.25, 0.5]: no spread invented between bucket edges.
     feed(stats, T0 + 4 * 3600, [0.49, 0.49])
     feed(stats, T0 + 5 * 3600, [0.49])
     feed(stats, T0 + 6 * 3600, [0.49])
     assert gauge(registry, "llm_probe_recent_quantile", quantile="0.99") == pytest.approx(0.49)
+
+
+def test_the_exposition_passes_promtool_check_metrics():
+    import shutil
+    import subprocess
+
+    from prometheus_client import generate_latest
+
+    registry = CollectorRegistry()
+    stats = LiveStats(registry)
+    for i in range(12):
+        feed(stats, T0 + 3600 * i, [0.3, 0.31])
+    text = generate_latest(registry).decode()
+    assert 'llm_probe_recent_quantile{case="short",concurrency="1",model="m",quantile="0.99"' in text
+    assert "llm_probe_regression_threshold_ratio{" in text
+    promtool = shutil.which("promtool")
+    if promtool:  # Debian's prometheus package; the rule tests need it anyway
+        res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr
 
 
 def test_failures_are_left_out_and_cold_warm_and_quantities_are_apart():
