@@ -138,6 +138,7 @@ class Series:
         self.medians = array("d")
         self._dropped = 0  # runs trimmed off the front, so absolute index = _dropped + local index
         self.raw: deque[array] = deque()  # values of the newest runs, aligned with the end of medians
+        self._raw_values = 0
         self._sorted: list[float] = []  # medians of the absolute runs [_bstart, _bend), sorted
         self._bstart = 0
         self._bend = 0
@@ -153,8 +154,11 @@ class Series:
         self.times.append(t)
         self.medians.append(quantile(vals, 0.5))
         self.raw.append(vals)
-        while len(self.raw) > self.policy.recent_max_runs:
-            self.raw.popleft()
+        self._raw_values += len(vals)
+        while len(self.raw) > 1 and (
+            len(self.raw) > self.policy.recent_max_runs or self._raw_values - len(self.raw[0]) >= self.policy.recent_max_values
+        ):
+            self._raw_values -= len(self.raw.popleft())
         # Runs older than the baseline span, or beyond the cap, never count again: trim them
         # in chunks (amortised O(1)); until then the window arithmetic skips them.
         oldest = t - self.policy.baseline_max_seconds

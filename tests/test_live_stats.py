@@ -168,6 +168,10 @@ def test_memory_is_bounded_whatever_the_schedule():
     assert sum(len(r) for r in series.raw) <= p.recent_max_runs * 10
     assert gauge(registry, "llm_probe_recent_requests") <= p.recent_max_values
     assert gauge(registry, "llm_probe_baseline_runs") == p.baseline_max_runs
+    # Huge runs: the raw values kept stay near the cap too.
+    for i in range(50):
+        feed(stats, T0 + 7000 + i, [1.0] * 3000)
+    assert sum(len(r) for r in series.raw) <= p.recent_max_values + 3000
     # Runs whose summary never arrives are forgotten after a bound.
     for i in range(1000):
         stats.on_result(record(f"lost{i}", T0 + 10_000 + i, 1.0))
