@@ -113,8 +113,24 @@ def quantile(sorted_values, q: float) -> float:
     return float(a + (h - lo) * (b - a))
 
 
-def median(values) -> float:
-    return quantile(sorted(values), 0.5)
+def kth_distance(xs, m: float, k: int) -> float:
+    """The k-th smallest (0-based) of |x - m| over sorted xs, in O(log n): the distances are
+    two sorted sequences (left of m and right of m), and this selects from their merge."""
+    p = bisect.bisect_left(xs, m)
+    lo, hi = max(0, k + 1 - (len(xs) - p)), min(k + 1, p)
+    # i = how many of the k + 1 smallest lie left of m (the left distances ascend as m - xs[p-1-i]).
+    while lo < hi:
+        i = (lo + hi) // 2
+        if m - xs[p - 1 - i] < xs[p + k - i] - m:
+            lo = i + 1
+        else:
+            hi = i
+    best = -math.inf
+    if lo > 0:
+        best = m - xs[p - lo]
+    if k + 1 - lo > 0:
+        best = max(best, xs[p + k - lo] - m)
+    return best
 
 
 @dataclass
@@ -220,25 +236,21 @@ class Series:
     def baseline(self, now: float, recent: int) -> Optional[Baseline]:
         p = self.policy
         end = len(self.times) - recent
-        start = end
-        day, oldest = now - p.baseline_seconds, now - p.baseline_max_seconds
-        while start > 0 and end - start < p.baseline_max_runs:
-            t = self.times[start - 1]
-            if t < oldest or (t < day and end - start >= p.baseline_min_span_runs):
-                break
-            start -= 1
+        # The last 24 h; a slow schedule reaches back to min_span_runs runs, within max_seconds.
+        day = bisect.bisect_left(self.times, now - p.baseline_seconds, 0, end)
+        oldest = bisect.bisect_left(self.times, now - p.baseline_max_seconds, 0, end)
+        start = max(oldest, min(day, end - p.baseline_min_span_runs), end - p.baseline_max_runs, 0)
         self._move(start + self._dropped, end + self._dropped)
         count = end - start
         if count < p.baseline_min_runs:
             return None
         meds = self._sorted
         mid = quantile(meds, 0.5)
-        # Distances from the median: a descending run then an ascending one, which sorted() merges in O(n).
-        split = bisect.bisect_left(meds, mid)
-        dist = [mid - m for m in meds[:split]]
-        dist.extend(m - mid for m in meds[split:])
-        dist.sort()
-        mad = quantile(dist, 0.5)
+        h = (count - 1) * 0.5
+        lo = math.floor(h)
+        mad = kth_distance(meds, mid, lo)
+        if h > lo:
+            mad += (h - lo) * (kth_distance(meds, mid, lo + 1) - mad)
         span = self.times[end - 1] - self.times[start]
         interval = span / (count - 1) if span > 0 else None
         return Baseline(mid, MAD_TO_SD * mad, count, interval)

@@ -13,7 +13,7 @@ higher is worse; decode tokens/s, lower is worse):
 - step cases: a regression (+10/+25/+50% latency, -10/-25/-50% tokens/s) starts at a random
   time in the second day of every two-day cycle and is held for 6 hours: 7 per case,
   3 cases per effect and direction = 21 injections per row;
-- noise cases: nothing changes (CV 10%); wobble cases: the level moves by 4% (random sign)
+- noise cases (10 per schedule): nothing changes (CV 10%); wobble cases (10, and 2 at CV 2%): the level moves by 4% (random sign)
   for 10 min to 3 h, then back, every 3 h on average (CV 10%, and CV 2% where every value
   sits on one side of a histogram bucket edge).
 
@@ -92,7 +92,7 @@ def plan(days: int, quick: bool, rng: random.Random) -> list[Case]:
         for i in range(per_effect):
             for q in (latency[i % 2], "output_tokens_per_second"):
                 cases.append(Case(f"c{len(cases):02d}", q, "step", effect, cv))
-    n_noise = 1 if quick else 2
+    n_noise = 1 if quick else 5
     for kind, cv, n in (("noise", 0.10, n_noise), ("wobble", 0.10, n_noise), ("wobble", 0.02, 0 if quick else 1)):
         for i in range(n):
             for q in (latency[i % 2], "output_tokens_per_second"):

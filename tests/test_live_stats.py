@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import load_text
-from exporter.live_stats import LiveStats, Policy, quantile, threshold
+from exporter.live_stats import LiveStats, Policy, kth_distance, quantile, threshold
 from exporter.results import ProbeResult, ResultsWriter, RunSummary
 from exporter.service import Exporter
 from tests.conftest import scenario_yaml
@@ -50,6 +50,15 @@ def test_quantile_is_numpys_linear_quantile():
         values = sorted(rng.lognormvariate(0, 0.5) for _ in range(n))
         for q in (0, 0.5, 0.9, 0.95, 0.99, 1):
             assert quantile(values, q) == pytest.approx(float(np.quantile(values, q)), rel=1e-12, abs=0)
+
+
+def test_kth_distance_selects_from_the_sorted_distances():
+    rng = random.Random(6)
+    for _ in range(3000):
+        xs = sorted(rng.choice((rng.random(), round(rng.random(), 1))) for _ in range(rng.randint(1, 30)))
+        m = rng.choice(xs + [rng.random()])
+        k = rng.randrange(len(xs))
+        assert kth_distance(xs, m, k) == sorted(abs(x - m) for x in xs)[k]
 
 
 def test_recent_quantiles_are_exact_over_the_requests_of_the_window():
