@@ -8,14 +8,14 @@ compares the recent window with the baseline.
 Per series (target, scenario, model, case, concurrency, start, quantity):
 
 - every finished run contributes one number, the median of its successful requests;
-- the recent window is the last max(RECENT_RUNS runs, RECENT_SECONDS) of runs, and its
+- the recent window is the last max(recent_runs, recent_seconds) of runs, and its
   quantiles are exact quantiles of the raw request values it holds (numpy's default,
   linear interpolation between order statistics);
-- the baseline is the per-run medians older than the recent window and at most
-  BASELINE_SECONDS old (at most BASELINE_MAX_RUNS of them): their median, and their
+- the baseline is the per-run medians older than the recent window and at most a day old
+  (a slow schedule reaches back further, for enough runs): their median, and their
   robust standard deviation 1.4826 x MAD as the noise;
-- the regression threshold is the relative change that pure noise would exceed at most
-  FALSE_ALERTS_PER_4_WEEKS times in four weeks at this schedule (see threshold()).
+- the regression threshold is the relative change that counts as worse than a tolerance
+  by more than the noise explains, at a false-alert budget per four weeks (threshold()).
 
 Time comes from the records (the newest ended_at of a run), never from the clock, so
 the results file can rebuild the same state after a restart and a simulation can
@@ -60,10 +60,9 @@ QUANTITIES: dict[str, Callable[[ProbeResult], Optional[float]]] = {
 }
 LOWER_IS_WORSE = frozenset({"output_tokens_per_second", "prompt_tokens_per_second"})
 
-# Robust statistics of a normal sample: sd = 1.4826 x MAD; the standard error of a
-# median is 1.2533 (sqrt(pi/2)) times that of a mean.
+# Robust statistics of a normal sample: sd = 1.4826 x MAD, and a MAD is as precise as a
+# standard deviation from 0.37 times as many values.
 MAD_TO_SD = 1.4826
-MEDIAN_SE_FACTOR = 1.2533
 MAD_EFFICIENCY = 0.37
 WEEK_S = 7 * 86400.0
 MAX_RUNS_IN_FLIGHT = 256
