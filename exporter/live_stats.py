@@ -556,21 +556,32 @@ def _parse(line: bytes) -> Optional[ProbeResult]:
         return None
 
 
-def _read_tail(path: Path, budget: int) -> tuple[list[bytes], int]:
-    """The complete lines of the last `budget` bytes of a file, oldest first."""
+def _read_tail(path: Path, budget: int) -> tuple[Iterator[bytes], int]:
+    """The complete lines of the last `budget` bytes of a file, oldest first, one at a time
+    (the bytes read are held once, never split into a list)."""
     try:
         size = path.stat().st_size
     except OSError:
-        return [], 0
+        return iter(()), 0
     start = max(size - budget, 0)
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(size - start)
-    lines = data.split(b"\n")
-    lines.pop()  # after the last newline: empty, or a torn last line
-    if start > 0 and lines:
-        lines.pop(0)  # began mid-line
-    return lines, len(data)
+
+    def lines() -> Iterator[bytes]:
+        pos = 0
+        if start > 0:  # the first line began before the tail
+            pos = data.find(b"\n") + 1
+            if pos == 0:
+                return
+        while True:
+            end = data.find(b"\n", pos)
+            if end < 0:
+                return  # a torn last line
+            yield data[pos:end]
+            pos = end + 1
+
+    return lines(), len(data)
 
 
 def _parts(path: Path) -> Iterator[Path]:
