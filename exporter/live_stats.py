@@ -80,7 +80,7 @@ class Policy:
     # ...but never beyond this.
     baseline_max_seconds: float = 3 * 24 * 3600
     baseline_min_runs: int = 6
-    baseline_max_runs: int = 1440
+    baseline_max_runs: int = 5760  # a day of a 15 s schedule
     min_effect: float = 0.08
     # Changes this small are not regressions (wobbles): the test is whether the change exceeds it.
     tolerance: float = 0.04
