@@ -8,7 +8,7 @@ CONFIG ?= scenarios/default.yaml
 RESULTS ?= results.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast run bench reliability soak install system-deps ollama check clean
+.PHONY: test test-fast run bench reliability soak alert-eval install system-deps ollama check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ soak: install
 # (about 6 minutes; BENCH_ARGS=--quick for about 3). Writes benchmarks/RESULTS.md and results.json.
 bench: install
 	$(PY) benchmarks/probe_bench.py $(BENCH_ARGS)
+
+# Regression alerts measured: LiveStats and prometheus/rules/regression.yml over 14 simulated days
+# per schedule, rules evaluated by promtool (several minutes; ALERT_EVAL_ARGS=--quick for ~30 s).
+alert-eval: install system-deps
+	$(PY) scripts/alert_eval.py $(ALERT_EVAL_ARGS)
 
 check: install
 	$(VENV)/bin/ollama-perf-exporter --config.file $(CONFIG) --config.check

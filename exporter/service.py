@@ -10,8 +10,9 @@ from typing import Optional
 from prometheus_client import CollectorRegistry
 
 from .config import Config, ConfigError, load_file
-from .http import LandingPage
 from .exposition import CachedExposition
+from .http import LandingPage
+from .live_stats import LiveStats
 from .metrics import ExporterMetrics, ProbeMetrics
 from .results import ResultsWriter
 from .scheduler import ProbeScheduler
@@ -40,7 +41,11 @@ class Exporter:
         self.registry.register(ServerStatsCollector(self.server_stats))
         self.writer = ResultsWriter(results_path, max_bytes=results_max_bytes, keep=results_keep) if results_path else None
         self.exposition = CachedExposition(self.registry)
-        sinks: list[Sink] = [self.probe_metrics, self.exposition]
+        self.live_stats = LiveStats(self.registry)
+        if results_path:
+            # A restart must not reset the baseline that regressions are judged against.
+            self.live_stats.rebuild(results_path)
+        sinks: list[Sink] = [self.probe_metrics, self.live_stats, self.exposition]
         if self.writer:
             sinks.append(ResultsFileSink(self.writer, self.exporter_metrics.results_lines,
                                          self.exporter_metrics.results_errors))
@@ -59,6 +64,7 @@ class Exporter:
     def _install(self, config: Config) -> None:
         self.config = config
         self.probe_metrics.retire(config)
+        self.live_stats.retire(config)
         self.probe_metrics.declare(config)
         self.server_stats.set_targets(config.targets)
         self.scheduler.apply(config)
