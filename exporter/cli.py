@@ -145,8 +145,9 @@ def run_exporter(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     if args.config_check:
+        files = f" plus {len(config.target_files)} target file(s), read when running" if config.target_files else ""
         print(
-            f"{config.source}: OK: {len(config.scenarios)} scenario(s), {len(config.targets)} target(s), "
+            f"{config.source}: OK: {len(config.scenarios)} scenario(s), {len(config.targets)} target(s){files}, "
             f"{config.label_combinations} label combination(s)"
         )
         return EXIT_OK

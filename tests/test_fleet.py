@@ -291,3 +291,39 @@ def test_three_replicas_probe_each_of_twelve_targets_once(tmp_path, fakes):
     _, shares = run_replicas(2)
     assert set().union(*shares) == set(names) and not shares[0] & shares[1]
     assert [generate_requests(f) for f in fakes] == [1] * 12
+
+
+def test_shard_flags_on_the_command_line(tmp_path, capsys, monkeypatch):
+    from exporter.cli import main
+    from exporter.exit_codes import EXIT_USAGE
+
+    config = tmp_path / "scenarios.yaml"
+    config.write_text(fleet_yaml(tmp_path / "t.json"))
+    assert main(["--config.file", str(config), "--shard.count", "2", "--shard.index", "2"]) == EXIT_USAGE
+    assert "between 0 and 1" in capsys.readouterr().err
+    monkeypatch.setenv("HOSTNAME", "exporter-7f9c6d5b8-x2kqz")
+    assert main(["--config.file", str(config), "--shard.count", "2", "--shard.index", "auto"]) == EXIT_USAGE
+    assert "StatefulSet" in capsys.readouterr().err
+    assert main(["--config.file", str(config), "--config.check"]) == 0
+    assert "1 target file(s)" in capsys.readouterr().out
+
+
+def test_sharded_process_logs_its_share(tmp_path, fakes):
+    from exporter.testkit.exporters import ExporterProcess
+
+    targets = tmp_path / "targets.json"
+    names = {f"ollama-{i:02d}": fake for i, fake in enumerate(fakes[:4])}
+    write_targets(targets, names)
+    config = tmp_path / "scenarios.yaml"
+    config.write_text(fleet_yaml(targets, refresh="1h"))
+    env = dict(os.environ, HOSTNAME="ollama-perf-exporter-1")
+    exp = ExporterProcess(["--config.file", str(config), "--shard.count", "2", "--shard.index", "auto"], env=env)
+    try:
+        mine = sorted(n for n in names if hashmod(n, 2) == 1)
+        wait_for(lambda: all(f'llm_probe_success{{scenario="s",target="{n}"}} 1.0' in exp.scrape() for n in mine),
+                 what="the replica's share probed")
+        assert f"on {len(mine)} target(s)" in exp.output and "(shard 1 of 2)" in exp.output
+        others = [n for n in names if n not in mine]
+        assert not any(f'target="{n}"' in exp.scrape() for n in others)
+    finally:
+        assert exp.stop() == 0
