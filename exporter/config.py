@@ -42,6 +42,11 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
 
 
+def valid_name(value: str) -> bool:
+    """A target, scenario, case or group name: usable as a label value as it is."""
+    return bool(_NAME_RE.match(value))
+
+
 def parse_duration(value: Any) -> float:
     """'90s', '5m', '1h', '250ms' or a bare number of seconds -> seconds."""
     if isinstance(value, bool):

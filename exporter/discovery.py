@@ -17,7 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .config import LABEL_VALUE_MAX_LEN, Target, TargetFile, _NAME_RE
+from .config import LABEL_VALUE_MAX_LEN, Target, TargetFile, valid_name
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def parse_file_sd(text: str, spec: TargetFile) -> tuple[Target, ...]:
             address = address.strip()
             url = address if "://" in address else f"{spec.scheme}://{address}"
             name = group.labels.get(spec.name_label) or address
-            if not _NAME_RE.match(name):
+            if not valid_name(name):
                 raise DiscoveryError(
                     f"[{i}].targets[{j}]: target name {name!r} must be 1-{LABEL_VALUE_MAX_LEN} characters "
                     "of letters, digits and _.:@=/+,-")
