@@ -18,7 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
-from exporter.config import load_text
+from exporter.config import TargetFile, load_text
+from exporter.discovery import parse_file_sd
 from exporter.testkit.exporters import ROOT
 
 CHART = Path(ROOT) / "deploy" / "helm" / "ollama-perf-exporter"
@@ -124,6 +125,9 @@ def test_sharded_render_is_a_statefulset_with_auto_shard_index(tools):
     assert {"/etc/ollama-perf-exporter/targets", "/var/run/secrets/ollama-perf-exporter/gateway-token"} <= mounts
     (targets,) = [d for d in of_kind(docs, "ConfigMap") if "targets.json" in d["data"]]
     assert json.loads(targets["data"]["targets.json"]) == [{"targets": ["gpu-01.lan:11434"], "labels": {"name": "gpu-01"}}]
+    # The exporter reads the rendered file as it is.
+    (target,) = parse_file_sd(targets["data"]["targets.json"], TargetFile(group="g", path="targets.json"))
+    assert (target.name, target.url) == ("gpu-01", "http://gpu-01.lan:11434")
 
 
 @pytest.mark.helm
@@ -184,3 +188,23 @@ def test_rendered_rules_pass_promtool_check_and_the_rule_unit_tests(tools, tmp_p
     res = subprocess.run([promtool, "test", "rules", *tests], capture_output=True, text=True, timeout=300,
                          cwd=tmp_path / "tests")
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.helm
+def test_the_readme_fleet_example_renders_and_its_scenario_file_loads(tools, tmp_path):
+    readme = (CHART / "README.md").read_text()
+    example = readme.split("## A fleet of Ollama servers", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    values = tmp_path / "fleet.yaml"
+    values.write_text(example)
+    docs = render(tools, "-f", str(values))
+    (sts,) = of_kind(docs, "StatefulSet")
+    assert sts["spec"]["replicas"] == 3
+    (scenarios,) = [d for d in of_kind(docs, "ConfigMap") if "scenarios.yaml" in d["data"]]
+    config = load_text(scenarios["data"]["scenarios.yaml"], "README fleet example")
+    (files,) = config.target_files
+    # The scenario file points at the targets ConfigMap's mount.
+    assert files.path == "/etc/ollama-perf-exporter/targets/targets.json"
+    mounts = {m["mountPath"] for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert "/etc/ollama-perf-exporter/targets" in mounts
+    assert files.auth.bearer_token_file.startswith("/var/run/secrets/ollama-perf-exporter/ollama-gateway/")
+    assert "/var/run/secrets/ollama-perf-exporter/ollama-gateway" in mounts
