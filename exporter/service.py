@@ -69,7 +69,7 @@ class Exporter:
 
     def _targets_changed(self) -> None:
         with self._reload_lock:
-            self._install(self.base_config)
+            self._install(self.base_config, loaded=False)
 
     def _poll_stats(self) -> None:
         self.server_stats.poll()
@@ -79,16 +79,18 @@ class Exporter:
         self.probe_metrics.skipped(target, scenario)
         self.exposition.invalidate()
 
-    def _install(self, base: Config) -> None:
-        """Use `base` with the current discovered targets (checked by `_check_targets` already)."""
+    def _install(self, base: Config, loaded: bool = True) -> None:
+        """Use `base` with the current discovered targets (checked by `_check_targets` already);
+        `loaded` is False when only the target files changed, not the config."""
         self.base_config = base
         config = self.config = self._resolve(base)
         self.probe_metrics.retire(config)
         self.probe_metrics.declare(config)
         self.server_stats.set_targets(config.targets)
         self.scheduler.apply(config)
-        self.exporter_metrics.reload_ok.set(1)
-        self.exporter_metrics.reload_time.set(time.time())
+        if loaded:
+            self.exporter_metrics.reload_ok.set(1)
+            self.exporter_metrics.reload_time.set(time.time())
         self.exporter_metrics.label_combinations.set(config.label_combinations)
         self.exposition.invalidate()
 

@@ -198,8 +198,13 @@ def test_target_file_changes_without_a_restart(tmp_path, fakes):
         wait_for(lambda: probed_targets(exp) == {"a"}, what="the first target probed")
         assert value("llm_exporter_discovered_targets", {"group": "fleet"}) == 1
 
+        loaded_at = value("llm_exporter_config_last_reload_success_timestamp_seconds")
+        combinations = value("llm_exporter_config_label_combinations")
         write_targets(targets, {"a": a, "b": b})
         wait_for(lambda: probed_targets(exp) == {"a", "b"}, what="the added target probed")
+        # A target file change is not a config load, but it does change the label combinations.
+        assert value("llm_exporter_config_last_reload_success_timestamp_seconds") == loaded_at
+        assert value("llm_exporter_config_label_combinations") == 2 * combinations
         wait_for(lambda: value("llm_server_up", {"target": "b"}) == 1, what="server stats of the added target")
         # The unchanged target kept its schedule (hourly): it was not probed again.
         assert generate_requests(a) == 1
