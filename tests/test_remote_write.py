@@ -31,7 +31,11 @@ def _replace(text: str, old: str, new: str) -> str:
 
 
 def _query(base: str, promql: str) -> list:
-    r = requests.get(base + "/api/v1/query", params={"query": promql}, timeout=5)
+    """The query's result vector; empty while the server is still starting."""
+    try:
+        r = requests.get(base + "/api/v1/query", params={"query": promql}, timeout=5)
+    except requests.RequestException:
+        return []
     return r.json()["data"]["result"] if r.status_code == 200 else []
 
 
