@@ -74,6 +74,11 @@ class DiscoveryMetrics:
             "Target file versions that could not be read or used; the last good list stays.",
             ["group"], registry=registry,
         )
+        self.ok = Gauge(
+            "llm_exporter_targets_file_last_read_successful",
+            "1 if the last version of the target file was taken, 0 if it was refused.",
+            ["group"], registry=registry,
+        )
         self.discovered = Gauge(
             "llm_exporter_discovered_targets", "Targets in the last good version of each target file.",
             ["group"], registry=registry,
@@ -124,11 +129,11 @@ class TargetDiscovery:
                     del self._targets[group]
             for group in previous:
                 if group not in groups:
-                    try:
-                        self.metrics.discovered.remove(group)
-                        self.metrics.errors.remove(group)
-                    except KeyError:
-                        pass
+                    for metric in (self.metrics.discovered, self.metrics.errors, self.metrics.ok):
+                        try:
+                            metric.remove(group)
+                        except KeyError:
+                            pass
             self._specs = specs
             for spec in specs:
                 self.metrics.errors.labels(spec.group)
@@ -162,10 +167,12 @@ class TargetDiscovery:
                 raise DiscoveryError(problem)
         except DiscoveryError as exc:
             self.metrics.errors.labels(key).inc()
+            self.metrics.ok.labels(key).set(0)
             kept = len(self._targets.get(key, ()))
             log.error("target file %s (group %s): %s; keeping the last good list (%d targets)",
                       spec.path, key, exc, kept)
             return False
+        self.metrics.ok.labels(key).set(1)
         if self._targets.get(key) == found:
             return False
         self._targets[key] = found

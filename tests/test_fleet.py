@@ -218,11 +218,13 @@ def test_target_file_changes_without_a_restart(tmp_path, fakes):
                  what="the bad file counted")
         assert [t.name for t in exp.config.targets] == ["b"]
         assert value("llm_exporter_discovered_targets", {"group": "fleet"}) == 1
+        assert value("llm_exporter_targets_file_last_read_successful", {"group": "fleet"}) == 0
 
         # A good version again is taken, the error count stays.
         write_targets(targets, {"a": a})
         wait_for(lambda: [t.name for t in exp.config.targets] == ["a"], what="recovery")
         assert value("llm_exporter_targets_file_errors_total", {"group": "fleet"}) == 1
+        assert value("llm_exporter_targets_file_last_read_successful", {"group": "fleet"}) == 1
 
 
 def test_missing_file_at_start_is_counted_and_picked_up_later(tmp_path, fakes):
