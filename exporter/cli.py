@@ -211,6 +211,15 @@ def run_bench(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config_file)
     if config is None:
         return EXIT_CONFIG
+    if config.target_files:
+        from .config import resolve_targets
+        from .discovery import read_target_files
+
+        try:
+            config = resolve_targets(config, read_target_files(config.target_files))
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_CONFIG
     bandwidth = args.memory_bandwidth * 1e9 if args.memory_bandwidth else None
     return bench(config, args.output, compare=args.compare, quiet=args.quiet, memory_bandwidth=bandwidth)
 

@@ -67,6 +67,24 @@ def parse_file_sd(text: str, spec: TargetFile) -> tuple[Target, ...]:
     return tuple(targets.values())
 
 
+def read_target_files(specs: Iterable[TargetFile]) -> dict[str, tuple[Target, ...]]:
+    """Every file read once (for `bench`, which runs once); ConfigError lists the bad ones."""
+    from .config import ConfigError
+
+    found, problems = {}, []
+    for spec in specs:
+        try:
+            with open(spec.path, encoding="utf-8") as f:
+                found[spec.group] = parse_file_sd(f.read(), spec)
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"target_files {spec.group}: cannot read {spec.path}: {exc}")
+        except DiscoveryError as exc:
+            problems.append(f"target_files {spec.group}: {spec.path}: {exc}")
+    if problems:
+        raise ConfigError(problems, "target files")
+    return found
+
+
 class DiscoveryMetrics:
     def __init__(self, registry: CollectorRegistry):
         self.errors = Counter(

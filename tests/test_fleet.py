@@ -334,3 +334,18 @@ def test_sharded_process_logs_its_share(tmp_path, fakes):
         assert not any(f'target="{n}"' in exp.scrape() for n in others)
     finally:
         assert exp.stop() == 0
+
+
+def test_read_target_files_once_for_bench(tmp_path, fakes):
+    from exporter.config import resolve_targets
+    from exporter.discovery import read_target_files
+
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    write_targets(good, {"a": fakes[0], "b": fakes[1]})
+    bad.write_text("{")
+    config = load_text(fleet_yaml(good))
+    resolved = resolve_targets(config, read_target_files(config.target_files))
+    assert [t.name for t in resolved.scenarios[0].targets] == ["a", "b"]
+    with pytest.raises(ConfigError) as err:
+        read_target_files([TargetFile(group="g", path=str(bad)), TargetFile(group="h", path=str(tmp_path / "none"))])
+    assert len(err.value.problems) == 2 and "not JSON or YAML" in err.value.problems[0]
