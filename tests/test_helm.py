@@ -143,6 +143,10 @@ def test_operator_objects_validate_against_the_crds(tools):
             assert not errors, f"{kind} {obj['metadata']['name']}: {errors}"
     (monitor,) = of_kind(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kps"
+    # The job label comes from the Service's label named by jobLabel: the name the rules use.
+    (service,) = of_kind(docs, "Service")
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "ollama-perf-exporter"
+    assert 'up{job="ollama-perf-exporter"}' in (RULES / "alerts.yml").read_text()
     # The schemas are strict enough to catch a mistake: a wrong duration and an unknown field.
     broken = json.loads(json.dumps(monitor))
     broken["spec"]["endpoints"][0]["interval"] = "fifteen seconds"
