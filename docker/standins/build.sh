@@ -133,4 +133,6 @@ print("\n".join(p["project"]["dependencies"] + p["project"]["optional-dependenci
     build "$PYTHON_IMAGE" "$HERE/python.Dockerfile" "$ctx" "$k"
 fi
 
+# Images a rebuild replaced are dangling now: the engine's store keeps only the current ones.
+docker image prune -f >/dev/null
 log "ready: $OLLAMA_IMAGE $PROMETHEUS_IMAGE $ALERTMANAGER_IMAGE $PYTHON_IMAGE"
