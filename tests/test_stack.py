@@ -162,6 +162,10 @@ def test_ollama_and_the_exporter_share_a_pid_namespace_neither_of_them_holds(res
     assert "pid" not in services["pidns"]
     assert services["pidns"]["network_mode"] == "none"
     assert services["pidns"]["entrypoint"] == ["python", "/opt/ollama-perf-exporter/pid-namespace.py"]
+    # The exporter's base image: no extra download, and a rebuilt exporter leaves it alone.
+    with open(os.path.join(ROOT, "Dockerfile"), encoding="utf-8") as f:
+        base = [line.split()[1] for line in f if line.startswith("FROM ")][-1]
+    assert services["pidns"]["image"] == base and "build" not in services["pidns"]
 
 
 @pytest.mark.prometheus

@@ -5,8 +5,9 @@ reachable here, so the upstream images are stand-ins under the same names and ta
 (docker/standins/build.sh); the exporter's image is built by compose from our Dockerfile.
 docker/compose.stack-test.yml only leaves Grafana out (no Grafana build exists here).
 
-The tests run in file order on one stack, as a user's day goes: first start, scrapes and
-rules, Ollama restarted and killed, a second server that is down, an alert, down and up.
+The tests run in file order on one stack, as a user's day goes: first start, a second server
+that is down, scrapes and rules, Ollama restarted and killed, an alert, the exporter
+recreated (an upgrade), down and up.
 The whole module has a deadline (DEADLINE_S): past it the engine is stopped, which fails
 whatever still waits on it, and the engine is stopped at the end whatever happened.
 """
@@ -268,6 +269,18 @@ def test_an_alert_reaches_alertmanager(stack):
     assert alerts[0]["labels"]["severity"] == "critical"
     assert alerts[0]["status"]["state"] == "active"
     assert not [a for a in alert() if a["labels"].get("target") == "local"]
+
+
+def test_recreating_the_exporter_leaves_ollama_alone(stack):
+    # An upgrade of the exporter (a rebuilt image) recreates its container: Ollama keeps running.
+    ollama = stack.compose.container("ollama"), stack.compose.state("ollama")["StartedAt"]
+    old_exporter = stack.compose.container("exporter")
+    stack.compose.run(["up", "-d", "--force-recreate", "--no-deps", "exporter"])
+    assert stack.compose.container("exporter") != old_exporter
+    assert (stack.compose.container("ollama"), stack.compose.state("ollama")["StartedAt"]) == ollama
+    wait_for(lambda: _recovered(stack), timeout=60, interval=1, what="server metrics from the new exporter")
+    since = time.time()
+    wait_for(lambda: _probes_again(stack, since), timeout=60, interval=1, what="a good probe from the new exporter")
 
 
 def test_down_and_up_keeps_the_volumes_and_appends_to_the_results(stack):

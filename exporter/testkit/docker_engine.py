@@ -96,7 +96,7 @@ class DockerEngine:
             "--default-address-pool", self.ADDRESS_POOL,
             "--storage-driver", "overlay2", "--log-level", "warn",
         ]
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "wb")  # this run's log only
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      preexec_fn=_die_with_parent)
         log.close()
