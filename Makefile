@@ -53,7 +53,7 @@ test-fast: install
 
 # docker-compose.yml in a private Docker engine (needs root): stand-in images, the stack up,
 # Ollama restarted and killed, an alert, down and up (about 5 minutes once images are cached;
-# the first run adds about 2.5 minutes of debootstrap and builds). Also part of `make test`.
+# the first run adds about 1.5 minutes of debootstrap and builds). Also part of `make test`.
 test-stack: install system-deps
 	OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && $(PY) -m pytest -ra -m stack $(PYTEST_ARGS)
 

@@ -58,7 +58,7 @@ if [[ ! -s "$ROOTFS" ]]; then
         && ! (command -v wget >/dev/null && wget -q -O /dev/null --timeout=20 "$MIRROR/dists/$SUITE/Release"); then
         log "the Debian mirror $MIRROR is not reachable: cannot make the root filesystem"; exit 1
     fi
-    log "debootstrap $SUITE from $MIRROR (about a minute)"
+    log "debootstrap $SUITE from $MIRROR (a minute or two)"
     tmp=$(mktemp -d "$CACHE/rootfs.XXXXXX")
     trap 'rm -rf "$tmp"' EXIT
     debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$tmp/root" "$MIRROR" >"$tmp/log" 2>&1 \
