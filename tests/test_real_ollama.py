@@ -174,7 +174,9 @@ def test_unique_prompt_measures_real_prefill(real_ollama):
     assert a.prompt_eval_count == b.prompt_eval_count > 100
     assert b.prompt_eval_duration_s < 0.5 * a.prompt_eval_duration_s  # served from the cache
     c, d = unique.results
-    assert d.prompt_eval_duration_s > 0.5 * c.prompt_eval_duration_s  # prefilled from scratch each time
+    # Prefilled from scratch each time: both far slower than the cache hit. Compared with the
+    # cache hit rather than with each other, because two cold prefills differ by 2x on a busy host.
+    assert min(c.prompt_eval_duration_s, d.prompt_eval_duration_s) > 2 * b.prompt_eval_duration_s
 
 
 def test_cli_with_default_scenarios_serves_every_contract_metric(real_ollama, tmp_path, golden_families):

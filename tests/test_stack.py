@@ -1,9 +1,10 @@
 """docker-compose.yml: valid, pinned, loopback-only, healthy, non-root; and the model-pull script.
 
-No Docker engine runs here: `docker-compose config` (Debian's docker-compose 1.29, which
-`make test` installs) parses, interpolates and validates the file without one. Those
-tests carry the `prometheus` marker with the other system-tool tests, so that
-`make test-fast` leaves them out; the checks on the raw YAML run everywhere.
+These run without an engine: `docker-compose config` (Debian's docker-compose 1.29, which
+`make test` installs) parses, interpolates and validates the file. Those tests carry the
+`prometheus` marker with the other system-tool tests, so that `make test-fast` leaves them
+out; the checks on the raw YAML run everywhere. The stack itself runs in a real engine in
+tests/test_stack_engine.py (`make test-stack`).
 """
 
 import json
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -24,8 +26,10 @@ COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 OVERRIDES = [os.path.join(ROOT, "docker", "compose.gpu.yml"), os.path.join(ROOT, "docker", "compose.rocm.yml")]
 ENV_EXAMPLE = os.path.join(ROOT, ".env.example")
 PULL_SCRIPT = os.path.join(ROOT, "docker", "pull-models.py")
-SERVICES = {"ollama", "model-pull", "exporter", "prometheus", "alertmanager", "grafana-init", "grafana"}
+SERVICES = {"pidns", "ollama", "model-pull", "exporter", "prometheus", "alertmanager", "grafana-init", "grafana"}
 LONG_RUNNING = SERVICES - {"model-pull", "grafana-init"}
+# pidns only holds a PID namespace and has nothing to check (it has no network at all).
+HEALTHCHECKED = LONG_RUNNING - {"pidns"}
 # An image reference pinned to a version: name:tag where the tag has a digit and is not
 # latest/main/..., or a digest.
 PINNED = re.compile(r"^[a-z0-9./_-]+(:[A-Za-z0-9._-]*\d[A-Za-z0-9._-]*)?(@sha256:[0-9a-f]{64})?$")
@@ -109,10 +113,20 @@ def test_grafana_password_is_random_when_unset_and_kept_across_restarts(tmp_path
     assert (other / "pw").read_text() != first
 
 
-def test_grafana_password_from_env_wins(tmp_path):
-    _run_grafana_init(tmp_path, "")
+def test_grafana_password_from_env_is_used_on_the_first_start(tmp_path):
     _run_grafana_init(tmp_path, "chosen-by-user")
     assert (tmp_path / "pw").read_text() == "chosen-by-user"
+    assert _run_grafana_init(tmp_path, "chosen-by-user") == ""
+
+
+def test_grafana_password_changed_later_is_reported_not_written(tmp_path):
+    # Grafana reads the file only when it creates its database: rewriting it later would
+    # leave a password in the file that Grafana does not use.
+    _run_grafana_init(tmp_path, "")
+    first = (tmp_path / "pw").read_text()
+    out = _run_grafana_init(tmp_path, "changed-later")
+    assert (tmp_path / "pw").read_text() == first
+    assert "differs from the password Grafana was created with" in out and "changed-later" not in out
 
 
 @pytest.mark.prometheus
@@ -140,12 +154,28 @@ def test_published_ports_are_on_loopback_only(resolved):
 
 
 @pytest.mark.prometheus
-def test_exporter_shares_ollamas_pid_namespace_and_does_not_wait_for_the_pull(resolved):
+def test_ollama_and_the_exporter_share_a_pid_namespace_neither_of_them_holds(resolved):
+    services = resolved["services"]
+    # Had the exporter joined Ollama's namespace, Ollama's exit would kill it for good.
+    assert services["exporter"]["pid"] == "service:pidns"
+    assert services["ollama"]["pid"] == "service:pidns"
+    assert "pid" not in services["pidns"]
+    assert services["pidns"]["network_mode"] == "none"
+    assert services["pidns"]["entrypoint"] == ["python", "/opt/ollama-perf-exporter/pid-namespace.py"]
+    # The exporter's base image: no extra download, and a rebuilt exporter leaves it alone.
+    with open(os.path.join(ROOT, "Dockerfile"), encoding="utf-8") as f:
+        base = [line.split()[1] for line in f if line.startswith("FROM ")][-1]
+    assert services["pidns"]["image"] == base and "build" not in services["pidns"]
+
+
+@pytest.mark.prometheus
+def test_the_exporter_does_not_wait_for_the_pull_and_bounds_its_results(resolved):
     exporter = resolved["services"]["exporter"]
-    assert exporter["pid"] == "service:ollama"
     # Up and scraped while a first start downloads the model (no LLMExporterDown meanwhile).
     assert "model-pull" not in exporter["depends_on"]
     assert exporter["depends_on"]["ollama"]["condition"] == "service_healthy"
+    assert "--results.max-size=100MB" in exporter["command"]
+    assert "--local-url=http://ollama:11434" in resolved["services"]["model-pull"]["command"]
 
 
 # ---------------------------------------------------------------- the file itself
@@ -181,7 +211,7 @@ def test_ports_in_the_file_name_the_loopback_address():
 
 def test_long_running_services_have_healthchecks_and_restart():
     services = _raw()["services"]
-    for name in LONG_RUNNING:
+    for name in HEALTHCHECKED:
         svc = services[name]
         assert svc.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
     # Anchors: `<<: *hardening` sets restart and no-new-privileges on each long-running service.
@@ -216,6 +246,8 @@ def test_containers_run_as_non_root_where_the_image_allows():
 def test_config_files_mounted_into_the_stack_exist():
     for name, svc in _raw()["services"].items():
         for vol in svc.get("volumes", []):
+            # ${VAR:-./default}:/path mounts the default unless .env says otherwise.
+            vol = re.sub(r"^\$\{[A-Z_]+:-([^}]*)\}", r"\1", vol)
             src = vol.split(":")[0]
             if src.startswith("./"):
                 assert os.path.exists(os.path.join(ROOT, src)), f"{name}: {src} does not exist"
@@ -296,11 +328,11 @@ class _PullStub:
         self.server.server_close()
 
 
-def _run_pull(config_path, env_extra=None):
+def _run_pull(config_path, env_extra=None, args=("--wait", "5")):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
     env.update(env_extra or {})
     env["PYTHONPATH"] = ROOT
-    return subprocess.run([sys.executable, PULL_SCRIPT, str(config_path), "--wait", "5", "--timeout", "10"],
+    return subprocess.run([sys.executable, PULL_SCRIPT, str(config_path), "--timeout", "10", *args],
                           capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
 
 
@@ -325,9 +357,47 @@ def test_pull_script_fails_when_a_pull_fails(tmp_path):
         cfg = tmp_path / "s.yaml"
         cfg.write_text(f"targets: [{{name: t, url: '{stub.url}'}}]\n"
                        "scenarios: [{name: a, model: 'nope:1b', cases: {c: {prompt: hi}}}]\n")
-        res = _run_pull(cfg)
+        res = _run_pull(cfg, args=("--wait", "5", "--local-url", stub.url))
         assert res.returncode == 1
         assert "nope:1b: pull failed: HTTP 500: pull model manifest" in res.stdout
+
+
+def _closed_port_url():
+    from exporter.testkit.exporters import free_port
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def test_pull_script_pulls_only_onto_the_local_server(tmp_path):
+    with _PullStub() as stub, _PullStub() as remote:
+        cfg = tmp_path / "s.yaml"
+        cfg.write_text(f"targets: [{{name: here, url: '{stub.url}'}}, {{name: there, url: '{remote.url}'}},"
+                       f" {{name: down, url: '{_closed_port_url()}'}}]\n"
+                       "scenarios: [{name: a, model: 'qwen:0.5b', cases: {c: {prompt: hi}}}]\n")
+        started = time.monotonic()
+        res = _run_pull(cfg, args=("--wait", "30", "--local-url", stub.url))
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert stub.pulled == ["qwen:0.5b"] and remote.pulled == []
+        assert "there: not the local server" in res.stdout and "down: not the local server" in res.stdout
+        assert time.monotonic() - started < 20  # the down server is never waited for
+
+
+def test_pull_script_gives_up_on_a_local_server_that_never_answers(tmp_path):
+    url = _closed_port_url()
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"targets: [{{name: here, url: '{url}'}}]\n"
+                   "scenarios: [{name: a, model: 'qwen:0.5b', cases: {c: {prompt: hi}}}]\n")
+    res = _run_pull(cfg, args=("--wait", "1", "--local-url", url))
+    assert res.returncode == 3 and "here: no answer after 1s" in res.stdout
+
+
+def test_pull_script_local_url_matches_the_exporters_default_port():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pull_models", PULL_SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod._address("http://ollama") == mod._address("ollama:11434") == ("http", "ollama", 11434)
+    assert mod._address("http://Ollama:11434/") == ("http", "ollama", 11434)
+    assert mod._address("https://ollama") != mod._address("http://ollama")
 
 
 def test_pull_script_rejects_a_bad_scenario_file(tmp_path):

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Build stand-ins for the upstream images that docker-compose.yml and the Dockerfile name, under
+# the same names and tags, in the engine at $DOCKER_HOST (the stack test's own dockerd).
+#
+# No image registry is reachable from the test machine, so each stand-in starts from a Debian
+# bookworm root filesystem (debootstrap, then `docker import`) and gets what the compose file
+# relies on in the upstream image: binary paths, entrypoint, user, data path, and the programs
+# the healthchecks call. Ollama is the Go-built release from scripts/install-ollama.sh;
+# Prometheus and Alertmanager are Debian's. Then our own Dockerfile builds the exporter image
+# on the Python stand-in.
+#
+# Usage: DOCKER_HOST=unix:///... docker/standins/build.sh OLLAMA_BIN
+# Env: OLLAMA_PERF_CACHE (default ~/.cache/ollama-perf-exporter), PYTHON (makes the wheelhouse).
+# Inputs are cached under $CACHE/stack, keyed by what they are made of: a changed package list,
+# mirror, pyproject.toml or binary makes a new one, and stale ones are removed.
+set -euo pipefail
+
+OLLAMA_BIN="${1:?usage: build.sh OLLAMA_BIN}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+CACHE="${OLLAMA_PERF_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ollama-perf-exporter}/stack"
+PYTHON="${PYTHON:-python3}"
+SUITE=bookworm
+PACKAGES=busybox,python3,python3-pip,python3-venv,libstdc++6,libgomp1,ca-certificates
+mkdir -p "$CACHE"
+
+log() { echo "standins: $*" >&2; }
+# Debian's client, next to the Debian dockerd the test runs, when there is one.
+DOCKER_CLI=$( [[ -x /usr/bin/docker ]] && echo /usr/bin/docker || command -v docker )
+docker() { "$DOCKER_CLI" "$@"; }
+key() { sha256sum | cut -c1-12; }
+
+# The image references, read from the files users run, so the stand-ins follow their pins.
+image_of() { grep -oE "^\s+image: $1:\S+" "$ROOT/docker-compose.yml" | head -1 | awk '{print $2}'; }
+OLLAMA_IMAGE=$(image_of 'ollama/ollama')
+PROMETHEUS_IMAGE=$(image_of 'prom/prometheus')
+ALERTMANAGER_IMAGE=$(image_of 'prom/alertmanager')
+PYTHON_IMAGE=$(grep -m1 -oE '^FROM \S+' "$ROOT/Dockerfile" | awk '{print $2}')
+for v in OLLAMA_IMAGE PROMETHEUS_IMAGE ALERTMANAGER_IMAGE PYTHON_IMAGE; do
+    [[ -n "${!v}" ]] || { log "cannot find $v in docker-compose.yml / Dockerfile"; exit 1; }
+done
+
+# The Debian mirror apt already uses on this machine.
+mirror() {
+    local m
+    m=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null \
+        | grep -oE 'https?://[^ ]+' | head -1 || true)
+    echo "${m:-http://deb.debian.org/debian}"
+}
+
+# ---- the root filesystem: debootstrap once, cached as a tarball
+MIRROR=$(mirror)
+ROOTFS_KEY=$(printf '%s|%s|%s|minbase|1' "$SUITE" "$PACKAGES" "$MIRROR" | key)
+ROOTFS="$CACHE/rootfs-$SUITE-$ROOTFS_KEY.tar"
+if [[ ! -s "$ROOTFS" ]]; then
+    command -v debootstrap >/dev/null || { log "debootstrap is not installed (make system-deps)"; exit 1; }
+    if ! (command -v curl >/dev/null && curl -fsS -o /dev/null --max-time 20 "$MIRROR/dists/$SUITE/Release") \
+        && ! (command -v wget >/dev/null && wget -q -O /dev/null --timeout=20 "$MIRROR/dists/$SUITE/Release"); then
+        log "the Debian mirror $MIRROR is not reachable: cannot make the root filesystem"; exit 1
+    fi
+    log "debootstrap $SUITE from $MIRROR (a minute or two)"
+    tmp=$(mktemp -d "$CACHE/rootfs.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$tmp/root" "$MIRROR" >"$tmp/log" 2>&1 \
+        || { tail -20 "$tmp/log" >&2; exit 1; }
+    rm -rf "$tmp/root"/var/cache/apt/archives/*.deb "$tmp/root"/var/lib/apt/lists/*
+    tar -C "$tmp/root" --numeric-owner -cf "$tmp/rootfs.tar" .
+    mv "$tmp/rootfs.tar" "$ROOTFS"
+    rm -rf "$tmp"; trap - EXIT
+    find "$CACHE" -maxdepth 1 -name "rootfs-*.tar" ! -name "$(basename "$ROOTFS")" -delete
+fi
+
+have_image() {  # name:tag built from inputs with this key
+    [[ "$(docker image inspect -f '{{index .Config.Labels "ope.standin.key"}}' "$1" 2>/dev/null || true)" == "$2" ]]
+}
+
+BASE=ope-standin/debian-base
+if ! have_image "$BASE" "$ROOTFS_KEY"; then
+    log "importing $(basename "$ROOTFS") as $BASE"
+    docker import -c "LABEL ope.standin.key=$ROOTFS_KEY" -c 'CMD ["bash"]' "$ROOTFS" "$BASE" >/dev/null
+fi
+
+# build NAME:TAG DOCKERFILE CONTEXT KEY
+build() {
+    if have_image "$1" "$4"; then log "$1: up to date"; return; fi
+    log "$1: building"
+    docker build -q --network none --label "ope.standin.key=$4" -t "$1" -f "$2" "$3" >/dev/null
+}
+
+context() {  # a build folder in the cache named by its key; old ones of the same kind removed
+    local dir="$CACHE/context-$1-$2"
+    find "$CACHE" -maxdepth 1 -name "context-$1-*" ! -name "context-$1-$2" -exec rm -rf {} +
+    mkdir -p "$dir"
+    echo "$dir"
+}
+
+# ---- Ollama
+k=$( (echo "$ROOTFS_KEY"; sha256sum "$OLLAMA_BIN" "$HERE/ollama.Dockerfile" | cut -d' ' -f1) | key)
+if ! have_image "$OLLAMA_IMAGE" "$k"; then
+    ctx=$(context ollama "$k")
+    [[ -s "$ctx/ollama" ]] || cp "$OLLAMA_BIN" "$ctx/ollama"
+    build "$OLLAMA_IMAGE" "$HERE/ollama.Dockerfile" "$ctx" "$k"
+fi
+
+# ---- Prometheus and Alertmanager, Debian's binaries
+for app in prometheus alertmanager; do
+    if [[ $app == prometheus ]]; then bins=(/usr/bin/prometheus /usr/bin/promtool); image=$PROMETHEUS_IMAGE
+    else bins=(/usr/bin/prometheus-alertmanager /usr/bin/amtool); image=$ALERTMANAGER_IMAGE; fi
+    for b in "${bins[@]}"; do [[ -x $b ]] || { log "$b is missing (make system-deps)"; exit 1; }; done
+    k=$( (echo "$ROOTFS_KEY"; sha256sum "${bins[@]}" "$HERE/$app.Dockerfile" | cut -d' ' -f1) | key)
+    if ! have_image "$image" "$k"; then
+        ctx=$(context "$app" "$k")
+        cp "${bins[0]}" "$ctx/$app"; cp "${bins[1]}" "$ctx/"
+        # Debian's Alertmanager reads its notification templates from here (a Debian patch).
+        if [[ $app == alertmanager ]]; then cp -r /usr/share/prometheus/alertmanager "$ctx/share"; fi
+        build "$image" "$HERE/$app.Dockerfile" "$ctx" "$k"
+    fi
+done
+
+# ---- Python, with a wheelhouse for what pyproject.toml needs (no package index in the engine)
+k=$( (echo "$ROOTFS_KEY"; sha256sum "$ROOT/pyproject.toml" "$HERE/python.Dockerfile" | cut -d' ' -f1) | key)
+if ! have_image "$PYTHON_IMAGE" "$k"; then
+    ctx=$(context python "$k")
+    if [[ ! -f "$ctx/wheelhouse/.complete" ]]; then
+        log "wheelhouse for pyproject.toml"
+        rm -rf "$ctx/wheelhouse"
+        # The dependencies and the build backend, not the project: the Dockerfile builds that.
+        mapfile -t reqs < <("$PYTHON" -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))
+print("\n".join(p["project"]["dependencies"] + p["project"]["optional-dependencies"]["report"] + p["build-system"]["requires"]))' "$ROOT/pyproject.toml")
+        "$PYTHON" -m pip wheel -q --wheel-dir "$ctx/wheelhouse" "${reqs[@]}" wheel >&2
+        touch "$ctx/wheelhouse/.complete"
+    fi
+    build "$PYTHON_IMAGE" "$HERE/python.Dockerfile" "$ctx" "$k"
+fi
+
+# Images a rebuild replaced are dangling now: the engine's store keeps only the current ones.
+docker image prune -f >/dev/null
+log "ready: $OLLAMA_IMAGE $PROMETHEUS_IMAGE $ALERTMANAGER_IMAGE $PYTHON_IMAGE"
