@@ -233,8 +233,17 @@ def test_dashboards_cover_the_issue():
         assert word in titles["overview.json"], word
     for word in ("by case", "temperature", "concurrency"):
         assert word in titles["experiments.json"], word
-    for word in ("share of end-to-end latency", "cpu", "memory", "loaded model", "vram", "cold starts"):
+    for word in ("share of end-to-end latency", "cpu", "memory", "loaded model", "vram", "cold starts",
+                 "bottleneck now", "gpu utilisation", "memory bandwidth", "decode and prefill speed", "gpu power",
+                 "gpu temperature", "clock throttling", "tokens per joule", "host cpu busy and pressure"):
         assert word in titles["bottlenecks.json"], word
+
+
+def test_bottlenecks_dashboard_opens_with_the_verdict():
+    panels = [p for p in _load("bottlenecks.json")["panels"] if p["type"] not in ("row", "alertlist")]
+    first = panels[0]
+    assert first["title"] == "Bottleneck now" and first["gridPos"]["y"] <= 5
+    assert first["targets"][0]["expr"].startswith("target_model:llm_bottleneck:active{") and first["targets"][0]["instant"]
 
 
 def test_provisioning_points_at_the_dashboards_and_a_fixed_datasource_uid():
