@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # promtool/prometheus for rule and scrape tests, amtool for Alertmanager routing tests,
+# node_exporter for the live bottleneck tests (real host series),
 # docker-compose to validate the compose file,
 # a C/C++ toolchain for Ollama's cgo build.
 system-deps:
@@ -30,6 +31,7 @@ system-deps:
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v prometheus-node-exporter >/dev/null || command -v node_exporter >/dev/null || missing="$$missing prometheus-node-exporter"; \
 	command -v g++ >/dev/null || missing="$$missing build-essential"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
