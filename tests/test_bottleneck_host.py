@@ -97,7 +97,8 @@ class LivePrometheus:
                for r in self.query(f'target_model:llm_bottleneck:active{{target="{self.target}"}}')}
         for name in ("target:node_cpu_busy:ratio_rate1m", "target:node_pressure_cpu_waiting:ratio_rate1m",
                      "target:node_pressure_memory_waiting:ratio_rate1m", "target_model:llm_server_model_vram:ratio_last10m",
-                     "target_model:llm_probe_queue_duration:share_rate10m", "target_model:llm_probe_load_duration:share_rate10m"):
+                     "target_model:llm_probe_wait_duration:share_rate10m", "target_model:llm_probe_queue_duration:share_rate10m",
+                     "target_model:llm_probe_load_duration:share_rate10m"):
             for r in self.query(f'{name}{{target="{self.target}"}}'):
                 out[name] = round(float(r["value"][1]), 3)
         return out
@@ -151,3 +152,73 @@ def test_cpu_burners_make_the_verdict_host_cpu(tmp_path):
             for b in burners:
                 _stop(b)
             server.shutdown()
+
+
+def _keep_decoding(url, model, stop):
+    """A second client: one streamed generation after another until `stop`."""
+    body = {"model": model, "prompt": "Write a long story about a lighthouse keeper.", "stream": True,
+            "options": {"num_predict": 128, "temperature": 0.7}}
+    while not stop.is_set():
+        try:
+            with requests.post(url + "/api/generate", json=body, stream=True, timeout=120) as r:
+                for _ in r.iter_lines():
+                    if stop.is_set():
+                        break
+        except requests.RequestException:
+            stop.wait(0.5)
+
+
+@pytest.mark.ollama
+def test_real_ollama_verdict_on_this_cpu_host(real_ollama, tmp_path):
+    import re
+
+    from exporter.testkit.real_ollama import MODEL
+
+    exporter_addr = f"127.0.0.1:{free_port()}"
+    cfg = tmp_path / "scenarios.yaml"
+    cfg.write_text(textwrap.dedent(f"""\
+        targets:
+          - name: real
+            url: {real_ollama.url}
+            process_match: '{re.escape(real_ollama.binary)} serve'
+        server_stats: {{interval: 1s}}
+        scenarios:
+          - name: decode
+            model: {MODEL}
+            schedule: {{interval: 3s}}
+            timeout: 60s
+            keep_alive: 10m
+            options: {{temperature: 0, seed: 42, num_predict: 32}}
+            cases:
+              short: {{prompt: "What is AI?"}}
+        """))
+    env = {k: v for k, v in os.environ.items() if k != "OLLAMA_HOST"}
+    exporter = _spawn([sys.executable, "-m", "exporter", "--config.file", str(cfg), "--web.listen-address", exporter_addr,
+                       "--results.file", str(tmp_path / "results.jsonl")], tmp_path / "exporter.log", env=env)
+    stop = threading.Event()
+    try:
+        with LivePrometheus(tmp_path, exporter_addr, "real") as prom:
+            # The exporter alone: its probes every 3 s are the only load Ollama sees.
+            # (The first run loads the model and warms up: on two busy cores that takes a while.)
+            wait_for(lambda: "queueing" in prom.verdict(), timeout=240, interval=2, what="probe results")
+            time.sleep(15)
+            alone = prom.verdict()
+            # A second client keeps the server decoding between the probes.
+            second = threading.Thread(target=_keep_decoding, args=(real_ollama.url, MODEL, stop), daemon=True)
+            second.start()
+            _wait_for_verdict(prom, {"host_cpu": 1, "cpu_offload": 0, "none": 0}, timeout=90)
+            time.sleep(30)  # let the 10-minute shares see the contended runs
+            loaded = prom.verdict()
+            assert loaded["host_cpu"] == 1
+            sys.stderr.write(f"real Ollama, probes only: {json.dumps(alone)}\n"
+                             f"real Ollama, with a second client decoding: {json.dumps(loaded)}\n")
+            (tmp_path.parent / "bottleneck-verdict-real-ollama.json").write_text(
+                json.dumps({"probes_only": alone, "second_client": loaded}, indent=1))
+            for verdict in (alone, loaded):
+                # No GPU is scraped: no GPU verdict; the model runs on the CPU: ratio 0, not "offloaded".
+                assert "gpu_memory_bandwidth" not in verdict and "gpu_compute" not in verdict
+                assert verdict["target_model:llm_server_model_vram:ratio_last10m"] == 0
+                assert {"cpu_offload", "host_cpu", "host_memory", "queueing", "cold_load", "none"} <= set(verdict)
+    finally:
+        stop.set()
+        _stop(exporter)
