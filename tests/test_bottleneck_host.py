@@ -168,23 +168,20 @@ def _keep_decoding(url, model, stop):
             stop.wait(0.5)
 
 
-@pytest.mark.ollama
-def test_real_ollama_verdict_on_this_cpu_host(real_ollama, tmp_path):
+def _start_exporter(tmp_path, server, model):
     import re
-
-    from exporter.testkit.real_ollama import MODEL
 
     exporter_addr = f"127.0.0.1:{free_port()}"
     cfg = tmp_path / "scenarios.yaml"
     cfg.write_text(textwrap.dedent(f"""\
         targets:
           - name: real
-            url: {real_ollama.url}
-            process_match: '{re.escape(real_ollama.binary)} serve'
+            url: {server.url}
+            process_match: '{re.escape(server.binary)} serve'
         server_stats: {{interval: 1s}}
         scenarios:
           - name: decode
-            model: {MODEL}
+            model: {model}
             schedule: {{interval: 3s}}
             timeout: 60s
             keep_alive: 10m
@@ -195,6 +192,14 @@ def test_real_ollama_verdict_on_this_cpu_host(real_ollama, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OLLAMA_HOST"}
     exporter = _spawn([sys.executable, "-m", "exporter", "--config.file", str(cfg), "--web.listen-address", exporter_addr,
                        "--results.file", str(tmp_path / "results.jsonl")], tmp_path / "exporter.log", env=env)
+    return exporter, exporter_addr
+
+
+@pytest.mark.ollama
+def test_real_ollama_verdict_on_this_cpu_host(real_ollama, tmp_path):
+    from exporter.testkit.real_ollama import MODEL
+
+    exporter, exporter_addr = _start_exporter(tmp_path, real_ollama, MODEL)
     stop = threading.Event()
     try:
         with LivePrometheus(tmp_path, exporter_addr, "real") as prom:
@@ -222,3 +227,32 @@ def test_real_ollama_verdict_on_this_cpu_host(real_ollama, tmp_path):
     finally:
         stop.set()
         _stop(exporter)
+
+
+@pytest.mark.ollama
+def test_real_ollama_with_one_parallel_slot_names_queueing(tmp_path, monkeypatch):
+    """OLLAMA_NUM_PARALLEL=1 and a second client decoding long answers: the probe waits for the
+    slot inside the server's total_duration, and the verdict says queueing."""
+    from exporter.testkit.real_ollama import MODEL, OllamaServer, ollama_binary
+
+    monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "1")
+    models = tmp_path / "models"
+    models.mkdir()
+    server = OllamaServer(ollama_binary(), str(models), free_port(), str(tmp_path / "serve.log")).start()
+    stop = threading.Event()
+    exporter = None
+    try:
+        server.create_model()
+        exporter, exporter_addr = _start_exporter(tmp_path, server, MODEL)
+        second = threading.Thread(target=_keep_decoding, args=(server.url, MODEL, stop), daemon=True)
+        with LivePrometheus(tmp_path, exporter_addr, "real") as prom:
+            wait_for(lambda: "queueing" in prom.verdict(), timeout=240, interval=2, what="probe results")
+            second.start()
+            seen = _wait_for_verdict(prom, {"queueing": 1}, timeout=150)
+            sys.stderr.write(f"real Ollama, OLLAMA_NUM_PARALLEL=1, second client: {json.dumps(seen)}\n")
+            assert seen["target_model:llm_probe_wait_duration:share_rate10m"] >= 0.2
+    finally:
+        stop.set()
+        if exporter is not None:
+            _stop(exporter)
+        server.stop()
