@@ -135,8 +135,13 @@ def test_cpu_burners_make_the_verdict_host_cpu(tmp_path):
         port = free_port()
         server, _ = start_http_server(port, "127.0.0.1", registry)
         stop = threading.Event()
-        threading.Thread(target=lambda: [stats.poll() or stop.wait(0.5) for _ in iter(stop.is_set, True)],
-                         daemon=True).start()
+
+        def poll_until_stopped():
+            while not stop.is_set():
+                stats.poll()
+                stop.wait(0.5)
+
+        threading.Thread(target=poll_until_stopped, daemon=True).start()
         burners = [_spawn([sys.executable, "-c", BURNER, str(burn_s)], tmp_path / f"burner{i}.log")
                    for i in range(os.cpu_count() or 1)]
         try:
