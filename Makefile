@@ -8,7 +8,7 @@ CONFIG ?= scenarios/default.yaml
 RESULTS ?= results.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast run bench reliability soak alert-eval install system-deps ollama check clean
+.PHONY: test test-fast run bench reliability soak alert-eval install system-deps ollama helm helm-files check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,12 +42,24 @@ system-deps:
 ollama:
 	scripts/install-ollama.sh
 
-test: install system-deps
-	OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && $(PY) -m pytest -ra $(PYTEST_ARGS)
+# Builds Helm v3.22.0 with Go into the same cache and fetches the Prometheus Operator CRDs.
+helm:
+	scripts/install-helm.sh
 
-# Unit and fake-server tests only: no Ollama build, no Prometheus.
+# The Helm chart reads rules and dashboards from copies inside it; refresh them after a change
+# to prometheus/rules/ or grafana/dashboards/ (tests/test_helm.py fails until then).
+helm-files:
+	scripts/sync-helm-files.sh
+
+test: install system-deps
+	OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && \
+	helm_out="$$(scripts/install-helm.sh)" && HELM_BIN="$$(echo "$$helm_out" | sed -n 1p)" && \
+	PROMETHEUS_OPERATOR_CRDS="$$(echo "$$helm_out" | sed -n 2p)" && export HELM_BIN PROMETHEUS_OPERATOR_CRDS && \
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# Unit and fake-server tests only: no Ollama build, no Prometheus, no Helm.
 test-fast: install
-	$(PY) -m pytest -ra -m "not ollama and not prometheus" $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -m "not ollama and not prometheus and not helm" $(PYTEST_ARGS)
 
 # The exporter against a local Ollama ($$OLLAMA_HOST, default http://127.0.0.1:11434).
 run: install

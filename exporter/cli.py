@@ -55,8 +55,31 @@ def _exporter_parser() -> argparse.ArgumentParser:
         "--shutdown.grace", dest="shutdown_grace", type=float, default=10.0, metavar="SECONDS",
         help="on SIGTERM, how long to let requests in flight finish (default: 10)",
     )
+    p.add_argument(
+        "--shard.count", dest="shard_count", type=int, default=1, metavar="N",
+        help="replicas that split the targets between them (default: 1, every target here)",
+    )
+    p.add_argument(
+        "--shard.index", dest="shard_index", default="0", metavar="I|auto",
+        help="this replica's share, 0..N-1, of targets by hashmod of their name; 'auto' takes it "
+        "from a StatefulSet pod name such as exporter-2 (default: 0)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+def _shard(args: argparse.Namespace):
+    """The Shard the flags ask for; ValueError says what is wrong with them."""
+    from .shard import Shard, ordinal_from_hostname
+
+    if args.shard_index == "auto":
+        index = ordinal_from_hostname()
+    else:
+        try:
+            index = int(args.shard_index)
+        except ValueError:
+            raise ValueError(f"--shard.index: expected a number or 'auto', got {args.shard_index!r}") from None
+    return Shard(index, args.shard_count)
 
 
 def _size(value: str) -> int:
@@ -113,12 +136,18 @@ def run_exporter(args: argparse.Namespace) -> int:
     from .http import HTTPServer, parse_listen_address
     from .service import Exporter
 
+    try:
+        shard = _shard(args)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
     config = _load_or_report(args.config_file)
     if config is None:
         return EXIT_CONFIG
     if args.config_check:
+        files = f" plus {len(config.target_files)} target file(s), read when running" if config.target_files else ""
         print(
-            f"{config.source}: OK: {len(config.scenarios)} scenario(s), {len(config.targets)} target(s), "
+            f"{config.source}: OK: {len(config.scenarios)} scenario(s), {len(config.targets)} target(s){files}, "
             f"{config.label_combinations} label combination(s)"
         )
         return EXIT_OK
@@ -132,7 +161,7 @@ def run_exporter(args: argparse.Namespace) -> int:
     disable_created_metrics()
     exporter = Exporter(
         args.config_file, config, results_path=args.results_file,
-        results_max_bytes=args.results_max_size, results_keep=args.results_keep,
+        results_max_bytes=args.results_max_size, results_keep=args.results_keep, shard=shard,
     )
     try:
         server = HTTPServer(exporter.app(), host, port)
@@ -182,6 +211,15 @@ def run_bench(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config_file)
     if config is None:
         return EXIT_CONFIG
+    if config.target_files:
+        from .config import resolve_targets
+        from .discovery import read_target_files
+
+        try:
+            config = resolve_targets(config, read_target_files(config.target_files))
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_CONFIG
     bandwidth = args.memory_bandwidth * 1e9 if args.memory_bandwidth else None
     return bench(config, args.output, compare=args.compare, quiet=args.quiet, memory_bandwidth=bandwidth)
 

@@ -12,9 +12,9 @@ import itertools
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
 import yaml
@@ -40,6 +40,11 @@ class ConfigError(Exception):
         self.problems = problems
         self.source = source
         super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def valid_name(value: str) -> bool:
+    """A target, scenario, case or group name: usable as a label value as it is."""
+    return bool(_NAME_RE.match(value))
 
 
 def parse_duration(value: Any) -> float:
@@ -77,6 +82,15 @@ def default_ollama_url() -> str:
     if hostport.startswith("0.0.0.0"):
         hostport = "127.0.0.1" + hostport[len("0.0.0.0"):]
     return f"{scheme}://{hostport}"
+
+
+def _valid_regex(v: Optional[str]) -> Optional[str]:
+    if v is not None:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+    return v
 
 
 class _Strict(BaseModel):
@@ -149,12 +163,36 @@ class Target(_Strict):
     @field_validator("process_match")
     @classmethod
     def _regex(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-        return v
+        return _valid_regex(v)
+
+
+class TargetFile(_Strict):
+    """Targets read from a Prometheus file_sd file (JSON or YAML), re-read when it changes.
+
+    `group` is what a scenario's `targets:` names to run on every target of the file. A target
+    is named by the `name_label` label of its entry, else by its address. Other labels in the
+    file are not exported: metric label sets stay fixed; add labels by relabelling in Prometheus.
+    """
+
+    group: str
+    path: str = Field(min_length=1)
+    refresh_interval: float = 5.0
+    name_label: str = "name"
+    # For addresses given as host:port; an entry that is a URL keeps its own scheme.
+    scheme: Literal["http", "https"] = "http"
+    # Discovered servers are usually on other hosts, so no local process tree by default.
+    process_match: Optional[str] = None
+    auth: Optional[Auth] = None
+
+    @field_validator("refresh_interval", mode="before")
+    @classmethod
+    def _refresh(cls, v):
+        return parse_duration(v)
+
+    @field_validator("process_match")
+    @classmethod
+    def _regex(cls, v: Optional[str]) -> Optional[str]:
+        return _valid_regex(v)
 
 
 class Schedule(_Strict):
@@ -303,6 +341,7 @@ class ServerStatsSpec(_Strict):
 
 class FileSpec(_Strict):
     targets: Optional[list[Target]] = None
+    target_files: list[TargetFile] = Field(default_factory=list)
     scenarios: list[ScenarioSpec] = Field(min_length=1)
     limits: Limits = Limits()
     server_stats: ServerStatsSpec = ServerStatsSpec()
@@ -336,6 +375,11 @@ class Scenario:
     think: Optional[bool]
     cases: tuple[Case, ...]
     unique_prompt: bool = False
+    # What `targets:` named (target names or target_files groups); None means every target.
+    selector: Optional[tuple[str, ...]] = None
+
+    def series_per_target(self) -> int:
+        return len(self.cases) * len(self.concurrency)
 
 
 @dataclass(frozen=True)
@@ -346,6 +390,9 @@ class Config:
     label_combinations: int
     source: str = "config"
     max_label_combinations: int = DEFAULT_MAX_LABEL_COMBINATIONS
+    # The targets listed in the file; `targets` adds the discovered ones and applies the shard.
+    static_targets: tuple[Target, ...] = ()
+    target_files: tuple[TargetFile, ...] = ()
 
 
 def _format_loc(loc: tuple) -> str:
@@ -412,18 +459,25 @@ def build_config(raw: Any, source: str = "config") -> Config:
         raise ConfigError(_format_pydantic(exc), source) from None
 
     problems: list[str] = []
-    targets = tuple(spec.targets) if spec.targets else (Target(),)
+    # With target files and no static list, there is no implicit local target.
+    targets = tuple(spec.targets) if spec.targets else (() if spec.target_files else (Target(),))
     target_names = [t.name for t in targets]
     for i, t in enumerate(targets):
         if not _NAME_RE.match(t.name):
             problems.append(f"targets[{i}].name: must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+,-")
         if target_names.count(t.name) > 1 and target_names.index(t.name) != i:
             problems.append(f"targets[{i}].name: duplicate target name {t.name!r}")
-    by_name = {t.name: t for t in targets}
+    groups: list[str] = []
+    for i, f in enumerate(spec.target_files):
+        if not _NAME_RE.match(f.group):
+            problems.append(f"target_files[{i}].group: must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+,-")
+        elif f.group in groups or f.group in target_names:
+            problems.append(f"target_files[{i}].group: {f.group!r} is already the name of a target or group")
+        groups.append(f.group)
+    known = target_names + groups
 
     scenarios: list[Scenario] = []
     seen_scenarios: set[str] = set()
-    combinations = 0
     for i, s in enumerate(spec.scenarios):
         where = f"scenarios[{i}]"
         if not _NAME_RE.match(s.name):
@@ -435,26 +489,21 @@ def build_config(raw: Any, source: str = "config") -> Config:
             problems.append(f"{where}.model: longer than {LABEL_VALUE_MAX_LEN} characters")
         if (s.schedule.interval is None) == (s.schedule.cron is None):
             problems.append(f"{where}.schedule: give exactly one of interval or cron")
-        chosen: list[Target] = []
-        for j, name in enumerate(s.targets if s.targets is not None else target_names):
-            if name not in by_name:
-                problems.append(f"{where}.targets[{j}]: no target named {name!r} (known: {', '.join(target_names)})")
-            else:
-                chosen.append(by_name[name])
+        for j, name in enumerate(s.targets or ()):
+            if name not in known:
+                problems.append(f"{where}.targets[{j}]: no target named {name!r} (nor target_files group) (known: {', '.join(known)})")
         if s.targets is not None and not s.targets:
             problems.append(f"{where}.targets: needs at least one target")
         cases = _expand_cases(s)
         for case in cases:
             if not _NAME_RE.match(case.name):
                 problems.append(f"{where}.cases.{case.name}: case names must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+,- (after sweep expansion)")
-        # Each (target, case, concurrency) gets its own series, twice for cold/warm.
-        combinations += len(chosen) * len(cases) * len(s.concurrency)
         scenarios.append(
             Scenario(
                 name=s.name,
                 model=s.model,
                 api=s.api,
-                targets=tuple(chosen),
+                targets=(),
                 interval=s.schedule.interval,
                 cron=s.schedule.cron,
                 repeats=s.repeats,
@@ -465,24 +514,64 @@ def build_config(raw: Any, source: str = "config") -> Config:
                 think=s.think,
                 cases=tuple(cases),
                 unique_prompt=s.unique_prompt,
+                selector=tuple(s.targets) if s.targets is not None else None,
             )
         )
-    limit = spec.limits.max_label_combinations
+    if problems:
+        raise ConfigError(problems, source)
+    base = Config(
+        targets=targets,
+        scenarios=tuple(scenarios),
+        server_stats_interval=spec.server_stats.interval,
+        label_combinations=0,
+        source=source,
+        max_label_combinations=spec.limits.max_label_combinations,
+        static_targets=targets,
+        target_files=tuple(spec.target_files),
+    )
+    # Target files are read later, by the running exporter; here their groups are empty.
+    return resolve_targets(base, {})
+
+
+def resolve_targets(
+    config: Config,
+    discovered: Mapping[str, Sequence[Target]],
+    owns: Callable[[str], bool] = lambda name: True,
+) -> Config:
+    """`config` with its targets made concrete: the static list plus the targets discovered per
+    group, kept only where `owns(name)` (this replica's shard). Raises ConfigError when two
+    different targets share a name or the label budget is exceeded."""
+    problems: list[str] = []
+    by_name: dict[str, Target] = {}
+    members: dict[str, list[Target]] = {}
+    for t in config.static_targets:
+        by_name[t.name] = t
+        members[t.name] = [t]
+    for group, found in discovered.items():
+        members[group] = []
+        for t in found:
+            if by_name.setdefault(t.name, t) != t:
+                problems.append(f"target_files {group}: target {t.name!r} is already defined differently")
+                continue
+            members[group].append(t)
+    scenarios = []
+    combinations = 0
+    for s in config.scenarios:
+        names = s.selector if s.selector is not None else list(members)
+        chosen = {t.name: t for name in names for t in members.get(name, ()) if owns(t.name)}
+        # Each (target, case, concurrency) gets its own series, twice for cold/warm.
+        combinations += len(chosen) * s.series_per_target()
+        scenarios.append(replace(s, targets=tuple(chosen.values())))
+    limit = config.max_label_combinations
     if combinations > limit:
         problems.append(
             f"limits.max_label_combinations: this config creates {combinations} target/scenario/case/concurrency "
             f"combinations, more than the limit of {limit}; shrink the sweeps or raise the limit"
         )
     if problems:
-        raise ConfigError(problems, source)
-    return Config(
-        targets=targets,
-        scenarios=tuple(scenarios),
-        server_stats_interval=spec.server_stats.interval,
-        label_combinations=combinations,
-        source=source,
-        max_label_combinations=limit,
-    )
+        raise ConfigError(problems, config.source)
+    targets = tuple(t for t in by_name.values() if owns(t.name))
+    return replace(config, targets=targets, scenarios=tuple(scenarios), label_combinations=combinations)
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -210,6 +210,10 @@ class ProbeMetrics(Sink):
         slo_series: set[tuple[Metric, tuple[str, ...]]] = set()
         for scenario in config.scenarios:
             for target in scenario.targets:
+                # A pair already declared keeps its start: its job keeps its schedule too
+                # (scheduler.apply), and resetting the start would hide a stopped scenario.
+                with self._series_lock:
+                    fresh = (target.name, scenario.name) not in self._series
                 for case in scenario.cases:
                     if case.slo is not None:
                         slos[(scenario.name, case.name)] = case.slo
@@ -234,7 +238,8 @@ class ProbeMetrics(Sink):
                             slo_series.update(((self.slo_requests, labels), (self.slo_good, labels)))
                 self._child(self.skipped_runs, target.name, scenario.name)
                 self._child(self.schedule_interval, target.name, scenario.name).set(longest_gap_s(scenario))
-                self._child(self.schedule_start, target.name, scenario.name).set(now)
+                if fresh:
+                    self._child(self.schedule_start, target.name, scenario.name).set(now)
         # A case whose SLO was removed stops exporting it, so its alerts resolve.
         for metric, labels in self._slo_series - slo_series:
             self._forget(metric, labels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Optional
 
@@ -77,6 +78,7 @@ class ProbeScheduler:
         self.stop = threading.Event()
         self._target_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._jobs: dict[str, tuple[str, str]] = {}
+        self._keys: dict[str, tuple] = {}
         self._active = 0
         self._active_cond = threading.Condition()
         self._scheduler = BackgroundScheduler(
@@ -118,25 +120,40 @@ class ProbeScheduler:
                 self._active_cond.notify_all()
 
     def apply(self, config: Config) -> None:
-        """Replace every job with those of `config`; runs in progress finish with the old config."""
+        """Make the jobs those of `config`; runs in progress finish with the old config.
+
+        A job whose scenario and target are unchanged keeps its schedule, so a target file
+        that changes often does not re-run the whole fleet; new or changed jobs run at once.
+        """
         now = datetime.now(timezone.utc)
         jobs: dict[str, tuple[str, str]] = {}
-        for job in self._scheduler.get_jobs():
-            job.remove()
+        keys: dict[str, tuple] = {}
+        existing = {job.id: job for job in self._scheduler.get_jobs()}
         for scenario in config.scenarios:
             trigger = trigger_for(scenario)
+            # Which targets a scenario has does not change what runs on one of them.
+            same_run = replace(scenario, targets=())
             for target in scenario.targets:
                 jid = job_id(scenario, target)
                 jobs[jid] = (target.name, scenario.name)
+                keys[jid] = (same_run, target)
+                job = existing.pop(jid, None)
+                if job is not None and self._keys.get(jid) == keys[jid]:
+                    continue
+                if job is not None:
+                    job.remove()
                 self._scheduler.add_job(
                     self._run, trigger, args=(scenario, target), id=jid, name=jid, next_run_time=now
                 )
+        for jid, job in existing.items():
+            job.remove()
         self._scheduler.add_job(
             self.poll_stats,
             IntervalTrigger(seconds=config.server_stats_interval, timezone=timezone.utc),
             id=STATS_JOB, name=STATS_JOB, next_run_time=now,
         )
         self._jobs = jobs
+        self._keys = keys
 
     def start(self) -> None:
         self._scheduler.start()

@@ -9,7 +9,8 @@ from typing import Optional
 
 from prometheus_client import CollectorRegistry
 
-from .config import Config, ConfigError, load_file
+from .config import Config, ConfigError, load_file, resolve_targets
+from .discovery import DiscoveryMetrics, TargetDiscovery
 from .exposition import CachedExposition
 from .http import LandingPage
 from .live_stats import LiveStats
@@ -18,6 +19,7 @@ from .results import ResultsWriter
 from .scheduler import ProbeScheduler
 from .sinks import ResultsFileSink, Sink
 from .server_stats import ServerStats, ServerStatsCollector
+from .shard import Shard
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,12 @@ class Exporter:
         registry: Optional[CollectorRegistry] = None,
         results_max_bytes: Optional[int] = None,
         results_keep: int = 5,
+        shard: Shard = Shard(),
     ):
         self.config_path = config_path
+        self.shard = shard
+        # `base_config` is the file as loaded; `config` adds the discovered targets and the shard.
+        self.base_config = config
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.probe_metrics = ProbeMetrics(self.registry)
@@ -51,7 +57,24 @@ class Exporter:
                                          self.exporter_metrics.results_errors))
         self.scheduler = ProbeScheduler(sinks, self._skipped, self._poll_stats)
         self._reload_lock = threading.Lock()
+        self.discovery = TargetDiscovery(DiscoveryMetrics(self.registry), self._targets_changed, self._check_targets)
+        self.discovery.configure(config.target_files)
         self._install(config)
+
+    def _resolve(self, config: Config, discovered=None) -> Config:
+        discovered = self.discovery.current() if discovered is None else discovered
+        return resolve_targets(config, discovered, self.shard.owns)
+
+    def _check_targets(self, discovered) -> Optional[str]:
+        try:
+            self._resolve(self.base_config, discovered)
+        except ConfigError as exc:
+            return "; ".join(exc.problems)
+        return None
+
+    def _targets_changed(self) -> None:
+        with self._reload_lock:
+            self._install(self.base_config, loaded=False)
 
     def _poll_stats(self) -> None:
         self.server_stats.poll()
@@ -61,23 +84,29 @@ class Exporter:
         self.probe_metrics.skipped(target, scenario)
         self.exposition.invalidate()
 
-    def _install(self, config: Config) -> None:
-        self.config = config
+    def _install(self, base: Config, loaded: bool = True) -> None:
+        """Use `base` with the current discovered targets (checked by `_check_targets` already);
+        `loaded` is False when only the target files changed, not the config."""
+        self.base_config = base
+        config = self.config = self._resolve(base)
         self.probe_metrics.retire(config)
         self.live_stats.retire(config)
         self.probe_metrics.declare(config)
         self.server_stats.set_targets(config.targets)
         self.scheduler.apply(config)
-        self.exporter_metrics.reload_ok.set(1)
-        self.exporter_metrics.reload_time.set(time.time())
+        if loaded:
+            self.exporter_metrics.reload_ok.set(1)
+            self.exporter_metrics.reload_time.set(time.time())
         self.exporter_metrics.label_combinations.set(config.label_combinations)
         self.exposition.invalidate()
 
     def start(self) -> None:
         self.scheduler.start()
+        self.discovery.start()
+        shard = f" (shard {self.shard.index} of {self.shard.count})" if self.shard.count > 1 else ""
         log.info(
-            "probing %d scenario(s) on %d target(s) from %s",
-            len(self.config.scenarios), len(self.config.targets), self.config.source,
+            "probing %d scenario(s) on %d target(s) from %s%s",
+            len(self.config.scenarios), len(self.config.targets), self.config.source, shard,
         )
 
     def ready(self) -> bool:
@@ -88,6 +117,12 @@ class Exporter:
         with self._reload_lock:
             try:
                 config = load_file(self.config_path)
+                self.discovery.configure(config.target_files)
+                try:
+                    self._resolve(config)
+                except ConfigError:
+                    self.discovery.configure(self.base_config.target_files)
+                    raise
             except ConfigError as exc:
                 self.exporter_metrics.reload_ok.set(0)
                 self.exposition.invalidate()
@@ -108,6 +143,7 @@ class Exporter:
 
     def shutdown(self, grace: float = 10.0) -> bool:
         """Stop probing; True if every run ended within the grace period."""
+        self.discovery.stop()
         finished = self.scheduler.shutdown(grace)
         if not finished:
             log.warning("some probe runs were still going after %.0fs; their unfinished requests are not recorded", grace)

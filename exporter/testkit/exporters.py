@@ -94,12 +94,14 @@ class ThreadedExporter:
     Stopping waits at most `grace` seconds for runs in flight, so a test never hangs on one.
     """
 
-    def __init__(self, config_path: str, results_path: Optional[str] = None, grace: float = 5.0):
+    def __init__(self, config_path: str, results_path: Optional[str] = None, grace: float = 5.0, shard=None):
         from ..config import load_file
         from ..http import HTTPServer
         from ..service import Exporter
+        from ..shard import Shard
 
-        self.exporter = Exporter(config_path, load_file(config_path), results_path=results_path)
+        self.exporter = Exporter(config_path, load_file(config_path), results_path=results_path,
+                                 shard=shard or Shard())
         self.server = HTTPServer(self.exporter.app(), "127.0.0.1", 0)
         self.grace = grace
         self.base = f"http://127.0.0.1:{self.server.port}"

@@ -1,0 +1,170 @@
+"""Series cost: how many series the exporter exports per target and per scenario/case/concurrency
+combination, and what a real Prometheus needs to hold them for 10, 100 and 1,000 targets.
+
+    python benchmarks/series_cost.py [--targets 10 100 1000] [--per-exporter 100] [--scrapes 5]
+
+The exposition is the real exporter's (`Exporter` with the shipped default scenario, every
+series declared at start-up as it is in production, server stats polled once); it is rendered
+once and served as a fixed body, so the measurement is Prometheus's cost alone. Targets are split
+over exporters of `--per-exporter` targets each, as sharded replicas would be. Debian's
+`prometheus` scrapes them every 15 s with a fresh TSDB; after `--scrapes` scrapes the table
+gives its head series, resident memory (VmRSS) and Go heap in use, minus an idle Prometheus.
+Series values are constant between scrapes: most of the exporter's series (histogram buckets
+of probes that run once a minute or less) do not change between two scrapes either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prometheus_client import generate_latest  # noqa: E402
+
+from exporter.config import load_text  # noqa: E402
+from exporter.service import Exporter  # noqa: E402
+from exporter.testkit.exporters import free_port, http_get, wait_for  # noqa: E402
+
+SCRAPE_INTERVAL = 15
+
+
+def exposition(targets: list[str], scenario: dict) -> bytes:
+    """The /metrics body of an exporter probing `targets` with `scenario` (never started)."""
+    doc = {
+        "targets": [{"name": t, "url": "http://127.0.0.1:9", "process_match": None} for t in targets],
+        "limits": {"max_label_combinations": 10**7},
+        "scenarios": [scenario],
+    }
+    exporter = Exporter(None, load_text(yaml.safe_dump(doc), "series-cost"))
+    try:
+        exporter.server_stats.poll()  # llm_server_up 0 per target: nothing listens on port 9
+        return generate_latest(exporter.registry)
+    finally:
+        exporter.shutdown(0)
+
+
+def samples(body: bytes) -> int:
+    return sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+
+
+class StaticMetrics:
+    def __init__(self, body: bytes):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def prometheus_cost(ports: list[int], scrapes: int) -> dict:
+    """Start a Prometheus scraping `ports`; after `scrapes` scrapes, its head series and memory."""
+    prom = shutil.which("prometheus")
+    if not prom:
+        raise SystemExit("prometheus is not installed (Debian package `prometheus`)")
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        config = {
+            "global": {"scrape_interval": f"{SCRAPE_INTERVAL}s", "scrape_timeout": "10s"},
+            "scrape_configs": [{"job_name": "ollama-perf-exporter",
+                                "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}] if ports else [],
+        }
+        Path(tmp, "prometheus.yml").write_text(yaml.safe_dump(config))
+        proc = subprocess.Popen([prom, f"--config.file={tmp}/prometheus.yml", f"--storage.tsdb.path={tmp}/data",
+                                 f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(lambda: http_get(base + "/-/ready")[0] == 200, timeout=60, what="prometheus ready")
+            time.sleep(SCRAPE_INTERVAL * scrapes + 2)
+            metrics = {}
+            for line in http_get(base + "/metrics", timeout=30)[1].splitlines():
+                name, _, value = line.partition(" ")
+                if name in ("prometheus_tsdb_head_series", "go_memstats_heap_inuse_bytes"):
+                    metrics[name] = float(value)
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            rss_kb = int(next(l for l in status.splitlines() if l.startswith("VmRSS:")).split()[1])
+            return {"head_series": metrics["prometheus_tsdb_head_series"],
+                    "heap": metrics["go_memstats_heap_inuse_bytes"], "rss": rss_kb * 1024}
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--targets", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument("--per-exporter", type=int, default=100, help="targets per exporter (shard)")
+    ap.add_argument("--scrapes", type=int, default=5)
+    args = ap.parse_args()
+    os.environ.setdefault("OLLAMA_PERF_MODEL", "llama3.2:1b")
+    scenario = yaml.safe_load(Path(ROOT, "scenarios", "default.yaml").read_text().replace(
+        "${OLLAMA_PERF_MODEL:-llama3.2:1b}", "llama3.2:1b"))["scenarios"][0]
+    combos = len(scenario["cases"]) * len(scenario.get("concurrency", [1]))
+
+    one, two = samples(exposition(["a"], scenario)), samples(exposition(["a", "b"], scenario))
+    bare = dict(scenario, cases={"only": scenario["cases"]["short"]})
+    one_case = samples(exposition(["a"], bare))
+    per_target = two - one
+    per_combo = (one - one_case) / (combos - 1)
+    print(f"default scenario: {combos} case/concurrency combinations per target")
+    print(f"series per target: {per_target}; per case/concurrency combination: {per_combo:.0f}; "
+          f"per target and scenario besides: {per_target - combos * per_combo:.0f}; "
+          f"exporter-wide: {one - per_target}")
+
+    idle = prometheus_cost([], args.scrapes)
+    print(f"idle Prometheus: {idle['rss'] / 2**20:.0f} MiB RSS, {idle['head_series']:.0f} head series\n")
+    print("| targets | exporters | series per exporter scrape | exposition per exporter | "
+          "Prometheus head series | Prometheus RSS (minus idle) | Go heap in use (minus idle) | RSS per series |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in args.targets:
+        names = [f"ollama-{i:04d}" for i in range(n)]
+        shards = [names[i:i + args.per_exporter] for i in range(0, n, args.per_exporter)]
+        bodies = {}
+        servers = []
+        for shard in shards:
+            key = len(shard)
+            # Target names differ between shards; body size and series count do not.
+            body = exposition(shard, scenario)
+            bodies.setdefault(key, body)
+            servers.append(StaticMetrics(body))
+        try:
+            cost = prometheus_cost([s.port for s in servers], args.scrapes)
+        finally:
+            for s in servers:
+                s.stop()
+        body = bodies[len(shards[0])]
+        rss = cost["rss"] - idle["rss"]
+        heap = cost["heap"] - idle["heap"]
+        series = cost["head_series"] - idle["head_series"]
+        print(f"| {n} | {len(shards)} | {samples(body):,} | {len(body) / 2**20:.1f} MiB | {cost['head_series']:,.0f} | "
+              f"{rss / 2**20:,.0f} MiB | {heap / 2**20:,.0f} MiB | {rss / max(series, 1):,.0f} B |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
