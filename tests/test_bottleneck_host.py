@@ -222,8 +222,6 @@ def test_real_ollama_verdict_on_this_cpu_host(real_ollama, tmp_path):
             assert loaded["host_cpu"] == 1
             sys.stderr.write(f"real Ollama, probes only: {json.dumps(alone)}\n"
                              f"real Ollama, with a second client decoding: {json.dumps(loaded)}\n")
-            (tmp_path.parent / "bottleneck-verdict-real-ollama.json").write_text(
-                json.dumps({"probes_only": alone, "second_client": loaded}, indent=1))
             for verdict in (alone, loaded):
                 # No GPU is scraped: no GPU verdict; the model runs on the CPU: ratio 0, not "offloaded".
                 assert "gpu_memory_bandwidth" not in verdict and "gpu_compute" not in verdict
