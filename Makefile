@@ -25,6 +25,7 @@ install: $(STAMP)
 # docker-compose to validate and run the compose file, Docker's engine (docker.io) and
 # debootstrap for the stack test (its own dockerd, images from a Debian root filesystem;
 # Prometheus and Alertmanager images carry these same Debian binaries),
+# node_exporter for the live bottleneck tests (real host series),
 # a C/C++ toolchain for Ollama's cgo build.
 system-deps:
 	@missing=""; \
@@ -32,6 +33,7 @@ system-deps:
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v prometheus-node-exporter >/dev/null || command -v node_exporter >/dev/null || missing="$$missing prometheus-node-exporter"; \
 	command -v g++ >/dev/null || missing="$$missing build-essential"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \

@@ -213,6 +213,16 @@ class ServerStatsCollector(Collector):
             "llm_server_model_vram_bytes", "Part of each loaded model held in GPU memory." + bg,
             labels=["target", "model"],
         )
+        vram_ratio = GaugeMetricFamily(
+            "llm_server_model_vram_ratio",
+            "Share of each loaded model held in GPU memory (size_vram / size): 1 all on the GPU, below 1 "
+            "some layers run on the CPU, 0 a CPU-only run." + bg, labels=["target", "model"],
+        )
+        context = GaugeMetricFamily(
+            "llm_server_model_context_length",
+            "Context length (tokens) each loaded model was loaded with, where the server reports it." + bg,
+            labels=["target", "model"],
+        )
         for name, snap in sorted(self.stats.snapshots().items()):
             up.add_metric([name], 1 if snap.up else 0)
             if snap.version:
@@ -227,4 +237,9 @@ class ServerStatsCollector(Collector):
                     loaded.add_metric([name, model], m.size)
                 if m.size_vram is not None:
                     vram.add_metric([name, model], m.size_vram)
-        yield from (up, info, cpu, rss, procs, loaded, vram)
+                ratio = m.vram_ratio
+                if ratio is not None:
+                    vram_ratio.add_metric([name, model], ratio)
+                if m.context_length:
+                    context.add_metric([name, model], m.context_length)
+        yield from (up, info, cpu, rss, procs, loaded, vram, vram_ratio, context)

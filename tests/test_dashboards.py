@@ -29,6 +29,7 @@ import requests
 import yaml
 
 from exporter.testkit.exporters import ROOT, free_port, wait_for
+from exporter.testkit.host_exporters import SampleMetricsServer, node_exporter_binary, node_exporter_command
 
 DASH_DIR = os.path.join(ROOT, "grafana", "dashboards")
 PROVISIONING = os.path.join(ROOT, "grafana", "provisioning")
@@ -233,8 +234,17 @@ def test_dashboards_cover_the_issue():
         assert word in titles["overview.json"], word
     for word in ("by case", "temperature", "concurrency"):
         assert word in titles["experiments.json"], word
-    for word in ("share of end-to-end latency", "cpu", "memory", "loaded model", "vram", "cold starts"):
+    for word in ("share of end-to-end latency", "cpu", "memory", "loaded model", "vram", "cold starts",
+                 "bottleneck now", "gpu utilisation", "memory bandwidth", "decode and prefill speed", "gpu power",
+                 "gpu temperature", "clock throttling", "tokens per joule", "host cpu busy and pressure"):
         assert word in titles["bottlenecks.json"], word
+
+
+def test_bottlenecks_dashboard_opens_with_the_verdict():
+    panels = [p for p in _load("bottlenecks.json")["panels"] if p["type"] not in ("row", "alertlist")]
+    first = panels[0]
+    assert first["title"] == "Bottleneck now" and first["gridPos"]["y"] <= 5
+    assert first["targets"][0]["expr"].startswith("target_model:llm_bottleneck:active{") and first["targets"][0]["instant"]
 
 
 def test_provisioning_points_at_the_dashboards_and_a_fixed_datasource_uid():
@@ -436,8 +446,12 @@ def _seed_results(path, now):
                 f.write(json.dumps(r.to_dict()) + "\n")
 
 
-def _prometheus_config(exporter_addr, prom_addr):
-    """prometheus/prometheus.yml with test addresses, 1s intervals and absolute rule paths."""
+HOST_JOBS = ("node-exporter", "dcgm-exporter", "amd-device-metrics-exporter")
+
+
+def _prometheus_config(exporter_addr, prom_addr, sd_dir):
+    """prometheus/prometheus.yml with test addresses, 1s intervals and absolute rule paths;
+    the host and GPU exporter jobs read their target files from sd_dir."""
     with open(os.path.join(ROOT, "prometheus", "prometheus.yml"), encoding="utf-8") as f:
         cfg = yaml.safe_load(f)
     cfg["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"})
@@ -449,6 +463,9 @@ def _prometheus_config(exporter_addr, prom_addr):
             job["static_configs"] = [{"targets": [exporter_addr]}]
         elif job["job_name"] == "prometheus":
             job["static_configs"] = [{"targets": [prom_addr]}]
+        elif job["job_name"] in HOST_JOBS:
+            (sd,) = job["file_sd_configs"]
+            sd["files"] = [str(sd_dir / os.path.basename(f)) for f in sd["files"]]
         else:
             continue
         jobs.append(job)
@@ -466,6 +483,7 @@ def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
     exporter_addr, prom_addr = f"127.0.0.1:{exporter_port}", f"127.0.0.1:{prom_port}"
     base = f"http://{prom_addr}"
     procs = []
+    samples = None
     try:
         procs.append(_spawn([sys.executable, "-c", FAKE_LAUNCHER, marker, str(fake_port), "4"],
                             tmp_path / "fake.log"))
@@ -485,8 +503,26 @@ def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
 
         wait_for(exporter_measures_the_server, timeout=30, what="the exporter to measure the fake server's process")
 
+        # The host's real node_exporter and the GPU exporters' documented output, joined to the
+        # exporter's target `local` by the `target` label of their target files (prometheus.yml).
+        node_bin = node_exporter_binary()
+        assert node_bin, "node_exporter is not installed: `make test` installs Debian's prometheus-node-exporter"
+        node_addr = f"127.0.0.1:{free_port()}"
+        procs.append(_spawn(node_exporter_command(node_bin, node_addr), tmp_path / "node-exporter.log"))
+        samples = SampleMetricsServer().start()
+        sd_dir = tmp_path / "targets"
+        sd_dir.mkdir()
+        for job, addr, labels in (
+            ("node-exporter", node_addr, {"target": "local"}),
+            ("dcgm-exporter", samples.address, {"target": "local", "__metrics_path__": "/dcgm-exporter/metrics"}),
+            # AMD on a second host, so that both vendors' series reach the rules.
+            ("amd-device-metrics-exporter", samples.address,
+             {"target": "amd-host", "__metrics_path__": "/amd-device-metrics-exporter/metrics"}),
+        ):
+            (sd_dir / f"{job}.yml").write_text(yaml.safe_dump([{"targets": [addr], "labels": labels}]))
+
         prom_cfg = tmp_path / "prometheus.yml"
-        prom_cfg.write_text(yaml.safe_dump(_prometheus_config(exporter_addr, prom_addr)))
+        prom_cfg.write_text(yaml.safe_dump(_prometheus_config(exporter_addr, prom_addr, sd_dir)))
         procs.append(_spawn([prometheus_bin, f"--config.file={prom_cfg}", f"--storage.tsdb.path={tmp_path / 'data'}",
                              f"--web.listen-address={prom_addr}", "--log.level=warn"], tmp_path / "prometheus.log"))
         def prometheus_ready():
@@ -522,6 +558,15 @@ def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
                                          'and llm_probe_slo_requests_total{case="long"} > 0'),
             ("good SLO requests counted", 'llm_probe_slo_good_requests_total{case="short"} > 0'),
             ("load histogram of each case", 'count(llm_probe_load_duration_seconds_count{scenario="default"}) == 2'),
+            # Host and GPU exporters: scraped, joined by target, and judged.
+            ("every host and GPU job scraped", 'count(up{job=~"node-exporter|dcgm-exporter|amd-device-metrics-exporter"} == 1) == 3'),
+            ("AMD series reach the evidence", 'target:gpu_utilisation:ratio{target="amd-host"} == 0.88'),
+            ("DCGM profiling field preferred", 'target:gpu_memory_bandwidth_activity:ratio{target="local"} == 0.781002'),
+            ("a VRAM share and a context length", 'llm_server_model_vram_ratio{target="local"} == 0 '
+                                                  'and on (target, model) llm_server_model_context_length == 4096'),
+            # The fake puts the model all in system memory next to a (sampled) GPU: offloaded.
+            ("every verdict for the model", 'count(target_model:llm_bottleneck:active{target="local", model="tiny"}) == 8'),
+            ("the offload verdict", 'target_model:llm_bottleneck:active{target="local", model="tiny", bottleneck="cpu_offload"} == 1'),
         ]
 
         def missing():
@@ -566,7 +611,9 @@ def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
     finally:
         for proc in reversed(procs):
             _stop(proc)
-        for log in ("fake.log", "exporter.log", "prometheus.log"):
+        if samples is not None:
+            samples.stop()
+        for log in ("fake.log", "exporter.log", "prometheus.log", "node-exporter.log"):
             path = tmp_path / log
             if path.exists() and path.stat().st_size:
                 sys.stderr.write(f"--- {log} (last lines)\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]) + "\n")

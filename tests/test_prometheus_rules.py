@@ -24,8 +24,10 @@ RULE_TESTS = os.path.join(PROM_DIR, "tests", "alerts_test.yml")
 SLO_RULES = os.path.join(PROM_DIR, "rules", "slo.yml")
 SLO_TESTS = os.path.join(PROM_DIR, "tests", "slo_test.yml")
 REGRESSION_TESTS = os.path.join(PROM_DIR, "tests", "regression_test.yml")
+BOTTLENECK = os.path.join(PROM_DIR, "rules", "bottleneck.yml")
+BOTTLENECK_TESTS = os.path.join(PROM_DIR, "tests", "bottleneck_test.yml")
 # Each alerting rule file and the promtool test file that covers it.
-ALERT_FILES = {ALERTS: RULE_TESTS, REGRESSION: REGRESSION_TESTS, SLO_RULES: SLO_TESTS}
+ALERT_FILES = {ALERTS: RULE_TESTS, REGRESSION: REGRESSION_TESTS, SLO_RULES: SLO_TESTS, BOTTLENECK: BOTTLENECK_TESTS}
 ALERTMANAGER = os.path.join(PROM_DIR, "alertmanager.yml")
 
 # level:metric:operations, each part in the metric-name alphabet, operations lower-case.
@@ -62,7 +64,7 @@ def test_promtool_check_config():
     out = _run([_tool("promtool"), "check", "config", PROM_CONFIG])
     assert "SUCCESS" in out
     # check config also parses every rule file that rule_files matches.
-    assert all(name in out for name in ("recording.yml", "alerts.yml", "regression.yml", "slo.yml")), out
+    assert all(name in out for name in ("recording.yml", "alerts.yml", "regression.yml", "slo.yml", "bottleneck.yml")), out
 
 
 @pytest.mark.prometheus
@@ -106,6 +108,41 @@ def test_recording_rules_cover_the_contract():
     assert "target_model_scenario:llm_probe_output_tokens_per_second:p50_rate10m" in names
     assert "target_model_scenario:llm_probe_prompt_tokens_per_second:p50_rate10m" in names
     assert "target_model_scenario:llm_probe_request_failures:ratio_rate10m" in names
+
+
+# Bottleneck verdicts: every name the rules can give, and a promtool test group that expects
+# each one to be 1 somewhere (prometheus/tests/bottleneck_test.yml).
+BOTTLENECKS = {"gpu_memory_bandwidth", "gpu_compute", "cpu_offload", "host_cpu", "host_memory", "queueing", "cold_load",
+               "none"}
+
+
+def test_bottleneck_rules_are_named_and_each_verdict_has_a_firing_unit_test():
+    rules = [r for r in _rules(BOTTLENECK) if "record" in r]
+    for r in rules:
+        assert RECORD_NAME.match(r["record"]), r["record"]
+        assert not r["record"].split(":")[1].endswith(("_total", "_bucket")), r["record"]
+    verdicts = {r["labels"]["bottleneck"] for r in rules if r["record"] == "target_model:llm_bottleneck:active"}
+    assert verdicts == BOTTLENECKS
+    shown = set()
+    for group in _load(BOTTLENECK_TESTS)["tests"]:
+        for case in group.get("promql_expr_test", []):
+            for sample in case["exp_samples"]:
+                m = re.search(r'bottleneck="(\w+)"', sample["labels"])
+                if m and sample["value"] == 1:
+                    shown.add(m.group(1))
+    assert shown == BOTTLENECKS, f"no unit test where these are 1: {sorted(BOTTLENECKS - shown)}"
+
+
+def test_bottleneck_rules_read_the_exporters_real_metric_names():
+    """The names as NVIDIA's DCGM exporter, AMD's device metrics exporter and node_exporter export
+    them (tests/exporter_samples/ holds documented output of each)."""
+    text = open(BOTTLENECK, encoding="utf-8").read()
+    for name in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_DRAM_ACTIVE", "DCGM_FI_DEV_MEM_COPY_UTIL", "DCGM_FI_DEV_FB_USED",
+                 "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+                 "gpu_gfx_activity", "gpu_umc_activity", "gpu_used_vram", "gpu_power_usage", "gpu_junction_temperature",
+                 "node_cpu_seconds_total", "node_pressure_cpu_waiting_seconds_total",
+                 "node_pressure_memory_waiting_seconds_total", "node_memory_MemAvailable_bytes"):
+        assert name in text, name
 
 
 @pytest.mark.parametrize("path", [RECORDING, SLO_RULES], ids=os.path.basename)
@@ -184,6 +221,12 @@ def test_prometheus_config_scrapes_the_stack_and_loads_the_rules():
     cfg = _load(PROM_CONFIG)
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert {"ollama-perf-exporter", "prometheus", "alertmanager"} <= set(jobs)
+    # Host and GPU exporters come with the override files: a target file each, never a static
+    # target that would be down (up == 0) on a stack without them.
+    for job in ("node-exporter", "dcgm-exporter", "amd-device-metrics-exporter"):
+        assert "static_configs" not in jobs[job], job
+        (files,) = [c["files"] for c in jobs[job]["file_sd_configs"]]
+        assert files == [f"/etc/prometheus-targets/{job}*.yml"], job
     assert jobs["ollama-perf-exporter"]["static_configs"][0]["targets"] == ["exporter:9877"]
     assert cfg["rule_files"] == ["rules/*.yml"]
     assert cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
@@ -217,3 +260,20 @@ def test_amtool_accepts_the_config_and_routes_each_severity():
                              (["severity=warning", "alertname=LLMProbeFailing"], "default")):
         out = _run([amtool, "config", "routes", "test", "--config.file", ALERTMANAGER, *labels])
         assert out.splitlines()[0].strip() == receiver, out
+
+
+@pytest.mark.parametrize("override, service, job", [
+    ("compose.gpu.yml", "dcgm-exporter", "dcgm-exporter"),
+    ("compose.rocm.yml", "amd-device-metrics-exporter", "amd-device-metrics-exporter"),
+    ("compose.node.yml", "node-exporter", "node-exporter"),
+])
+def test_each_override_starts_a_pinned_exporter_and_gives_prometheus_its_target(override, service, job):
+    compose = _load(os.path.join(ROOT, "docker", override))["services"]
+    image = compose[service]["image"]
+    tag = image.rsplit(":", 1)[1]
+    assert tag and tag != "latest" and "/" not in tag, image
+    mount = f"./docker/scrape/{job}.yml:/etc/prometheus-targets/{job}.yml:ro"
+    assert mount in compose["prometheus"]["volumes"]
+    (group,) = _load(os.path.join(ROOT, "docker", "scrape", f"{job}.yml"))
+    port = group["targets"][0].rsplit(":", 1)[1]
+    assert group["targets"] == [f"{service}:{port}"] and group["labels"]["target"] == "local"

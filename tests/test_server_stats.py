@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from exporter.config import Target
 from exporter.server_stats import ProcessTree, ServerStats, ServerStatsCollector
 from exporter.testkit.exporters import free_port, wait_for
-from exporter.testkit.fake_ollama import FakeOllama
+from exporter.testkit.fake_ollama import Behavior, FakeOllama
 
 # A parent that burns CPU in a child it restarts on demand, like `ollama serve` and its runners.
 PARENT = """
@@ -95,3 +95,36 @@ def test_up_info_and_loaded_models_from_the_api():
     stats.poll()  # the server is gone now
     assert registry.get_sample_value("llm_server_up", {"target": "t"}) == 0
     assert registry.get_sample_value("llm_server_model_loaded_bytes", {"target": "t", "model": "tiny:latest"}) is None
+
+
+def _collect(behavior):
+    with FakeOllama(behavior) as server:
+        server.loaded.add("tiny:latest")
+        stats = ServerStats([Target(name="t", url=server.url, process_match=None)])
+        registry = CollectorRegistry()
+        registry.register(ServerStatsCollector(stats))
+        stats.poll()
+        return registry
+
+
+def test_vram_ratio_and_context_length_of_a_partly_offloaded_model():
+    registry = _collect(Behavior(model_size=8_000_000_000, size_vram=6_000_000_000, context_length=8192))
+    labels = {"target": "t", "model": "tiny:latest"}
+    assert registry.get_sample_value("llm_server_model_vram_ratio", labels) == 0.75
+    assert registry.get_sample_value("llm_server_model_context_length", labels) == 8192
+
+
+def test_cpu_run_is_ratio_zero_and_a_missing_context_length_is_no_series():
+    registry = _collect(Behavior(size_vram=0, context_length=None))
+    labels = {"target": "t", "model": "tiny:latest"}
+    assert registry.get_sample_value("llm_server_model_vram_ratio", labels) == 0
+    assert registry.get_sample_value("llm_server_model_context_length", labels) is None
+
+
+def test_vram_ratio_is_unknown_without_a_size():
+    from exporter.ollama.wire import RunningModel
+
+    assert RunningModel("m", size=None, size_vram=5).vram_ratio is None
+    assert RunningModel("m", size=0, size_vram=0).vram_ratio is None
+    assert RunningModel("m", size=10, size_vram=None).vram_ratio is None
+    assert RunningModel("m", size=10, size_vram=12).vram_ratio == 1.0  # rounding on the server side

@@ -164,6 +164,13 @@ class RunningModel:
         return cls(normalize_model_name(str(name)), _number(m.size), _number(m.size_vram),
                    _unix_seconds(m.expires_at), _number(m.context_length))
 
+    @property
+    def vram_ratio(self) -> Optional[float]:
+        """size_vram / size, clamped to [0, 1]; None when either is unknown or the size is 0."""
+        if not self.size or self.size_vram is None:
+            return None
+        return min(1.0, max(0.0, self.size_vram / self.size))
+
     def leaving(self, now: float, margin: float) -> bool:
         """Due to be unloaded within `margin` seconds (keep_alive 0 or an expired timer)."""
         return self.expires_at is not None and self.expires_at <= now + margin

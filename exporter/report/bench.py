@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..config import Config
 from ..exit_codes import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
@@ -17,7 +17,7 @@ from ..results import ProbeResult, ResultsWriter, read_results
 from ..runner import ScenarioRunner, planned_requests
 from ..server_stats import ProcessTree
 from ..sinks import ResultsFileSink, Sink
-from . import sysinfo
+from . import gpu, sysinfo
 from .stats import compare, summarize
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,11 @@ SAMPLE_INTERVAL_S = 0.5
 class ResourceSampler:
     """Samples each local target's process tree in the background while the benchmark runs."""
 
-    def __init__(self, config: Config, interval: float = SAMPLE_INTERVAL_S):
+    def __init__(self, config: Config, interval: float = SAMPLE_INTERVAL_S,
+                 gpu_sampler: Optional[Callable[[], Optional[list[dict[str, Any]]]]] = None):
         self.trees = {t.name: ProcessTree(t.process_match, t.port) for t in config.targets if t.process_match}
+        # This host's GPUs (nvidia-smi), recorded with each local server's sample of the same tick.
+        self.gpu_sampler = gpu_sampler
         self.interval = interval
         self.samples: list[dict[str, Any]] = []
         self._stop = threading.Event()
@@ -36,11 +39,15 @@ class ResourceSampler:
 
     def _loop(self) -> None:
         while True:
+            gpus = self.gpu_sampler() if self.gpu_sampler and self.trees else None
             for name, tree in self.trees.items():
                 sample = tree.sample()
                 if sample is not None:
-                    self.samples.append({"t": time.time(), "target": name, "cpu_seconds_total": sample.cpu_seconds_total,
-                                         "resident_bytes": sample.resident_bytes, "processes": sample.processes})
+                    record = {"t": time.time(), "target": name, "cpu_seconds_total": sample.cpu_seconds_total,
+                              "resident_bytes": sample.resident_bytes, "processes": sample.processes}
+                    if gpus:
+                        record["gpus"] = gpus
+                    self.samples.append(record)
             if self._stop.wait(self.interval):
                 return
 
@@ -139,7 +146,7 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
     sinks = [ResultsFileSink(writer), progress]
     running: dict[str, list[dict[str, Any]]] = {}
     started = time.time()
-    with ResourceSampler(config) as sampler:
+    with ResourceSampler(config, gpu_sampler=gpu.gpu_sample if system.get("gpus") else None) as sampler:
         for scenario, target in jobs:
             ScenarioRunner(scenario, target, sinks).run()
 

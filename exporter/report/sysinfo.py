@@ -11,6 +11,7 @@ import psutil
 
 from ..config import Config, Target
 from ..ollama import OllamaClient, OllamaError
+from . import gpu
 
 
 def _cpu_model() -> str:
@@ -46,6 +47,12 @@ def measure_memory_bandwidth(size_mb: int = 256, repeats: int = 5) -> Optional[f
 
 def collect(config: Config, bandwidth: Optional[float] = None) -> dict[str, Any]:
     vm = psutil.virtual_memory()
+    gpus = gpu.gpu_facts()
+    source = "configured" if bandwidth else "measured (single-thread array copy)"
+    if not bandwidth and gpus and gpus[0].get("memory_bandwidth_bytes_per_s"):
+        # Decode on a GPU is bounded by the GPU's memory, not the host's.
+        bandwidth = gpus[0]["memory_bandwidth_bytes_per_s"]
+        source = f"datasheet of the {gpus[0]['name']} (GPU table)"
     info: dict[str, Any] = {
         "collected_at": time.time(),
         "python": platform.python_version(),
@@ -55,7 +62,8 @@ def collect(config: Config, bandwidth: Optional[float] = None) -> dict[str, Any]
         "cpu_count": os.cpu_count(),
         "total_ram_bytes": vm.total,
         "memory_bandwidth_bytes_per_s": bandwidth if bandwidth else measure_memory_bandwidth(),
-        "memory_bandwidth_source": "configured" if bandwidth else "measured (single-thread array copy)",
+        "memory_bandwidth_source": source,
+        "gpus": gpus,
         "targets": {},
     }
     models_by_target: dict[str, set[str]] = {}

@@ -42,6 +42,11 @@ class Behavior:
     version: str = "0.11.4"
     models: tuple = ("tiny:latest",)  # models that exist
     stall_seconds: float = 30.0
+    # What /api/ps reports per loaded model: bytes, of which in VRAM (0 on a CPU host), and the
+    # loaded context length (None: omitted, as older servers do).
+    model_size: int = 100_000_000
+    size_vram: int = 0
+    context_length: Optional[int] = 4096
 
 
 @dataclass
@@ -89,12 +94,14 @@ class FakeOllama:
                 elif self.path == "/api/ps":
                     with fake.lock:
                         loaded = sorted(fake.loaded)
-                    self._json(200, {"models": [
-                        {"name": m, "model": m, "size": 100_000_000, "size_vram": 0, "digest": "x",
-                         "details": {"family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"},
-                         "context_length": 4096}
-                        for m in loaded
-                    ]})
+                    models = []
+                    for m in loaded:
+                        entry = {"name": m, "model": m, "size": b.model_size, "size_vram": b.size_vram, "digest": "x",
+                                 "details": {"family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"}}
+                        if b.context_length is not None:
+                            entry["context_length"] = b.context_length
+                        models.append(entry)
+                    self._json(200, {"models": models})
                 elif self.path == "/api/tags":
                     self._json(200, {"models": [{"name": m} for m in b.models]})
                 elif self.path == "/":
