@@ -24,6 +24,8 @@ from exporter.testkit.exporters import ROOT
 
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 OVERRIDES = [os.path.join(ROOT, "docker", "compose.gpu.yml"), os.path.join(ROOT, "docker", "compose.rocm.yml")]
+# Every override file, GPU or not: each must resolve with the base file and publish on loopback only.
+ALL_OVERRIDES = OVERRIDES + [os.path.join(ROOT, "docker", "compose.node.yml")]
 ENV_EXAMPLE = os.path.join(ROOT, ".env.example")
 PULL_SCRIPT = os.path.join(ROOT, "docker", "pull-models.py")
 SERVICES = {"pidns", "ollama", "model-pull", "exporter", "prometheus", "alertmanager", "grafana-init", "grafana"}
@@ -405,3 +407,14 @@ def test_pull_script_rejects_a_bad_scenario_file(tmp_path):
     cfg.write_text("scenarios: [{name: a, model: m, cases: {c: {prompt: hi}}, bogus: 1}]\n")
     res = _run_pull(cfg)
     assert res.returncode == 2 and "bogus: unknown key" in res.stderr
+
+
+def test_every_override_resolves_with_loopback_ports(tmp_path):
+    env_file = _env_file(tmp_path)
+    for override in ALL_OVERRIDES:
+        res = _compose(["-f", override, "config"], env_file)
+        assert res.returncode == 0, f"{override}: {res.stderr}"
+        for name, svc in yaml.safe_load(res.stdout)["services"].items():
+            for port in svc.get("ports", []):
+                host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
+                assert host_ip == "127.0.0.1", (override, name, port)
