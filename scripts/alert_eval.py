@@ -27,6 +27,7 @@ the measurement. Delays are therefore rounded up to the 5-minute evaluation grid
 
 Prints one table per schedule and, last, `alert-eval: K of N targets met`.
 `--quick` runs 4 days of the 1 min and 1 h schedules, one case per row (tests/test_alert_eval.py).
+`--schedules 1h --seed 210` runs the hourly schedule alone with the full eval's seed for it.
 """
 
 from __future__ import annotations
@@ -375,7 +376,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="4 days, schedules 1m and 1h, fewer cases")
     ap.add_argument("--days", type=int, help="simulated days per schedule (default 14, quick 4)")
-    ap.add_argument("--schedules", default=None, help="comma-separated subset of 15s,1m,1h")
+    ap.add_argument("--schedules", default=None,
+                    help="comma-separated subset of 15s,1m,1h; the i-th listed (from 0) gets seed --seed + 100 i, so "
+                         "`--schedules 1h --seed 210` reproduces the full eval's hourly table")
     ap.add_argument("--seed", type=int, default=10)
     ap.add_argument("--jobs", type=int, default=min(3, os.cpu_count() or 1))
     ap.add_argument("--keep", help="write the generated promtool files to this folder instead of a temp dir")
