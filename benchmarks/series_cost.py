@@ -28,14 +28,11 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from prometheus_client import generate_latest
 
-from prometheus_client import generate_latest  # noqa: E402
-
-from exporter.config import load_text  # noqa: E402
-from exporter.service import Exporter  # noqa: E402
-from exporter.testkit.exporters import free_port, http_get, wait_for  # noqa: E402
+from exporter.config import load_text
+from exporter.service import Exporter
+from exporter.testkit.exporters import ROOT, free_port, http_get, wait_for
 
 SCRAPE_INTERVAL = 15
 

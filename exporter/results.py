@@ -7,6 +7,7 @@ results file and the bench report are views of these records.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -263,3 +264,50 @@ def read_results(path: str | os.PathLike) -> Iterator[ProbeResult]:
                 yield ProbeResult.from_dict(d)
             except (ValueError, TypeError) as exc:
                 log.warning("%s:%d: skipping unreadable line: %s", path, lineno, exc)
+
+
+def parse_results_line(line: bytes) -> Optional[ProbeResult]:
+    """One results-file line -> a record; None for a blank, torn or garbled one."""
+    try:
+        d = json.loads(line)
+        return ProbeResult.from_dict(d) if isinstance(d, dict) else None
+    except (ValueError, TypeError):
+        return None
+
+
+def read_tail_lines(path: Path, budget: int) -> tuple[Iterator[bytes], int]:
+    """The complete lines of the last `budget` bytes of a file, oldest first, one at a time
+    (the bytes read are held once, never split into a list)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return iter(()), 0
+    start = max(size - budget, 0)
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(size - start)
+
+    def lines() -> Iterator[bytes]:
+        pos = 0
+        if start > 0:  # the first line began before the tail
+            pos = data.find(b"\n") + 1
+            if pos == 0:
+                return
+        while True:
+            end = data.find(b"\n", pos)
+            if end < 0:
+                return  # a torn last line
+            yield data[pos:end]
+            pos = end + 1
+
+    return lines(), len(data)
+
+
+def results_file_parts(path: Path) -> Iterator[Path]:
+    """PATH, then its rotated files PATH.1, PATH.2, ... (newest first) while they exist."""
+    yield path
+    for i in itertools.count(1):
+        part = path.with_name(f"{path.name}.{i}")
+        if not part.exists():
+            return
+        yield part

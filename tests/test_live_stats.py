@@ -8,7 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import load_text
-from exporter.live_stats import LiveStats, Policy, kth_distance, quantile, threshold
+from exporter.live_stats import LiveStats
+from exporter.live_window import Policy, kth_distance, quantile, threshold
 from exporter.results import ProbeResult, ResultsWriter, RunSummary
 from exporter.service import Exporter
 from tests.conftest import scenario_yaml
@@ -204,7 +205,7 @@ def test_sorted_baseline_stays_exact_while_runs_enter_and_leave():
 
 
 def test_threshold_follows_noise_and_schedule():
-    from exporter.live_stats import Baseline
+    from exporter.live_window import Baseline
     p = Policy()
     quiet = threshold(p, Baseline(1.0, 0.005, 500, 60.0), 15, 15)
     noisy = threshold(p, Baseline(1.0, 0.10, 500, 60.0), 15, 15)
