@@ -73,6 +73,16 @@ def _size(value: str) -> int:
     return size
 
 
+def _percent(value: str) -> float:
+    try:
+        pct = float(value.strip().rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage such as 10 or 10%, got {value!r}") from None
+    if not 0 <= pct < 1000:
+        raise argparse.ArgumentTypeError("must be between 0 and 1000 percent")
+    return pct
+
+
 def _bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ollama-perf-exporter bench",
@@ -81,6 +91,10 @@ def _bench_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--output", required=True, metavar="DIR", help="report directory (created)")
     p.add_argument("--compare", metavar="OLD_DIR", help="an earlier report directory to compare against")
+    p.add_argument(
+        "--fail-on-regression", dest="fail_on_regression", type=_percent, metavar="PCT",
+        help="with --compare: exit 4 when a case got worse by more than PCT percent (median, 95%% confidence)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument(
         "--memory-bandwidth", dest="memory_bandwidth", type=float, metavar="GB_PER_S",
@@ -183,7 +197,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     bandwidth = args.memory_bandwidth * 1e9 if args.memory_bandwidth else None
-    return bench(config, args.output, compare=args.compare, quiet=args.quiet, memory_bandwidth=bandwidth)
+    return bench(config, args.output, compare=args.compare, quiet=args.quiet, memory_bandwidth=bandwidth,
+                 fail_on_regression=args.fail_on_regression)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -12,13 +12,14 @@ import time
 from typing import Any, Optional
 
 from ..config import Config
-from ..exit_codes import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from ..exit_codes import EXIT_OK, EXIT_REGRESSION, EXIT_RUNTIME, EXIT_USAGE
 from ..results import ProbeResult, ResultsWriter, read_results
 from ..runner import ScenarioRunner, planned_requests
 from ..server_stats import ProcessTree
 from ..sinks import ResultsFileSink, Sink
 from . import sysinfo
-from .stats import compare, summarize
+from .compare import compare_runs, is_run_dir, regression_lines
+from .stats import summarize
 
 log = logging.getLogger(__name__)
 SAMPLE_INTERVAL_S = 0.5
@@ -94,8 +95,9 @@ def _write_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def build_report(out_dir: str, compare_dir: Optional[str] = None) -> dict[str, Any]:
-    """(Re)build summary.json, plots and REPORT.md from the raw files in out_dir."""
+def build_report(out_dir: str, compare_dir: Optional[str] = None,
+                 fail_on_regression: Optional[float] = None) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    """(Re)build summary.json, comparison.json, plots and REPORT.md from the raw files in out_dir."""
     from .markdown import render
     from .plots import write_plots
 
@@ -112,18 +114,26 @@ def build_report(out_dir: str, compare_dir: Optional[str] = None) -> dict[str, A
     plots = [os.path.basename(p) for p in write_plots(out_dir, records, summary, samples)]
     comparison = None
     if compare_dir:
-        with open(os.path.join(compare_dir, "summary.json"), encoding="utf-8") as f:
-            comparison = compare(json.load(f), summary)
-    text = render(summary, system, plots, out_dir, comparison, compare_dir)
+        comparison = compare_runs(compare_dir, records, system, fail_on_regression)
+        _write_json(os.path.join(out_dir, "comparison.json"), comparison)
+    text = render(summary, system, plots, out_dir, comparison)
     with open(os.path.join(out_dir, "REPORT.md"), "w", encoding="utf-8") as f:
         f.write(text)
-    return summary
+    return summary, comparison
 
 
 def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet: bool = False,
-              memory_bandwidth: Optional[float] = None) -> int:
-    if compare and not os.path.exists(os.path.join(compare, "summary.json")):
-        print(f"--compare {compare}: no summary.json there (is it a bench output directory?)", file=sys.stderr)
+              memory_bandwidth: Optional[float] = None, fail_on_regression: Optional[float] = None) -> int:
+    if compare and not is_run_dir(compare):
+        print(f"--compare {compare}: no results.jsonl and system.json there (is it a bench output directory?)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if fail_on_regression is not None and not compare:
+        print("--fail-on-regression needs --compare OLD_DIR", file=sys.stderr)
+        return EXIT_USAGE
+    if compare and os.path.abspath(compare) == os.path.abspath(out_dir):
+        print("--compare must name another directory than --output (the new run replaces the old records)",
+              file=sys.stderr)
         return EXIT_USAGE
     os.makedirs(out_dir, exist_ok=True)
     results_path = os.path.join(out_dir, "results.jsonl")
@@ -154,9 +164,18 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
     with open(os.path.join(out_dir, "resources.jsonl"), "w", encoding="utf-8") as f:
         for s in sampler.samples:
             f.write(json.dumps(s) + "\n")
-    summary = build_report(out_dir, compare)
+    summary, comparison = build_report(out_dir, compare, fail_on_regression)
     if not quiet:
         print(f"{summary['requests']} requests, {summary['failures']} failed; report: {os.path.join(out_dir, 'REPORT.md')}",
               file=sys.stderr)
     all_failed = summary["requests"] and summary["failures"] == summary["requests"]
-    return EXIT_RUNTIME if all_failed else EXIT_OK
+    if all_failed:
+        return EXIT_RUNTIME
+    if comparison and comparison["regressions"]:
+        # Said even with --quiet: this is why the command fails.
+        print(f"regressed by more than {fail_on_regression:g}% with {comparison['confidence']:.0%} confidence "
+              f"against {compare}:", file=sys.stderr)
+        for line in regression_lines(comparison):
+            print("  " + line, file=sys.stderr)
+        return EXIT_REGRESSION
+    return EXIT_OK

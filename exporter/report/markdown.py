@@ -71,7 +71,7 @@ def _summary_table(m: dict[str, Any]) -> str:
 
 
 def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], out_dir: str,
-           comparison: Optional[list[dict[str, Any]]] = None, compare_dir: Optional[str] = None) -> str:
+           comparison: Optional[dict[str, Any]] = None) -> str:
     L = _header(summary, system)
     for model, m in summary["models"].items():
         L += [f"## Model `{model}`", ""]
@@ -84,7 +84,7 @@ def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], ou
         L += _bottleneck_section(m)
         L += _theory_section(m)
     if comparison is not None:
-        L += _comparison_section(comparison, compare_dir)
+        L += _comparison_section(comparison)
     L += _distributions_section(plots)
     return "\n".join(L)
 
@@ -263,23 +263,59 @@ def _theory_section(m: dict[str, Any]) -> list[str]:
                 "pass --memory-bandwidth with a datasheet figure for a firmer bound.", ""]
 
 
-def _comparison_section(comparison: list[dict[str, Any]], compare_dir: Optional[str]) -> list[str]:
-    L = [f"## Comparison with `{compare_dir}`", ""]
-    if not comparison:
-        return L + ["No scenario/case/concurrency combination appears in both runs.", ""]
+QUANTITY_NAMES = {"ttft": "TTFT", "latency": "latency", "tpot": "time per output token", "decode_tps": "decode tok/s"}
+VERDICT_MARKS = {"worse": "**worse**", "better": "better", "within noise": "within noise"}
 
-    def cell(c: dict[str, Any], metric: str, digits: int = 3) -> str:
-        d = c[metric]
-        mark = " **\\***" if d["beyond_noise"] else ""
-        return f"{_n(d['old'], digits)} -> {_n(d['new'], digits)} ({_pct(d['change_pct'])}){mark}"
 
+def _value(v: Optional[float], unit: str) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1f}" if unit == "tok/s" else f"{v * 1000:.1f} ms" if v < 1 else f"{v:.3f} s"
+
+
+def _comparison_section(comparison: dict[str, Any]) -> list[str]:
+    L = [f"## Comparison with `{comparison['old_dir']}`", ""]
+    diffs = comparison["differences"]
+    L += ["### What differs between the runs", ""]
+    if diffs:
+        L += [_table(["what", "old run", "this run"], [[d["what"], f"`{d['old']}`", f"`{d['new']}`"] for d in diffs]), ""]
+    else:
+        L += ["Nothing recorded differs: same host, Ollama version, model digests, quantization and options.", ""]
+    L += ["### Changes per case", ""]
+    if not comparison["cases"]:
+        return L + ["No model/scenario/case/concurrency combination appears in both runs.", ""]
     rows = []
-    for c in comparison:
-        model = c["new_model"] if c["old_model"] == c["new_model"] else f"{c['old_model']} -> {c['new_model']}"
-        rows.append([model, c["scenario"], c["case"], str(c["concurrency"]),
-                     cell(c, "latency"), cell(c, "ttft"), cell(c, "decode_tps", 1)])
-    return L + [_table(["model", "scenario", "case", "conc", "mean latency s", "mean TTFT s", "decode tok/s"], rows), "",
-                f"**\\*** marks a difference larger than the noise ({NOISE_SIGMAS:g} standard errors of the difference).", ""]
+    for c in comparison["cases"]:
+        for q in c["quantities"]:
+            judged = "change_pct" in q
+            rows.append([
+                c["model"], c["scenario"], c["case"], str(c["concurrency"]), QUANTITY_NAMES[q["quantity"]],
+                f"{q['n_old']} / {q['n_new']}", _value(q["old_median"], q["unit"]), _value(q["new_median"], q["unit"]),
+                _pct(q["change_pct"]) if judged else "-",
+                f"{q['ci_low_pct']:+.1f}% .. {q['ci_high_pct']:+.1f}%" if judged else "-",
+                f"{q['p_new_greater']:.2f}" if judged else "-",
+                ("**REGRESSION** " if q["regressed"] else "") + VERDICT_MARKS.get(q["verdict"], q["verdict"]),
+            ])
+    L += [_table(["model", "scenario", "case", "conc", "quantity", "n old / new", "old median", "new median",
+                  "change", f"{comparison['confidence']:.0%} CI", "P(new > old)", "verdict"], rows), ""]
+    L += [f"Each change is the relative change of the median over the successful warm requests of both runs. "
+          f"Its interval is a percentile bootstrap ({comparison['resamples']} resamples, seeded per case, so a "
+          f"rebuilt report shows the same numbers). A change is beyond noise (worse or better) when the interval "
+          f"excludes zero. P(new > old) is the Mann-Whitney probability of superiority: 0.5 means no shift, "
+          f"1.0 means every new value is above every old one (for decode tok/s, higher is better).", ""]
+    pct = comparison.get("fail_on_regression_pct")
+    if pct is not None:
+        regs = comparison["regressions"]
+        if regs:
+            L += [f"**Regression gate failed**: {len(regs)} quantit{'y' if len(regs) == 1 else 'ies'} got worse by "
+                  f"more than {pct:g}% with {comparison['confidence']:.0%} confidence (exit code 4):", ""]
+            L += [f"- {r['scenario']}/{r['case']} (concurrency {r['concurrency']}): {QUANTITY_NAMES[r['quantity']]} "
+                  f"{r['worse_pct']:+.1f}% worse, interval {r['worse_ci_low_pct']:+.1f}% .. "
+                  f"{r['worse_ci_high_pct']:+.1f}%" for r in regs] + [""]
+        else:
+            L += [f"Regression gate passed: nothing got worse by more than {pct:g}% with "
+                  f"{comparison['confidence']:.0%} confidence.", ""]
+    return L
 
 
 def _distributions_section(plots: list[str]) -> list[str]:

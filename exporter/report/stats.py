@@ -387,28 +387,3 @@ def summarize(records: list[ProbeResult], samples: list[dict[str, Any]], system:
                                      theory_facts),
         }
     return {"models": models, "requests": len(records), "failures": sum(1 for r in records if not r.ok)}
-
-
-def compare(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
-    """Cases present in both summaries, with the change in mean latency, TTFT and decode speed."""
-    def index(summary):
-        out = {}
-        for model, m in summary.get("models", {}).items():
-            for row in m["cases"]:
-                out[(row["scenario"], row["case"], row["concurrency"])] = (model, row)
-        return out
-
-    old_i, new_i = index(old), index(new)
-    rows = []
-    for key in sorted(k for k in new_i if k in old_i):
-        (old_model, o), (new_model, n) = old_i[key], new_i[key]
-        row = {"scenario": key[0], "case": key[1], "concurrency": key[2], "old_model": old_model, "new_model": new_model}
-        for metric in ("latency", "ttft", "decode_tps"):
-            row[metric] = {
-                "old": o[metric].get("mean"),
-                "new": n[metric].get("mean"),
-                "change_pct": pct_change(o[metric].get("mean"), n[metric].get("mean")),
-                "beyond_noise": differs(o[metric], n[metric]),
-            }
-        rows.append(row)
-    return rows

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Optional
 
 import psutil
 
+from .. import __version__
 from ..config import Config, Target
 from ..ollama import OllamaClient, OllamaError
 
@@ -48,6 +49,8 @@ def collect(config: Config, bandwidth: Optional[float] = None) -> dict[str, Any]
     vm = psutil.virtual_memory()
     info: dict[str, Any] = {
         "collected_at": time.time(),
+        "hostname": platform.node(),
+        "exporter_version": __version__,
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
         "platform": platform.platform(),

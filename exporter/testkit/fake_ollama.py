@@ -42,6 +42,10 @@ class Behavior:
     version: str = "0.11.4"
     models: tuple = ("tiny:latest",)  # models that exist
     stall_seconds: float = 30.0
+    digest: str = "x"  # of every model, in /api/ps
+    quantization: str = "Q4_1"
+    # Thinking tokens streamed before the answer (as `thinking` beside `response`/`message.content`).
+    thinking_tokens: int = 0
 
 
 @dataclass
@@ -90,8 +94,9 @@ class FakeOllama:
                     with fake.lock:
                         loaded = sorted(fake.loaded)
                     self._json(200, {"models": [
-                        {"name": m, "model": m, "size": 100_000_000, "size_vram": 0, "digest": "x",
-                         "details": {"family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"},
+                        {"name": m, "model": m, "size": 100_000_000, "size_vram": 0, "digest": b.digest,
+                         "details": {"family": "llama", "parameter_size": "135M",
+                                     "quantization_level": b.quantization},
                          "context_length": 4096}
                         for m in loaded
                     ]})
@@ -118,7 +123,8 @@ class FakeOllama:
                     fake.requests.append(entry)
                 if self.path == "/api/show":
                     self._json(200, {
-                        "details": {"family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"},
+                        "details": {"family": "llama", "parameter_size": "135M",
+                                    "quantization_level": fake.behavior.quantization},
                         "model_info": {"general.architecture": "llama", "llama.block_count": 30,
                                        "llama.embedding_length": 576, "llama.attention.head_count": 9,
                                        "llama.attention.head_count_kv": 3, "llama.context_length": 8192},
@@ -185,6 +191,12 @@ class FakeOllama:
                         self.wfile.write(b"0\r\n\r\n")
                         return
                     tokens = 0 if b.mode == "empty" else b.tokens
+                    # Like Ollama: num_predict cuts the answer ("length"); a shorter answer ends on its own ("stop").
+                    limit = (body.get("options") or {}).get("num_predict")
+                    cut = isinstance(limit, int) and limit >= 0 and tokens >= limit
+                    if cut:
+                        tokens = limit
+                    thinking = min(b.thinking_tokens, tokens)
                     prompt_tokens = len(str(body.get("prompt") or body.get("messages")).split())
                     if b.first_token_delay:
                         time.sleep(b.first_token_delay)
@@ -196,8 +208,9 @@ class FakeOllama:
                             delay = next_at - time.monotonic()
                             if delay > 0:
                                 time.sleep(delay)
-                        chunk = ({"model": model, "message": {"role": "assistant", "content": f"t{i} "}, "done": False}
-                                 if chat else {"model": model, "response": f"t{i} ", "done": False})
+                        field_name = "thinking" if i < thinking else ("content" if chat else "response")
+                        chunk = ({"model": model, "message": {"role": "assistant", field_name: f"t{i} "}, "done": False}
+                                 if chat else {"model": model, field_name: f"t{i} ", "done": False})
                         entry.token_writes.append(self._line(chunk))
                         if b.mode == "stream_error" and i == 1:
                             self._line({"error": "an error was encountered while running the model"})
@@ -208,7 +221,7 @@ class FakeOllama:
                         return
                     t_end = time.monotonic()
                     final = {
-                        "model": model, "done": True, "done_reason": "length" if tokens else "stop",
+                        "model": model, "done": True, "done_reason": "length" if cut and tokens else "stop",
                         "total_duration": int((t_end - t_start) * 1e9),
                         "load_duration": int(load * 1e9),
                         "prompt_eval_count": prompt_tokens,
