@@ -76,6 +76,7 @@ def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], ou
     for model, m in summary["models"].items():
         L += [f"## Model `{model}`", ""]
         L += _summary_section(m)
+        L += _tokens_section(m)
         L += _prompt_length_section(m, plots)
         L += _temperature_section(m, plots)
         L += _concurrency_section(m, plots)
@@ -120,6 +121,38 @@ def _summary_section(m: dict[str, Any]) -> list[str]:
          "CV is the coefficient of variation (stdev / mean) of latency over the repeats: "
          "below 0.05 the numbers are tight, above 0.2 read means with care.", ""]
     return L + ["### Per case", ""] + _case_tables(m)
+
+
+def _tokens_section(m: dict[str, Any]) -> list[str]:
+    L = ["### Output tokens: requested vs produced", ""]
+    rows, early = [], []
+    for row in m["cases"]:
+        produced = row["produced_tokens"]
+        req = row["requested_tokens"]
+        ok = row["requests"] - row["failures"]
+        if row["stopped_early"]:
+            early.append(f"{row['scenario']}/{row['case']}")
+        th = row["thinking_tokens"]
+        rows.append([
+            row["scenario"], row["case"], str(row["concurrency"]),
+            "-" if req is None else ", ".join(map(str, req)) if isinstance(req, list) else str(req),
+            _n(produced.get("median"), 0), f"{_n(produced.get('min'), 0)} .. {_n(produced.get('max'), 0)}",
+            f"{row['stopped_early']} / {ok}" + (" **early**" if row["stopped_early"] else ""),
+            ", ".join(f"{k} {v}" for k, v in row["done_reasons"].items()),
+            _n(th.get("median"), 0) if row["thinking_requests"] else "-",
+            _n(row["first_thinking_s"].get("median")) if row["thinking_requests"] else "-",
+            _n(row["first_answer_s"].get("median")),
+        ])
+    L += [_table(["scenario", "case", "conc", "requested (num_predict)", "produced median", "produced range",
+                  "stopped early", "done reasons", "thinking tokens median", "first thinking token s",
+                  "first answer token s"], rows), ""]
+    L.append("Ollama has no \"ignore end of sequence\": a model may end its answer (done reason `stop`) before "
+             "`num_predict`. Such an answer is shorter than requested, so its decode speed and latency are not "
+             "comparable with a full-length one" + (f"; cases with early stops: {', '.join(early)}." if early else
+                                                     "; no answer here stopped early."))
+    L += ["", "For models that think, the first thinking token and the first answer token are timed apart "
+          "(from the request's send, like TTFT, which is the first token of either kind).", ""]
+    return L
 
 
 def _plot(plots: list[str], stem: str, title: str) -> list[str]:
