@@ -18,11 +18,13 @@ from ..runner import ScenarioRunner, planned_requests
 from ..server_stats import ProcessTree
 from ..sinks import ResultsFileSink, Sink
 from . import sysinfo
+from .advice import advise, scenarios_record, suggested_scenarios
 from .compare import compare_runs, is_run_dir, regression_lines
 from .stats import summarize
 
 log = logging.getLogger(__name__)
 SAMPLE_INTERVAL_S = 0.5
+SUGGESTED_SCENARIOS = "suggested-scenarios.yaml"
 
 
 class ResourceSampler:
@@ -110,6 +112,21 @@ def build_report(out_dir: str, compare_dir: Optional[str] = None,
         with open(samples_path, encoding="utf-8") as f:
             samples = [json.loads(line) for line in f if line.strip()]
     summary = summarize(records, samples, system, system.get("running_models", {}))
+    scenarios_path = os.path.join(out_dir, "scenarios.json")
+    scenarios = []
+    if os.path.exists(scenarios_path):
+        with open(scenarios_path, encoding="utf-8") as f:
+            scenarios = json.load(f)
+    for model, m in summary["models"].items():
+        m["advice"] = advise(model, m, system, scenarios)
+    suggestions = suggested_scenarios({model: m["advice"] for model, m in summary["models"].items()}, scenarios)
+    suggested_path = os.path.join(out_dir, SUGGESTED_SCENARIOS)
+    if suggestions:
+        with open(suggested_path, "w", encoding="utf-8") as f:
+            f.write(suggestions)
+    elif os.path.exists(suggested_path):
+        os.remove(suggested_path)
+    summary["suggested_scenarios"] = SUGGESTED_SCENARIOS if suggestions else None
     _write_json(os.path.join(out_dir, "summary.json"), summary)
     plots = [os.path.basename(p) for p in write_plots(out_dir, records, summary, samples)]
     comparison = None
@@ -140,6 +157,7 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
     if os.path.exists(results_path):
         os.remove(results_path)  # one report per directory: never mix two runs
     system = sysinfo.collect(config, memory_bandwidth)
+    _write_json(os.path.join(out_dir, "scenarios.json"), scenarios_record(config))
     writer = ResultsWriter(results_path)
 
     jobs = [(s, t) for s in config.scenarios for t in s.targets]

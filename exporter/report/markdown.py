@@ -83,6 +83,7 @@ def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], ou
         L += _resources_section(m, plots)
         L += _phases_section(m)
         L += _bottleneck_section(m)
+        L += _advice_section(m, summary.get("suggested_scenarios"))
         L += _theory_section(m)
     if comparison is not None:
         L += _comparison_section(comparison)
@@ -267,6 +268,23 @@ def _phases_section(m: dict[str, Any]) -> list[str]:
 def _bottleneck_section(m: dict[str, Any]) -> list[str]:
     b = m["bottleneck"]
     return ["### Bottleneck", "", f"**{b['verdict']}**", "", "Evidence:", ""] + [f"- {e}" for e in b["evidence"]] + [""]
+
+
+def _advice_section(m: dict[str, Any], suggested_file: Optional[str]) -> list[str]:
+    L = ["### What to change", ""]
+    advice = m.get("advice") or []
+    if not advice:
+        return L + ["Nothing in this run points at a setting: no queueing, cold starts, memory pressure, "
+                    "oversized context, prefill-heavy cases or saturated CPU were seen.", ""]
+    where = {"server": "server (environment of `ollama serve`)", "request": "request option", "scenario": "scenario file"}
+    rows = [[where[a["kind"]],
+             f"`{a['setting']}`", f"`{a['current']}`", f"`{a['suggested']}`", a["reason"], "; ".join(a["evidence"])]
+            for a in advice]
+    L += [_table(["where", "setting", "now", "try", "why", "evidence"], rows), ""]
+    if suggested_file and any(a.get("sweep") for a in advice):
+        L += [f"`{suggested_file}` runs each suggested request option against the current value on the case "
+              f"it was found on: `ollama-perf-exporter bench --config.file {suggested_file} --output NEW_DIR`.", ""]
+    return L
 
 
 def _theory_section(m: dict[str, Any]) -> list[str]:

@@ -56,6 +56,7 @@ def collect(config: Config, bandwidth: Optional[float] = None) -> dict[str, Any]
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
         "total_ram_bytes": vm.total,
         "memory_bandwidth_bytes_per_s": bandwidth if bandwidth else measure_memory_bandwidth(),
         "memory_bandwidth_source": "configured" if bandwidth else "measured (single-thread array copy)",

@@ -46,6 +46,9 @@ class Behavior:
     quantization: str = "Q4_1"
     # Thinking tokens streamed before the answer (as `thinking` beside `response`/`message.content`).
     thinking_tokens: int = 0
+    # Generations served at once (like OLLAMA_NUM_PARALLEL); 0: no limit. The rest wait their turn.
+    parallel: int = 0
+    vram_share: float = 0.0  # of the loaded model's size in GPU memory, in /api/ps
 
 
 @dataclass
@@ -64,6 +67,8 @@ class FakeOllama:
         self.requests: list[RequestLog] = []
         self.require_auth: Optional[str] = None  # an exact Authorization header for POSTs
         self.lock = threading.Lock()
+        self.slots = threading.Condition()
+        self.active = 0  # generations running now
         self.stop_event = threading.Event()
         fake = self
 
@@ -94,7 +99,8 @@ class FakeOllama:
                     with fake.lock:
                         loaded = sorted(fake.loaded)
                     self._json(200, {"models": [
-                        {"name": m, "model": m, "size": 100_000_000, "size_vram": 0, "digest": b.digest,
+                        {"name": m, "model": m, "size": 100_000_000,
+                         "size_vram": int(100_000_000 * b.vram_share), "digest": b.digest,
                          "details": {"family": "llama", "parameter_size": "135M",
                                      "quantization_level": b.quantization},
                          "context_length": 4096}
@@ -165,6 +171,17 @@ class FakeOllama:
                         fake.loaded.discard(name)
                     self._json(200, {"model": model, "response": "", "done": True, "done_reason": "unload"})
                     return
+                with fake.slots:
+                    fake.slots.wait_for(lambda: not b.parallel or fake.active < b.parallel)
+                    fake.active += 1
+                try:
+                    self._stream(body, entry, b, model, name, chat)
+                finally:
+                    with fake.slots:
+                        fake.active -= 1
+                        fake.slots.notify_all()
+
+            def _stream(self, body: dict, entry: RequestLog, b: Behavior, model: str, name: str, chat: bool):
                 t_start = time.monotonic()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-ndjson")
@@ -216,6 +233,9 @@ class FakeOllama:
                             self._line({"error": "an error was encountered while running the model"})
                             self.wfile.write(b"0\r\n\r\n")
                             return
+                    if body.get("keep_alive") == 0:  # like Ollama: unload once this request is done
+                        with fake.lock:
+                            fake.loaded.discard(name)
                     if b.mode == "no_done":
                         self.wfile.write(b"0\r\n\r\n")
                         return
