@@ -31,6 +31,7 @@ system-deps:
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v g++ >/dev/null || missing="$$missing build-essential"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
@@ -43,9 +44,9 @@ ollama:
 test: install system-deps
 	OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && $(PY) -m pytest -ra $(PYTEST_ARGS)
 
-# Unit and fake-server tests only: no Ollama build, no Prometheus.
+# Unit and fake-server tests only: no Ollama build, no Prometheus, no browser.
 test-fast: install
-	$(PY) -m pytest -ra -m "not ollama and not prometheus" $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -m "not ollama and not prometheus and not browser" $(PYTEST_ARGS)
 
 # The exporter against a local Ollama ($$OLLAMA_HOST, default http://127.0.0.1:11434).
 run: install

@@ -99,7 +99,8 @@ def _write_json(path: str, data: Any) -> None:
 
 def build_report(out_dir: str, compare_dir: Optional[str] = None,
                  fail_on_regression: Optional[float] = None) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
-    """(Re)build summary.json, comparison.json, plots and REPORT.md from the raw files in out_dir."""
+    """(Re)build summary.json, comparison.json, plots, REPORT.md and report.html from the raw files in out_dir."""
+    from .html import render_html
     from .markdown import render
     from .plots import write_plots
 
@@ -136,6 +137,8 @@ def build_report(out_dir: str, compare_dir: Optional[str] = None,
     text = render(summary, system, plots, out_dir, comparison)
     with open(os.path.join(out_dir, "REPORT.md"), "w", encoding="utf-8") as f:
         f.write(text)
+    with open(os.path.join(out_dir, "report.html"), "w", encoding="utf-8") as f:
+        f.write(render_html(text, out_dir))
     return summary, comparison
 
 
