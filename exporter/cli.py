@@ -111,6 +111,8 @@ def _setup_logging(level: str) -> None:
     )
     # APScheduler logs every job start and end at INFO: noise at one line per probe run.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # httpx (under the ollama package) logs every control call at INFO: one line per /api/ps.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _load_or_report(path: Optional[str]):
