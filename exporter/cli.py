@@ -83,6 +83,23 @@ def _percent(value: str) -> float:
     return pct
 
 
+def _positive(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return v
+
+
+def _rates(value: str) -> tuple[float, ...]:
+    rates = tuple(_positive(v) for v in value.split(",") if v.strip())
+    if not rates:
+        raise argparse.ArgumentTypeError("give at least one rate, e.g. 0.5,1,2")
+    return tuple(sorted(set(rates)))
+
+
 def _bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ollama-perf-exporter bench",
@@ -96,6 +113,17 @@ def _bench_parser() -> argparse.ArgumentParser:
         help="with --compare: exit 4 when a case got worse by more than PCT percent (median, 95%% confidence)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--rate-sweep", dest="rate_sweep", type=_rates, metavar="RATES",
+        help="after the scenarios, an open-loop sweep of each scenario's first case at these request rates "
+        "(per second, Poisson arrivals), e.g. 0.5,1,2,4",
+    )
+    p.add_argument("--rate-duration", dest="rate_duration", type=_positive, default=30.0, metavar="SECONDS",
+                   help="arrivals per rate for this long (default: 30)")
+    p.add_argument("--ttft-limit", dest="ttft_limit", type=_positive, default=2.0, metavar="SECONDS",
+                   help="rate sweep: p95 TTFT limit for goodput and the knee (default: 2)")
+    p.add_argument("--tpot-limit", dest="tpot_limit", type=_positive, default=0.2, metavar="SECONDS",
+                   help="rate sweep: p95 time-per-output-token limit (default: 0.2)")
     p.add_argument(
         "--memory-bandwidth", dest="memory_bandwidth", type=float, metavar="GB_PER_S",
         help="memory bandwidth for the decode-speed bound (default: measured with a single-thread copy)",
@@ -199,8 +227,13 @@ def run_bench(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     bandwidth = args.memory_bandwidth * 1e9 if args.memory_bandwidth else None
+    sweep = None
+    if args.rate_sweep:
+        from .report.ratesweep import RateSweep
+
+        sweep = RateSweep(args.rate_sweep, args.rate_duration, args.ttft_limit, args.tpot_limit)
     return bench(config, args.output, compare=args.compare, quiet=args.quiet, memory_bandwidth=bandwidth,
-                 fail_on_regression=args.fail_on_regression)
+                 fail_on_regression=args.fail_on_regression, rate_sweep=sweep)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

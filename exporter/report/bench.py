@@ -20,11 +20,13 @@ from ..sinks import ResultsFileSink, Sink
 from . import sysinfo
 from .advice import advise, scenarios_record, suggested_scenarios
 from .compare import compare_runs, is_run_dir, regression_lines
+from .ratesweep import RateSweep, run_rate_sweep, saturation
 from .stats import summarize
 
 log = logging.getLogger(__name__)
 SAMPLE_INTERVAL_S = 0.5
 SUGGESTED_SCENARIOS = "suggested-scenarios.yaml"
+RATE_SWEEP_RESULTS = "rate_sweep.jsonl"
 
 
 class ResourceSampler:
@@ -102,7 +104,7 @@ def build_report(out_dir: str, compare_dir: Optional[str] = None,
     """(Re)build summary.json, comparison.json, plots, REPORT.md and report.html from the raw files in out_dir."""
     from .html import render_html
     from .markdown import render
-    from .plots import write_plots
+    from .plots import write_plots, write_saturation_plot
 
     records = list(read_results(os.path.join(out_dir, "results.jsonl")))
     with open(os.path.join(out_dir, "system.json"), encoding="utf-8") as f:
@@ -130,6 +132,14 @@ def build_report(out_dir: str, compare_dir: Optional[str] = None,
     summary["suggested_scenarios"] = SUGGESTED_SCENARIOS if suggestions else None
     _write_json(os.path.join(out_dir, "summary.json"), summary)
     plots = [os.path.basename(p) for p in write_plots(out_dir, records, summary, samples)]
+    sweep_path = os.path.join(out_dir, RATE_SWEEP_RESULTS)
+    if system.get("rate_sweep") and os.path.exists(sweep_path):
+        spec = system["rate_sweep"]
+        summary["saturation"] = saturation(list(read_results(sweep_path)), spec)
+        summary["rate_sweep"] = spec
+        plots += [os.path.basename(p) for p in
+                  write_saturation_plot(out_dir, summary["saturation"], spec["ttft_limit_s"], spec["tpot_limit_s"])]
+    _write_json(os.path.join(out_dir, "summary.json"), summary)
     comparison = None
     if compare_dir:
         comparison = compare_runs(compare_dir, records, system, fail_on_regression)
@@ -143,7 +153,8 @@ def build_report(out_dir: str, compare_dir: Optional[str] = None,
 
 
 def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet: bool = False,
-              memory_bandwidth: Optional[float] = None, fail_on_regression: Optional[float] = None) -> int:
+              memory_bandwidth: Optional[float] = None, fail_on_regression: Optional[float] = None,
+              rate_sweep: Optional[RateSweep] = None) -> int:
     if compare and not is_run_dir(compare):
         print(f"--compare {compare}: no results.jsonl and system.json there (is it a bench output directory?)",
               file=sys.stderr)
@@ -176,6 +187,17 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
 
             # Loaded-model facts (size, VRAM, context) while the model is still resident.
             running[target.name] = sysinfo.running_model_facts(target) or running.get(target.name, [])
+        sweep_path = os.path.join(out_dir, RATE_SWEEP_RESULTS)
+        if os.path.exists(sweep_path):
+            os.remove(sweep_path)
+        if rate_sweep is not None:
+            system["rate_sweep"] = rate_sweep.to_dict()
+            sweep_writer = ResultsWriter(sweep_path)
+            if not quiet:
+                print(f"rate sweep: {len(rate_sweep.rates)} rates x {rate_sweep.duration_s:g} s per scenario and target",
+                      file=sys.stderr)
+            run_rate_sweep(config, rate_sweep, [ResultsFileSink(sweep_writer)])
+            sweep_writer.close()
     progress.finish()
     writer.close()
     system["running_models"] = running

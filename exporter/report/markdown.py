@@ -85,6 +85,8 @@ def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], ou
         L += _bottleneck_section(m)
         L += _advice_section(m, summary.get("suggested_scenarios"))
         L += _theory_section(m)
+    if summary.get("saturation"):
+        L += _saturation_section(summary["saturation"], summary["rate_sweep"], plots)
     if comparison is not None:
         L += _comparison_section(comparison)
     L += _distributions_section(plots)
@@ -314,6 +316,26 @@ def _theory_section(m: dict[str, Any]) -> list[str]:
                 "pass --memory-bandwidth with a datasheet figure for a firmer bound.", ""]
 
 
+def _saturation_section(sat: list[dict[str, Any]], spec: dict[str, Any], plots: list[str]) -> list[str]:
+    L = ["## Saturation: open-loop request-rate sweep", "",
+         f"Poisson arrivals at each offered rate for {spec['duration_s']:g} s (seed {spec['seed']}), each request "
+         f"sent whether or not earlier ones had finished. Limits: p95 TTFT <= {spec['ttft_limit_s']:g} s and p95 time "
+         f"per output token <= {spec['tpot_limit_s'] * 1000:g} ms. Served and goodput are requests per second "
+         "from the first send to the last answer, goodput counting only those that met both limits; the knee is the highest rate within the limits (with every lower rate within them too).", ""]
+    for s in sat:
+        rows = [[f"{r['offered_rate']:g}", str(r["requests"]), str(r["failures"]), _n(r["throughput"], 2),
+                 _n(r["goodput"], 2), _n(r["output_tokens_per_s"], 1), _n(r["ttft_p50"]), _n(r["ttft_p95"]),
+                 _n(None if r["tpot_p95"] is None else r["tpot_p95"] * 1000, 1), _n(r["latency_p95"]),
+                 "yes" if r["within_limits"] else "**no**"] for r in s["rows"]]
+        knee = (f"**Knee: {s['knee_rate']:g} requests/s**" if s["knee_rate"] is not None
+                else "**Knee: none** (even the lowest rate broke a limit)")
+        L += [f"### {s['scenario']} / {s['case']} on {s['target']} (`{s['model']}`)", "",
+              _table(["offered req/s", "requests", "failures", "served req/s", "goodput req/s", "output tok/s",
+                      "p50 TTFT s", "p95 TTFT s", "p95 TPOT ms", "p95 latency s", "within limits"], rows), "",
+              f"{knee}; highest goodput {_n(s['max_goodput'], 2)} requests/s at {s['max_goodput_rate']:g} offered.", ""]
+    return L + _plot(plots, "saturation", "Latency and goodput against offered load")[1:] + [""]
+
+
 QUANTITY_NAMES = {"ttft": "TTFT", "latency": "latency", "tpot": "time per output token", "decode_tps": "decode tok/s"}
 VERDICT_MARKS = {"worse": "**worse**", "better": "better", "within noise": "within noise"}
 
@@ -370,7 +392,7 @@ def _comparison_section(comparison: dict[str, Any]) -> list[str]:
 
 
 def _distributions_section(plots: list[str]) -> list[str]:
-    other = [p for p in plots if not any(k in p for k in ("prompt_length", "temperature", "concurrency", "resource"))]
+    other = [p for p in plots if not any(k in p for k in ("prompt_length", "temperature", "concurrency", "resource", "saturation"))]
     if not other:
         return []
     return ["## Distributions", ""] + [f"![{os.path.splitext(p)[0]}]({p})" for p in other] + [""]
