@@ -100,6 +100,16 @@ def _rates(value: str) -> tuple[float, ...]:
     return tuple(sorted(set(rates)))
 
 
+def _contexts(value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected context sizes such as 512,1024,2048, got {value!r}") from None
+    if not sizes or any(s < 16 for s in sizes):
+        raise argparse.ArgumentTypeError("give at least one context size of 16 tokens or more")
+    return sizes
+
+
 def _bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ollama-perf-exporter bench",
@@ -117,6 +127,11 @@ def _bench_parser() -> argparse.ArgumentParser:
         "--rate-sweep", dest="rate_sweep", type=_rates, metavar="RATES",
         help="after the scenarios, an open-loop sweep of each scenario's first case at these request rates "
         "(per second, Poisson arrivals), e.g. 0.5,1,2,4",
+    )
+    p.add_argument(
+        "--context-ladder", dest="context_ladder", type=_contexts, metavar="SIZES",
+        help="after the scenarios, each scenario's first case at these num_ctx sizes (model reloaded per step, "
+        "prompt filling half), memory and prefill per step, e.g. 512,1024,2048,4096",
     )
     p.add_argument("--rate-duration", dest="rate_duration", type=_positive, default=30.0, metavar="SECONDS",
                    help="arrivals per rate for this long (default: 30)")
@@ -232,8 +247,13 @@ def run_bench(args: argparse.Namespace) -> int:
         from .report.ratesweep import RateSweep
 
         sweep = RateSweep(args.rate_sweep, args.rate_duration, args.ttft_limit, args.tpot_limit)
+    ladder = None
+    if args.context_ladder:
+        from .report.ladder import ContextLadder
+
+        ladder = ContextLadder(args.context_ladder)
     return bench(config, args.output, compare=args.compare, quiet=args.quiet, memory_bandwidth=bandwidth,
-                 fail_on_regression=args.fail_on_regression, rate_sweep=sweep)
+                 fail_on_regression=args.fail_on_regression, rate_sweep=sweep, context_ladder=ladder)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -20,6 +20,7 @@ from ..sinks import ResultsFileSink, Sink
 from . import sysinfo
 from .advice import advise, scenarios_record, suggested_scenarios
 from .compare import compare_runs, is_run_dir, regression_lines
+from .ladder import ContextLadder, ladder_fit, run_context_ladder
 from .ratesweep import RateSweep, run_rate_sweep, saturation
 from .stats import summarize
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 SAMPLE_INTERVAL_S = 0.5
 SUGGESTED_SCENARIOS = "suggested-scenarios.yaml"
 RATE_SWEEP_RESULTS = "rate_sweep.jsonl"
+LADDER_RESULTS = "context_ladder.jsonl"  # the requests
+LADDER_STEPS = "context_ladder.json"  # memory per step
 
 
 class ResourceSampler:
@@ -139,6 +142,10 @@ def build_report(out_dir: str, compare_dir: Optional[str] = None,
         summary["rate_sweep"] = spec
         plots += [os.path.basename(p) for p in
                   write_saturation_plot(out_dir, summary["saturation"], spec["ttft_limit_s"], spec["tpot_limit_s"])]
+    steps_path = os.path.join(out_dir, LADDER_STEPS)
+    if os.path.exists(steps_path):
+        with open(steps_path, encoding="utf-8") as f:
+            summary["context_ladder"] = ladder_fit(json.load(f), system)
     _write_json(os.path.join(out_dir, "summary.json"), summary)
     comparison = None
     if compare_dir:
@@ -154,7 +161,7 @@ def build_report(out_dir: str, compare_dir: Optional[str] = None,
 
 def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet: bool = False,
               memory_bandwidth: Optional[float] = None, fail_on_regression: Optional[float] = None,
-              rate_sweep: Optional[RateSweep] = None) -> int:
+              rate_sweep: Optional[RateSweep] = None, context_ladder: Optional[ContextLadder] = None) -> int:
     if compare and not is_run_dir(compare):
         print(f"--compare {compare}: no results.jsonl and system.json there (is it a bench output directory?)",
               file=sys.stderr)
@@ -198,6 +205,15 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
                       file=sys.stderr)
             run_rate_sweep(config, rate_sweep, [ResultsFileSink(sweep_writer)])
             sweep_writer.close()
+        for name in (LADDER_RESULTS, LADDER_STEPS):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
+        if context_ladder is not None:
+            system["context_ladder"] = context_ladder.to_dict()
+            ladder_writer = ResultsWriter(os.path.join(out_dir, LADDER_RESULTS))
+            steps = run_context_ladder(config, context_ladder, [ResultsFileSink(ladder_writer)])
+            ladder_writer.close()
+            _write_json(os.path.join(out_dir, LADDER_STEPS), steps)
     progress.finish()
     writer.close()
     system["running_models"] = running

@@ -87,6 +87,8 @@ def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], ou
         L += _theory_section(m)
     if summary.get("saturation"):
         L += _saturation_section(summary["saturation"], summary["rate_sweep"], plots)
+    if summary.get("context_ladder"):
+        L += _ladder_section(summary["context_ladder"])
     if comparison is not None:
         L += _comparison_section(comparison)
     L += _distributions_section(plots)
@@ -334,6 +336,33 @@ def _saturation_section(sat: list[dict[str, Any]], spec: dict[str, Any], plots: 
                       "p50 TTFT s", "p95 TTFT s", "p95 TPOT ms", "p95 latency s", "within limits"], rows), "",
               f"{knee}; highest goodput {_n(s['max_goodput'], 2)} requests/s at {s['max_goodput_rate']:g} offered.", ""]
     return L + _plot(plots, "saturation", "Latency and goodput against offered load")[1:] + [""]
+
+
+def _ladder_section(ladders: list[dict[str, Any]]) -> list[str]:
+    L = ["## What fits: context-length ladder", "",
+         "Per step the model is unloaded and loaded again with `num_ctx` at the step, and one request with a "
+         "prompt filling part of it is run. Memory against context is fitted with a straight line: its slope "
+         "is the KV cache per token.", ""]
+    for lad in ladders:
+        rows = [[str(s["num_ctx"]), str(s["server_context_length"] or "-"), _n(s["prompt_tokens"], 0),
+                 _n(s["prefill_tps"], 1), _n(s["ttft_s"]), _mib(s["loaded_size_bytes"]), _mib(s["rss_bytes"]),
+                 _mib(s["size_vram_bytes"]), "ok" if s["ok"] else str(s["reason"])] for s in lad["steps"]]
+        L += [f"### {lad['scenario']} / {lad['case']} on {lad['target']} (`{lad['model']}`)", "",
+              _table(["num_ctx", "server context", "prompt tokens", "prefill tok/s", "TTFT s", "loaded size (/api/ps)",
+                      "server RSS", "VRAM", "result"], rows), ""]
+        theory = lad["theory_bytes_per_token"]
+        fit_rows = []
+        for name, label in (("loaded_size", "loaded size (/api/ps)"), ("rss", "server RSS")):
+            fit = lad["fits"].get(name)
+            if fit:
+                fit_rows.append([label, f"{fit['bytes_per_token'] / 1024:.1f} KiB", f"{fit['r2']:.3f}",
+                                 _mib(fit["intercept_bytes"]),
+                                 f"{fit['ratio_to_theory']:.2f}x" if fit.get("ratio_to_theory") else "-"])
+        if theory:
+            fit_rows.append(["theory (f16 cache)", f"{theory / 1024:.1f} KiB", "-", "-", lad["theory_formula"]])
+        if fit_rows:
+            L += [_table(["memory", "per context token", "R²", "at zero context", "against theory"], fit_rows), ""]
+    return L
 
 
 QUANTITY_NAMES = {"ttft": "TTFT", "latency": "latency", "tpot": "time per output token", "decode_tps": "decode tok/s"}

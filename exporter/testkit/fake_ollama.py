@@ -49,6 +49,8 @@ class Behavior:
     # Generations served at once (like OLLAMA_NUM_PARALLEL); 0: no limit. The rest wait their turn.
     parallel: int = 0
     vram_share: float = 0.0  # of the loaded model's size in GPU memory, in /api/ps
+    # Loaded size in /api/ps grows by this per token of the context the model was loaded with.
+    kv_bytes_per_token: int = 0
 
 
 @dataclass
@@ -64,6 +66,7 @@ class FakeOllama:
     def __init__(self, behavior: Optional[Behavior] = None, host: str = "127.0.0.1", port: int = 0):
         self.behavior = behavior or Behavior()
         self.loaded: set[str] = set()
+        self.contexts: dict[str, int] = {}  # num_ctx each model was loaded with
         self.requests: list[RequestLog] = []
         self.require_auth: Optional[str] = None  # an exact Authorization header for POSTs
         self.lock = threading.Lock()
@@ -98,14 +101,15 @@ class FakeOllama:
                 elif self.path == "/api/ps":
                     with fake.lock:
                         loaded = sorted(fake.loaded)
-                    self._json(200, {"models": [
-                        {"name": m, "model": m, "size": 100_000_000,
-                         "size_vram": int(100_000_000 * b.vram_share), "digest": b.digest,
-                         "details": {"family": "llama", "parameter_size": "135M",
-                                     "quantization_level": b.quantization},
-                         "context_length": 4096}
-                        for m in loaded
-                    ]})
+                    models = []
+                    for m in loaded:
+                        ctx = fake.contexts.get(m, 4096)
+                        size = 100_000_000 + b.kv_bytes_per_token * ctx
+                        models.append({"name": m, "model": m, "size": size, "size_vram": int(size * b.vram_share),
+                                       "digest": b.digest, "context_length": ctx,
+                                       "details": {"family": "llama", "parameter_size": "135M",
+                                                   "quantization_level": b.quantization}})
+                    self._json(200, {"models": models})
                 elif self.path == "/api/tags":
                     self._json(200, {"models": [{"name": m} for m in b.models]})
                 elif self.path == "/":
@@ -195,8 +199,10 @@ class FakeOllama:
                     load = b.load_time if cold else 0.002
                     if cold:
                         time.sleep(load)
+                        ctx = (body.get("options") or {}).get("num_ctx")
                         with fake.lock:
                             fake.loaded.add(name)
+                            fake.contexts[name] = ctx if isinstance(ctx, int) and ctx > 0 else 4096
                     if b.mode == "stall":
                         fake.stop_event.wait(b.stall_seconds)
                         return
