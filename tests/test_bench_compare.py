@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from exporter.config import load_text
 from exporter.exit_codes import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE

@@ -102,50 +102,61 @@ def _write_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _load_json(path: str, default: Any) -> Any:
+    if not os.path.exists(path):
+        return default
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_advice(out_dir: str, summary: dict[str, Any], system: dict[str, Any]) -> None:
+    """What to change, per model, and the scenario file that measures the request-option suggestions."""
+    scenarios = _load_json(os.path.join(out_dir, "scenarios.json"), [])
+    for model, m in summary["models"].items():
+        m["advice"] = advise(model, m, system, scenarios)
+    suggestions = suggested_scenarios({model: m["advice"] for model, m in summary["models"].items()}, scenarios)
+    path = os.path.join(out_dir, SUGGESTED_SCENARIOS)
+    if suggestions:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(suggestions)
+    elif os.path.exists(path):
+        os.remove(path)
+    summary["suggested_scenarios"] = SUGGESTED_SCENARIOS if suggestions else None
+
+
+def _add_rate_sweep(out_dir: str, summary: dict[str, Any], system: dict[str, Any]) -> list[str]:
+    from .plots import write_saturation_plot
+
+    path = os.path.join(out_dir, RATE_SWEEP_RESULTS)
+    spec = system.get("rate_sweep")
+    if not spec or not os.path.exists(path):
+        return []
+    summary["saturation"] = saturation(list(read_results(path)), spec)
+    summary["rate_sweep"] = spec
+    return write_saturation_plot(out_dir, summary["saturation"], spec["ttft_limit_s"], spec["tpot_limit_s"])
+
+
 def build_report(out_dir: str, compare_dir: Optional[str] = None,
                  fail_on_regression: Optional[float] = None) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
     """(Re)build summary.json, comparison.json, plots, REPORT.md and report.html from the raw files in out_dir."""
     from .html import render_html
     from .markdown import render
-    from .plots import write_plots, write_saturation_plot
+    from .plots import write_plots
 
     records = list(read_results(os.path.join(out_dir, "results.jsonl")))
-    with open(os.path.join(out_dir, "system.json"), encoding="utf-8") as f:
-        system = json.load(f)
+    system = _load_json(os.path.join(out_dir, "system.json"), None)
     samples_path = os.path.join(out_dir, "resources.jsonl")
     samples = []
     if os.path.exists(samples_path):
         with open(samples_path, encoding="utf-8") as f:
             samples = [json.loads(line) for line in f if line.strip()]
     summary = summarize(records, samples, system, system.get("running_models", {}))
-    scenarios_path = os.path.join(out_dir, "scenarios.json")
-    scenarios = []
-    if os.path.exists(scenarios_path):
-        with open(scenarios_path, encoding="utf-8") as f:
-            scenarios = json.load(f)
-    for model, m in summary["models"].items():
-        m["advice"] = advise(model, m, system, scenarios)
-    suggestions = suggested_scenarios({model: m["advice"] for model, m in summary["models"].items()}, scenarios)
-    suggested_path = os.path.join(out_dir, SUGGESTED_SCENARIOS)
-    if suggestions:
-        with open(suggested_path, "w", encoding="utf-8") as f:
-            f.write(suggestions)
-    elif os.path.exists(suggested_path):
-        os.remove(suggested_path)
-    summary["suggested_scenarios"] = SUGGESTED_SCENARIOS if suggestions else None
-    _write_json(os.path.join(out_dir, "summary.json"), summary)
+    _write_advice(out_dir, summary, system)
     plots = [os.path.basename(p) for p in write_plots(out_dir, records, summary, samples)]
-    sweep_path = os.path.join(out_dir, RATE_SWEEP_RESULTS)
-    if system.get("rate_sweep") and os.path.exists(sweep_path):
-        spec = system["rate_sweep"]
-        summary["saturation"] = saturation(list(read_results(sweep_path)), spec)
-        summary["rate_sweep"] = spec
-        plots += [os.path.basename(p) for p in
-                  write_saturation_plot(out_dir, summary["saturation"], spec["ttft_limit_s"], spec["tpot_limit_s"])]
-    steps_path = os.path.join(out_dir, LADDER_STEPS)
-    if os.path.exists(steps_path):
-        with open(steps_path, encoding="utf-8") as f:
-            summary["context_ladder"] = ladder_fit(json.load(f), system)
+    plots += [os.path.basename(p) for p in _add_rate_sweep(out_dir, summary, system)]
+    steps = _load_json(os.path.join(out_dir, LADDER_STEPS), None)
+    if steps:
+        summary["context_ladder"] = ladder_fit(steps, system)
     _write_json(os.path.join(out_dir, "summary.json"), summary)
     comparison = None
     if compare_dir:
@@ -157,6 +168,35 @@ def build_report(out_dir: str, compare_dir: Optional[str] = None,
     with open(os.path.join(out_dir, "report.html"), "w", encoding="utf-8") as f:
         f.write(render_html(text, out_dir))
     return summary, comparison
+
+
+def _remove(out_dir: str, *names: str) -> None:
+    for name in names:
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def _run_extras(config: Config, out_dir: str, system: dict[str, Any], rate_sweep: Optional[RateSweep],
+                context_ladder: Optional[ContextLadder], quiet: bool) -> None:
+    """The open-loop rate sweep and the context ladder, each to its own records file."""
+    _remove(out_dir, RATE_SWEEP_RESULTS, LADDER_RESULTS, LADDER_STEPS)
+    if rate_sweep is not None:
+        system["rate_sweep"] = rate_sweep.to_dict()
+        if not quiet:
+            print(f"rate sweep: {len(rate_sweep.rates)} rates x {rate_sweep.duration_s:g} s per scenario and target",
+                  file=sys.stderr)
+        writer = ResultsWriter(os.path.join(out_dir, RATE_SWEEP_RESULTS))
+        run_rate_sweep(config, rate_sweep, [ResultsFileSink(writer)])
+        writer.close()
+    if context_ladder is not None:
+        system["context_ladder"] = context_ladder.to_dict()
+        if not quiet:
+            print(f"context ladder: num_ctx {', '.join(map(str, context_ladder.contexts))}", file=sys.stderr)
+        writer = ResultsWriter(os.path.join(out_dir, LADDER_RESULTS))
+        steps = run_context_ladder(config, context_ladder, [ResultsFileSink(writer)])
+        writer.close()
+        _write_json(os.path.join(out_dir, LADDER_STEPS), steps)
 
 
 def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet: bool = False,
@@ -194,26 +234,7 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
 
             # Loaded-model facts (size, VRAM, context) while the model is still resident.
             running[target.name] = sysinfo.running_model_facts(target) or running.get(target.name, [])
-        sweep_path = os.path.join(out_dir, RATE_SWEEP_RESULTS)
-        if os.path.exists(sweep_path):
-            os.remove(sweep_path)
-        if rate_sweep is not None:
-            system["rate_sweep"] = rate_sweep.to_dict()
-            sweep_writer = ResultsWriter(sweep_path)
-            if not quiet:
-                print(f"rate sweep: {len(rate_sweep.rates)} rates x {rate_sweep.duration_s:g} s per scenario and target",
-                      file=sys.stderr)
-            run_rate_sweep(config, rate_sweep, [ResultsFileSink(sweep_writer)])
-            sweep_writer.close()
-        for name in (LADDER_RESULTS, LADDER_STEPS):
-            if os.path.exists(os.path.join(out_dir, name)):
-                os.remove(os.path.join(out_dir, name))
-        if context_ladder is not None:
-            system["context_ladder"] = context_ladder.to_dict()
-            ladder_writer = ResultsWriter(os.path.join(out_dir, LADDER_RESULTS))
-            steps = run_context_ladder(config, context_ladder, [ResultsFileSink(ladder_writer)])
-            ladder_writer.close()
-            _write_json(os.path.join(out_dir, LADDER_STEPS), steps)
+        _run_extras(config, out_dir, system, rate_sweep, context_ladder, quiet)
     progress.finish()
     writer.close()
     system["running_models"] = running
