@@ -52,3 +52,19 @@ scenarios:
     assert "![Latency and goodput against offered load](saturation.png)" in report
     with open(os.path.join(out, "saturation.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_knee_is_the_highest_rate_within_limits_and_a_stall_below_it_is_listed():
+    from exporter.report.ratesweep import saturation
+    from exporter.results import ProbeResult
+
+    def rec(rate, ttft, i):
+        return ProbeResult(target="t", scenario="s", model="m", case=f"q@rate={rate:g}", ok=True, ttft_s=ttft,
+                           request_duration_s=ttft + 0.5, eval_count=10, started_at=i, ended_at=i + ttft + 0.5)
+
+    records = ([rec(0.5, 3.0 if i == 0 else 0.1, i) for i in range(5)]      # one stall at the lowest rate
+               + [rec(1, 0.1, i) for i in range(10)] + [rec(2, 0.2, i) for i in range(20)]
+               + [rec(4, 5.0, i) for i in range(40)])
+    [sat] = saturation(records, {"ttft_limit_s": 1.0, "tpot_limit_s": 0.1, "duration_s": 10})
+    assert [r["within_limits"] for r in sat["rows"]] == [False, True, True, False]
+    assert sat["knee_rate"] == 2 and sat["broken_below_knee"] == [0.5]

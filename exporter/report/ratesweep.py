@@ -4,8 +4,9 @@ Requests arrive as a Poisson process at each offered rate for a fixed duration, 
 own thread, whether or not earlier ones finished (open loop: a closed loop would slow its
 own arrivals down as the server slows, and hide the queue). Per rate: throughput, TTFT and
 time-per-output-token percentiles, and goodput, the requests per second that met both
-limits, over the span from the first request sent to the last answer. The knee is the highest rate whose p95 TTFT and p95 time per output token stayed
-within the limits with no failures, with every lower rate also within them.
+limits, over the span from the first request sent to the last answer. The knee is the
+highest rate whose p95 TTFT and p95 time per output token stayed within the limits with
+no failures; a lower rate that broke a limit anyway is listed beside it.
 """
 
 from __future__ import annotations
@@ -134,13 +135,13 @@ def saturation(records: list[ProbeResult], sweep: dict[str, Any]) -> list[dict[s
             row["within_limits"] = bool(ok) and row["failures"] == 0 and row["ttft_p95"] <= ttft_limit and (
                 row["tpot_p95"] is None or row["tpot_p95"] <= tpot_limit)
             rows.append(row)
-        knee = None
-        for row in rows:
-            if not row["within_limits"]:
-                break
-            knee = row["offered_rate"]
+        within = [r["offered_rate"] for r in rows if r["within_limits"]]
+        knee = max(within) if within else None
+        # A lower rate that broke a limit while a higher one held is noise (or a stall) worth seeing.
+        broken_below = [r["offered_rate"] for r in rows if knee is not None and r["offered_rate"] < knee
+                        and not r["within_limits"]]
         best = max(rows, key=lambda r: r["goodput"]) if rows else None
         out.append({"target": target, "model": model, "scenario": scenario, "case": case, "rows": rows,
-                    "knee_rate": knee, "max_goodput": best["goodput"] if best else None,
+                    "knee_rate": knee, "broken_below_knee": broken_below, "max_goodput": best["goodput"] if best else None,
                     "max_goodput_rate": best["offered_rate"] if best else None})
     return out
