@@ -240,6 +240,7 @@ def run_bench(config: Config, out_dir: str, compare: Optional[str] = None, quiet
     system["running_models"] = running
     system["bench_started_at"] = started
     system["bench_ended_at"] = time.time()
+    system["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     _write_json(os.path.join(out_dir, "system.json"), system)
     with open(os.path.join(out_dir, "resources.jsonl"), "w", encoding="utf-8") as f:
         for s in sampler.samples:

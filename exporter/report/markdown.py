@@ -95,6 +95,14 @@ def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], ou
     return "\n".join(L)
 
 
+def _load(system: dict[str, Any]) -> str:
+    loads = [la for la in (system.get("load_average"), system.get("load_average_end")) if la]
+    if not loads:
+        return "not recorded"
+    return (" -> ".join("/".join(f"{v:.1f}" for v in la) for la in loads)
+            + f" (start -> end; above {system.get('cpu_count')}, the cores' count, other work competed with the server)")
+
+
 def _header(summary: dict[str, Any], system: dict[str, Any]) -> list[str]:
     when = dt.datetime.fromtimestamp(system.get("collected_at", 0), dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     L: list[str] = [f"# Benchmark report ({when})", ""]
@@ -106,6 +114,7 @@ def _header(summary: dict[str, Any], system: dict[str, Any]) -> list[str]:
         ["RAM", _mib(system.get("total_ram_bytes"))],
         ["OS", str(system.get("os"))],
         ["Python", str(system.get("python"))],
+        ["Machine load (1/5/15 min)", _load(system)],
         ["Memory bandwidth", f"{(system.get('memory_bandwidth_bytes_per_s') or 0) / 1e9:.1f} GB/s ({system.get('memory_bandwidth_source')})"],
     ]
     for name, t in system.get("targets", {}).items():

@@ -57,6 +57,8 @@ def collect(config: Config, bandwidth: Optional[float] = None) -> dict[str, Any]
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
+        # Other work on the machine slows a CPU server: the 1/5/15-minute load when the bench began.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "total_ram_bytes": vm.total,
         "memory_bandwidth_bytes_per_s": bandwidth if bandwidth else measure_memory_bandwidth(),
         "memory_bandwidth_source": "configured" if bandwidth else "measured (single-thread array copy)",
