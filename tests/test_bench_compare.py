@@ -153,3 +153,12 @@ def test_fail_on_regression_needs_compare_and_a_bench_directory(tmp_path):
     res = subprocess.run([sys.executable, "-m", "exporter", "bench", "--output", str(tmp_path / "x"),
                           "--fail-on-regression", "ten"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == EXIT_USAGE and "percentage" in res.stderr
+
+
+def test_host_differences_and_facts_an_older_run_did_not_record():
+    from exporter.report.compare import system_differences
+
+    old = {"cpu_model": "A", "cpu_count": 2, "targets": {}}
+    new = {"cpu_model": "B", "cpu_count": 2, "hostname": "h2", "exporter_version": "0.2", "targets": {}}
+    diffs = system_differences(old, new, [], [])
+    assert diffs == [{"what": "CPU", "old": "A", "new": "B"}]

@@ -149,7 +149,9 @@ def system_differences(old_sys: dict[str, Any], new_sys: dict[str, Any],
             diffs.append({"what": what, "old": a, "new": b})
 
     for key, label in HOST_FACTS:
-        add(label, old_sys.get(key), new_sys.get(key))
+        # A fact one run did not record (an older bench) is unknown, not different.
+        if old_sys.get(key) is not None and new_sys.get(key) is not None:
+            add(label, old_sys.get(key), new_sys.get(key))
     old_t, new_t = old_sys.get("targets", {}), new_sys.get("targets", {})
     for target in sorted(set(old_t) | set(new_t)):
         a, b = old_t.get(target, {}), new_t.get(target, {})
