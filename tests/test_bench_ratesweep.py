@@ -16,6 +16,9 @@ def test_poisson_arrivals_are_seeded_and_have_the_rate():
     a = poisson_arrivals(50, 100, np.random.default_rng(3))
     assert a == poisson_arrivals(50, 100, np.random.default_rng(3))
     assert 4700 < len(a) < 5300 and all(0 < x < 100 for x in a) and a == sorted(a)
+    # The same seed at a higher rate: the same pattern compressed, never fewer arrivals.
+    counts = [len(poisson_arrivals(r, 15, np.random.default_rng(0))) for r in (0.5, 1, 1.5, 2, 3)]
+    assert counts == sorted(counts) and len(set(counts)) == 5
     gaps = np.diff(a)
     assert abs(gaps.mean() - 0.02) < 0.002 and abs(gaps.std() / gaps.mean() - 1) < 0.1  # exponential: CV 1
 
@@ -38,7 +41,7 @@ scenarios:
     assert {r.case for r in records} == {"q@rate=4", "q@rate=10", "q@rate=60"}
     # Open loop: at 60/s the arrivals did not wait for the server, so they piled up in its queue.
     by_rate = {rate: [r for r in records if r.case == f"q@rate={rate}"] for rate in (4, 10, 60)}
-    assert len(by_rate[60]) == len(poisson_arrivals(60, 1.5, np.random.default_rng(2)))
+    assert len(by_rate[60]) == len(poisson_arrivals(60, 1.5, np.random.default_rng(0)))
     summary = json.load(open(os.path.join(out, "summary.json")))
     [sat] = summary["saturation"]
     rows = {r["offered_rate"]: r for r in sat["rows"]}

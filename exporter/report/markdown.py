@@ -332,7 +332,7 @@ def _saturation_section(sat: list[dict[str, Any]], spec: dict[str, Any], plots: 
          f"Poisson arrivals at each offered rate for {spec['duration_s']:g} s (seed {spec['seed']}), each request "
          f"sent whether or not earlier ones had finished. Limits: p95 TTFT <= {spec['ttft_limit_s']:g} s and p95 time "
          f"per output token <= {spec['tpot_limit_s'] * 1000:g} ms. Served and goodput are requests per second "
-         "from the first send to the last answer, goodput counting only those that met both limits; the knee is the highest rate within the limits.", ""]
+         "from the first send to the last answer (at least the arrival window), goodput counting only those that met both limits; the knee is the highest rate within the limits.", ""]
     for s in sat:
         rows = [[f"{r['offered_rate']:g}", str(r["requests"]), str(r["failures"]), _n(r["throughput"], 2),
                  _n(r["goodput"], 2), _n(r["output_tokens_per_s"], 1), _n(r["ttft_p50"]), _n(r["ttft_p95"]),
