@@ -37,6 +37,7 @@ system-deps:
 	command -v g++ >/dev/null || missing="$$missing build-essential"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
@@ -61,9 +62,9 @@ test: install system-deps
 	PROMETHEUS_OPERATOR_CRDS="$$(echo "$$helm_out" | sed -n 2p)" && export HELM_BIN PROMETHEUS_OPERATOR_CRDS && \
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
-# Unit and fake-server tests only: no Ollama build, no Prometheus, no Helm, no Docker engine.
+# Unit and fake-server tests only: no Ollama build, no Prometheus, no Helm, no Docker engine, no browser.
 test-fast: install
-	$(PY) -m pytest -ra -m "not ollama and not prometheus and not helm and not stack" $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -m "not ollama and not prometheus and not helm and not stack and not browser" $(PYTEST_ARGS)
 
 # docker-compose.yml in a private Docker engine (needs root): stand-in images, the stack up,
 # Ollama restarted and killed, an alert, down and up (about 5 minutes once images are cached;

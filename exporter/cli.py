@@ -96,6 +96,43 @@ def _size(value: str) -> int:
     return size
 
 
+def _percent(value: str) -> float:
+    try:
+        pct = float(value.strip().rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage such as 10 or 10%, got {value!r}") from None
+    if not 0 <= pct < 1000:
+        raise argparse.ArgumentTypeError("must be between 0 and 1000 percent")
+    return pct
+
+
+def _positive(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return v
+
+
+def _rates(value: str) -> tuple[float, ...]:
+    rates = tuple(_positive(v) for v in value.split(",") if v.strip())
+    if not rates:
+        raise argparse.ArgumentTypeError("give at least one rate, e.g. 0.5,1,2")
+    return tuple(sorted(set(rates)))
+
+
+def _contexts(value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected context sizes such as 512,1024,2048, got {value!r}") from None
+    if not sizes or any(s < 16 for s in sizes):
+        raise argparse.ArgumentTypeError("give at least one context size of 16 tokens or more")
+    return sizes
+
+
 def _bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ollama-perf-exporter bench",
@@ -104,7 +141,27 @@ def _bench_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--output", required=True, metavar="DIR", help="report directory (created)")
     p.add_argument("--compare", metavar="OLD_DIR", help="an earlier report directory to compare against")
+    p.add_argument(
+        "--fail-on-regression", dest="fail_on_regression", type=_percent, metavar="PCT",
+        help="with --compare: exit 4 when a case got worse by more than PCT percent (median, 95%% confidence)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--rate-sweep", dest="rate_sweep", type=_rates, metavar="RATES",
+        help="after the scenarios, an open-loop sweep of each scenario's first case at these request rates "
+        "(per second, Poisson arrivals), e.g. 0.5,1,2,4",
+    )
+    p.add_argument(
+        "--context-ladder", dest="context_ladder", type=_contexts, metavar="SIZES",
+        help="after the scenarios, each scenario's first case at these num_ctx sizes (model reloaded per step, "
+        "prompt filling half), memory and prefill per step, e.g. 512,1024,2048,4096",
+    )
+    p.add_argument("--rate-duration", dest="rate_duration", type=_positive, default=30.0, metavar="SECONDS",
+                   help="arrivals per rate for this long (default: 30)")
+    p.add_argument("--ttft-limit", dest="ttft_limit", type=_positive, default=2.0, metavar="SECONDS",
+                   help="rate sweep: p95 TTFT limit for goodput and the knee (default: 2)")
+    p.add_argument("--tpot-limit", dest="tpot_limit", type=_positive, default=0.2, metavar="SECONDS",
+                   help="rate sweep: p95 time-per-output-token limit (default: 0.2)")
     p.add_argument(
         "--memory-bandwidth", dest="memory_bandwidth", type=float, metavar="GB_PER_S",
         help="memory bandwidth for the decode-speed bound (default: measured with a single-thread copy)",
@@ -120,6 +177,8 @@ def _setup_logging(level: str) -> None:
     )
     # APScheduler logs every job start and end at INFO: noise at one line per probe run.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # httpx (under the ollama package) logs every control call at INFO: one line per /api/ps.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _load_or_report(path: Optional[str]):
@@ -221,7 +280,18 @@ def run_bench(args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             return EXIT_CONFIG
     bandwidth = args.memory_bandwidth * 1e9 if args.memory_bandwidth else None
-    return bench(config, args.output, compare=args.compare, quiet=args.quiet, memory_bandwidth=bandwidth)
+    sweep = None
+    if args.rate_sweep:
+        from .report.ratesweep import RateSweep
+
+        sweep = RateSweep(args.rate_sweep, args.rate_duration, args.ttft_limit, args.tpot_limit)
+    ladder = None
+    if args.context_ladder:
+        from .report.ladder import ContextLadder
+
+        ladder = ContextLadder(args.context_ladder)
+    return bench(config, args.output, compare=args.compare, quiet=args.quiet, memory_bandwidth=bandwidth,
+                 fail_on_regression=args.fail_on_regression, rate_sweep=sweep, context_ladder=ladder)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -50,6 +50,9 @@ def run_probe(
     gaps = result.inter_token_gaps_s
     chunks = 0
     chars = 0
+    first_thinking: Optional[float] = None
+    first_answer: Optional[float] = None
+    thinking_chunks = 0
     final: Optional[FinalStats] = None
     final_received = 0.0
     try:
@@ -73,6 +76,12 @@ def run_probe(
                 last = chunk.received
                 chunks += 1
                 chars += chunk.text_len
+                if chunk.thinking_len:
+                    thinking_chunks += 1
+                    if first_thinking is None:
+                        first_thinking = chunk.received
+                if chunk.answer_len and first_answer is None:
+                    first_answer = chunk.received
             if chunk.final is not None:
                 final = chunk.final
                 final_received = chunk.received
@@ -108,6 +117,12 @@ def run_probe(
         result.request_duration_s = end - t0
     result.output_chunks = chunks
     result.response_chars = chars
+    result.thinking_tokens = thinking_chunks
+    t0 = sent[0] if sent else t_start
+    if first_thinking is not None:
+        result.first_thinking_s = first_thinking - t0
+    if first_answer is not None:
+        result.first_answer_s = first_answer - t0
     result.started_at = wall_start + (t0 - t_start)
     result.ended_at = result.started_at + (end - t0)
     if sent:

@@ -63,6 +63,12 @@ class ProbeResult:
     inter_token_gaps_s: list[float] = field(default_factory=list)
     output_chunks: int = 0
     response_chars: int = 0
+    # Thinking models stream their reasoning (`thinking`) before the answer: when each began
+    # (client clock, from the request's send like ttft_s) and how many chunks of reasoning
+    # (one token each). None / 0 for a model that does not think.
+    first_thinking_s: Optional[float] = None
+    first_answer_s: Optional[float] = None
+    thinking_tokens: int = 0
     # server timings (seconds) and counts; any may be missing (Ollama omits zero values)
     load_duration_s: Optional[float] = None
     prompt_eval_count: Optional[int] = None

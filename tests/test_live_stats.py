@@ -265,7 +265,7 @@ def test_rebuild_from_the_results_file_gives_the_gauges_of_the_live_path(tmp_pat
 
 def test_rebuild_reads_the_rotated_file_when_the_span_needs_it(tmp_path):
     # Hourly runs rotate out of PATH into PATH.1, PATH.2, ... long before three days have passed.
-    registry, rebuilt, stats = _run_both(tmp_path, runs=100, interval=3600, writer_kw={"max_bytes": 60_000})
+    registry, rebuilt, stats = _run_both(tmp_path, runs=100, interval=3600, writer_kw={"max_bytes": 60_000, "keep": 9})
     assert (tmp_path / "results.jsonl.3").exists()
     assert samples(rebuilt) == samples(registry)
 

@@ -74,8 +74,14 @@ class StreamChunk:
     """One streamed line: when it arrived, how much text it carried, the final stats if done."""
 
     received: float  # on the time.monotonic() clock; the kernel receive time where available
-    text_len: int
+    text_len: int  # answer and thinking text together: any generated token counts for TTFT
     final: Optional[FinalStats]
+    thinking_len: int = 0  # of which `thinking` (a thinking model's reasoning)
+
+    @property
+    def answer_len(self) -> int:
+        """Text of the answer itself (`response` or `message.content`)."""
+        return self.text_len - self.thinking_len
 
 
 def chunk_from_line(line: bytes, received: float, chat: bool) -> Optional[StreamChunk]:
@@ -98,8 +104,9 @@ def chunk_from_line(line: bytes, received: float, chat: bool) -> Optional[Stream
         text, thinking = msg.get("content"), msg.get("thinking")
     else:
         text, thinking = obj.get("response"), obj.get("thinking")
-    text_len = (len(text) if isinstance(text, str) else 0) + (len(thinking) if isinstance(thinking, str) else 0)
-    return StreamChunk(received, text_len, FinalStats.from_line(obj) if obj.get("done") is True else None)
+    thinking_len = len(thinking) if isinstance(thinking, str) else 0
+    text_len = (len(text) if isinstance(text, str) else 0) + thinking_len
+    return StreamChunk(received, text_len, FinalStats.from_line(obj) if obj.get("done") is True else None, thinking_len)
 
 
 def chunks_from_lines(lines: Iterable[bytes], received: float, chat: bool) -> Iterator[StreamChunk]:
@@ -154,6 +161,7 @@ class RunningModel:
     size_vram: Optional[int] = None  # of which in GPU memory
     expires_at: Optional[float] = None  # Unix seconds; when the server will unload it
     context_length: Optional[int] = None
+    digest: Optional[str] = None  # of the model's manifest: tells two pulls of one tag apart
 
     @classmethod
     def from_ps(cls, m: Any) -> Optional["RunningModel"]:
@@ -162,7 +170,8 @@ class RunningModel:
         if not name:
             return None
         return cls(normalize_model_name(str(name)), _number(m.size), _number(m.size_vram),
-                   _unix_seconds(m.expires_at), _number(m.context_length))
+                   _unix_seconds(m.expires_at), _number(m.context_length),
+                   m.digest if isinstance(m.digest, str) and m.digest else None)
 
     @property
     def vram_ratio(self) -> Optional[float]:

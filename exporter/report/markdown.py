@@ -71,22 +71,36 @@ def _summary_table(m: dict[str, Any]) -> str:
 
 
 def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], out_dir: str,
-           comparison: Optional[list[dict[str, Any]]] = None, compare_dir: Optional[str] = None) -> str:
+           comparison: Optional[dict[str, Any]] = None) -> str:
     L = _header(summary, system)
     for model, m in summary["models"].items():
         L += [f"## Model `{model}`", ""]
         L += _summary_section(m)
+        L += _tokens_section(m)
         L += _prompt_length_section(m, plots)
         L += _temperature_section(m, plots)
         L += _concurrency_section(m, plots)
         L += _resources_section(m, plots)
         L += _phases_section(m)
         L += _bottleneck_section(m)
+        L += _advice_section(m, summary.get("suggested_scenarios"))
         L += _theory_section(m)
+    if summary.get("saturation"):
+        L += _saturation_section(summary["saturation"], summary["rate_sweep"], plots)
+    if summary.get("context_ladder"):
+        L += _ladder_section(summary["context_ladder"])
     if comparison is not None:
-        L += _comparison_section(comparison, compare_dir)
+        L += _comparison_section(comparison)
     L += _distributions_section(plots)
     return "\n".join(L)
+
+
+def _load(system: dict[str, Any]) -> str:
+    loads = [la for la in (system.get("load_average"), system.get("load_average_end")) if la]
+    if not loads:
+        return "not recorded"
+    return (" -> ".join("/".join(f"{v:.1f}" for v in la) for la in loads)
+            + f" (start -> end; above {system.get('cpu_count')}, the cores' count, other work competed with the server)")
 
 
 def _header(summary: dict[str, Any], system: dict[str, Any]) -> list[str]:
@@ -100,6 +114,7 @@ def _header(summary: dict[str, Any], system: dict[str, Any]) -> list[str]:
         ["RAM", _mib(system.get("total_ram_bytes"))],
         ["OS", str(system.get("os"))],
         ["Python", str(system.get("python"))],
+        ["Machine load (1/5/15 min)", _load(system)],
         ["Memory bandwidth", f"{(system.get('memory_bandwidth_bytes_per_s') or 0) / 1e9:.1f} GB/s ({system.get('memory_bandwidth_source')})"],
     ]
     for name, t in system.get("targets", {}).items():
@@ -120,6 +135,38 @@ def _summary_section(m: dict[str, Any]) -> list[str]:
          "CV is the coefficient of variation (stdev / mean) of latency over the repeats: "
          "below 0.05 the numbers are tight, above 0.2 read means with care.", ""]
     return L + ["### Per case", ""] + _case_tables(m)
+
+
+def _tokens_section(m: dict[str, Any]) -> list[str]:
+    L = ["### Output tokens: requested vs produced", ""]
+    rows, early = [], []
+    for row in m["cases"]:
+        produced = row["produced_tokens"]
+        req = row["requested_tokens"]
+        ok = row["requests"] - row["failures"]
+        if row["stopped_early"]:
+            early.append(f"{row['scenario']}/{row['case']}")
+        th = row["thinking_tokens"]
+        rows.append([
+            row["scenario"], row["case"], str(row["concurrency"]),
+            "-" if req is None else ", ".join(map(str, req)) if isinstance(req, list) else str(req),
+            _n(produced.get("median"), 0), f"{_n(produced.get('min'), 0)} .. {_n(produced.get('max'), 0)}",
+            f"{row['stopped_early']} / {ok}" + (" **early**" if row["stopped_early"] else ""),
+            ", ".join(f"{k} {v}" for k, v in row["done_reasons"].items()),
+            _n(th.get("median"), 0) if row["thinking_requests"] else "-",
+            _n(row["first_thinking_s"].get("median")) if row["thinking_requests"] else "-",
+            _n(row["first_answer_s"].get("median")),
+        ])
+    L += [_table(["scenario", "case", "conc", "requested (num_predict)", "produced median", "produced range",
+                  "stopped early", "done reasons", "thinking tokens median", "first thinking token s",
+                  "first answer token s"], rows), ""]
+    L.append("Ollama has no \"ignore end of sequence\": a model may end its answer (done reason `stop`) before "
+             "`num_predict`. Such an answer is shorter than requested, so its decode speed and latency are not "
+             "comparable with a full-length one" + (f"; cases with early stops: {', '.join(early)}." if early else
+                                                     "; no answer here stopped early."))
+    L += ["", "For models that think, the first thinking token and the first answer token are timed apart "
+          "(from the request's send, like TTFT, which is the first token of either kind).", ""]
+    return L
 
 
 def _plot(plots: list[str], stem: str, title: str) -> list[str]:
@@ -236,6 +283,23 @@ def _bottleneck_section(m: dict[str, Any]) -> list[str]:
     return ["### Bottleneck", "", f"**{b['verdict']}**", "", "Evidence:", ""] + [f"- {e}" for e in b["evidence"]] + [""]
 
 
+def _advice_section(m: dict[str, Any], suggested_file: Optional[str]) -> list[str]:
+    L = ["### What to change", ""]
+    advice = m.get("advice") or []
+    if not advice:
+        return L + ["Nothing in this run points at a setting: no queueing, cold starts, memory pressure, "
+                    "oversized context, prefill-heavy cases or saturated CPU were seen.", ""]
+    where = {"server": "server (environment of `ollama serve`)", "request": "request option", "scenario": "scenario file"}
+    rows = [[where[a["kind"]],
+             f"`{a['setting']}`", f"`{a['current']}`", f"`{a['suggested']}`", a["reason"], "; ".join(a["evidence"])]
+            for a in advice]
+    L += [_table(["where", "setting", "now", "try", "why", "evidence"], rows), ""]
+    if suggested_file and any(a.get("sweep") for a in advice):
+        L += [f"`{suggested_file}` runs each suggested request option against the current value on the case "
+              f"it was found on: `ollama-perf-exporter bench --config.file {suggested_file} --output NEW_DIR`.", ""]
+    return L
+
+
 def _theory_section(m: dict[str, Any]) -> list[str]:
     th = m.get("theory") or {}
     L = ["### Comparison to theory", ""]
@@ -263,27 +327,113 @@ def _theory_section(m: dict[str, Any]) -> list[str]:
                 "pass --memory-bandwidth with a datasheet figure for a firmer bound.", ""]
 
 
-def _comparison_section(comparison: list[dict[str, Any]], compare_dir: Optional[str]) -> list[str]:
-    L = [f"## Comparison with `{compare_dir}`", ""]
-    if not comparison:
-        return L + ["No scenario/case/concurrency combination appears in both runs.", ""]
+def _saturation_section(sat: list[dict[str, Any]], spec: dict[str, Any], plots: list[str]) -> list[str]:
+    L = ["## Saturation: open-loop request-rate sweep", "",
+         f"Poisson arrivals at each offered rate for {spec['duration_s']:g} s (seed {spec['seed']}), each request "
+         f"sent whether or not earlier ones had finished. Limits: p95 TTFT <= {spec['ttft_limit_s']:g} s and p95 time "
+         f"per output token <= {spec['tpot_limit_s'] * 1000:g} ms. Served and goodput are requests per second "
+         "from the first send to the last answer (at least the arrival window), goodput counting only those that met both limits; the knee is the highest rate within the limits.", ""]
+    for s in sat:
+        rows = [[f"{r['offered_rate']:g}", str(r["requests"]), str(r["failures"]), _n(r["throughput"], 2),
+                 _n(r["goodput"], 2), _n(r["output_tokens_per_s"], 1), _n(r["ttft_p50"]), _n(r["ttft_p95"]),
+                 _n(None if r["tpot_p95"] is None else r["tpot_p95"] * 1000, 1), _n(r["latency_p95"]),
+                 "yes" if r["within_limits"] else "**no**"] for r in s["rows"]]
+        knee = (f"**Knee: {s['knee_rate']:g} requests/s**" if s["knee_rate"] is not None
+                else "**Knee: none** (every rate broke a limit)")
+        if s.get("broken_below_knee"):
+            knee += (f" (lower rates that broke a limit anyway: {', '.join(f'{r:g}' for r in s['broken_below_knee'])}; "
+                     "with few requests per rate, p95 is close to the slowest one, so one stall is enough)")
+        L += [f"### {s['scenario']} / {s['case']} on {s['target']} (`{s['model']}`)", "",
+              _table(["offered req/s", "requests", "failures", "served req/s", "goodput req/s", "output tok/s",
+                      "p50 TTFT s", "p95 TTFT s", "p95 TPOT ms", "p95 latency s", "within limits"], rows), "",
+              f"{knee}; highest goodput {_n(s['max_goodput'], 2)} requests/s at {s['max_goodput_rate']:g} offered.", ""]
+    return L + _plot(plots, "saturation", "Latency and goodput against offered load")[1:] + [""]
 
-    def cell(c: dict[str, Any], metric: str, digits: int = 3) -> str:
-        d = c[metric]
-        mark = " **\\***" if d["beyond_noise"] else ""
-        return f"{_n(d['old'], digits)} -> {_n(d['new'], digits)} ({_pct(d['change_pct'])}){mark}"
 
+def _ladder_section(ladders: list[dict[str, Any]]) -> list[str]:
+    L = ["## What fits: context-length ladder", "",
+         "Per step the model is unloaded and loaded again with `num_ctx` at the step, and one request with a "
+         "prompt filling part of it is run. Memory against context is fitted with a straight line: its slope "
+         "is the KV cache per token.", ""]
+    for lad in ladders:
+        rows = [[str(s["num_ctx"]), str(s["server_context_length"] or "-"), _n(s["prompt_tokens"], 0),
+                 _n(s["prefill_tps"], 1), _n(s["ttft_s"]), _mib(s["loaded_size_bytes"]), _mib(s["rss_bytes"]),
+                 _mib(s["size_vram_bytes"]), "ok" if s["ok"] else str(s["reason"])] for s in lad["steps"]]
+        L += [f"### {lad['scenario']} / {lad['case']} on {lad['target']} (`{lad['model']}`)", "",
+              _table(["num_ctx", "server context", "prompt tokens", "prefill tok/s", "TTFT s", "loaded size (/api/ps)",
+                      "server RSS", "VRAM", "result"], rows), ""]
+        theory = lad["theory_bytes_per_token"]
+        fit_rows = []
+        for name, label in (("loaded_size", "loaded size (/api/ps)"), ("rss", "server RSS")):
+            fit = lad["fits"].get(name)
+            if fit:
+                fit_rows.append([label, f"{fit['bytes_per_token'] / 1024:.1f} KiB", f"{fit['r2']:.3f}",
+                                 _mib(fit["intercept_bytes"]),
+                                 f"{fit['ratio_to_theory']:.2f}x" if fit.get("ratio_to_theory") else "-"])
+        if theory:
+            fit_rows.append(["theory (f16 cache)", f"{theory / 1024:.1f} KiB", "-", "-", lad["theory_formula"]])
+        if fit_rows:
+            L += [_table(["memory", "per context token", "R²", "at zero context", "against theory"], fit_rows), ""]
+    return L
+
+
+QUANTITY_NAMES = {"ttft": "TTFT", "latency": "latency", "tpot": "time per output token", "decode_tps": "decode tok/s"}
+VERDICT_MARKS = {"worse": "**worse**", "better": "better", "within noise": "within noise"}
+
+
+def _value(v: Optional[float], unit: str) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1f}" if unit == "tok/s" else f"{v * 1000:.1f} ms" if v < 1 else f"{v:.3f} s"
+
+
+def _comparison_section(comparison: dict[str, Any]) -> list[str]:
+    L = [f"## Comparison with `{comparison['old_dir']}`", ""]
+    diffs = comparison["differences"]
+    L += ["### What differs between the runs", ""]
+    if diffs:
+        L += [_table(["what", "old run", "this run"], [[d["what"], f"`{d['old']}`", f"`{d['new']}`"] for d in diffs]), ""]
+    else:
+        L += ["Nothing recorded differs: same host, Ollama version, model digests, quantization and options.", ""]
+    L += ["### Changes per case", ""]
+    if not comparison["cases"]:
+        return L + ["No model/scenario/case/concurrency combination appears in both runs.", ""]
     rows = []
-    for c in comparison:
-        model = c["new_model"] if c["old_model"] == c["new_model"] else f"{c['old_model']} -> {c['new_model']}"
-        rows.append([model, c["scenario"], c["case"], str(c["concurrency"]),
-                     cell(c, "latency"), cell(c, "ttft"), cell(c, "decode_tps", 1)])
-    return L + [_table(["model", "scenario", "case", "conc", "mean latency s", "mean TTFT s", "decode tok/s"], rows), "",
-                f"**\\*** marks a difference larger than the noise ({NOISE_SIGMAS:g} standard errors of the difference).", ""]
+    for c in comparison["cases"]:
+        for q in c["quantities"]:
+            judged = "change_pct" in q
+            rows.append([
+                c["model"], c["scenario"], c["case"], str(c["concurrency"]), QUANTITY_NAMES[q["quantity"]],
+                f"{q['n_old']} / {q['n_new']}", _value(q["old_median"], q["unit"]), _value(q["new_median"], q["unit"]),
+                _pct(q["change_pct"]) if judged else "-",
+                f"{q['ci_low_pct']:+.1f}% .. {q['ci_high_pct']:+.1f}%" if judged else "-",
+                f"{q['p_new_greater']:.2f}" if judged else "-",
+                ("**REGRESSION** " if q["regressed"] else "") + VERDICT_MARKS.get(q["verdict"], q["verdict"]),
+            ])
+    L += [_table(["model", "scenario", "case", "conc", "quantity", "n old / new", "old median", "new median",
+                  "change", f"{comparison['confidence']:.0%} CI", "P(new > old)", "verdict"], rows), ""]
+    L += [f"Each change is the relative change of the median over the successful warm requests of both runs. "
+          f"Its interval is a percentile bootstrap ({comparison['resamples']} resamples, seeded per case, so a "
+          f"rebuilt report shows the same numbers). A change is beyond noise (worse or better) when the interval "
+          f"excludes zero. P(new > old) is the Mann-Whitney probability of superiority: 0.5 means no shift, "
+          f"1.0 means every new value is above every old one (for decode tok/s, higher is better).", ""]
+    pct = comparison.get("fail_on_regression_pct")
+    if pct is not None:
+        regs = comparison["regressions"]
+        if regs:
+            L += [f"**Regression gate failed**: {len(regs)} quantit{'y' if len(regs) == 1 else 'ies'} got worse by "
+                  f"more than {pct:g}% with {comparison['confidence']:.0%} confidence (exit code 4):", ""]
+            L += [f"- {r['scenario']}/{r['case']} (concurrency {r['concurrency']}): {QUANTITY_NAMES[r['quantity']]} "
+                  f"{r['worse_pct']:+.1f}% worse, interval {r['worse_ci_low_pct']:+.1f}% .. "
+                  f"{r['worse_ci_high_pct']:+.1f}%" for r in regs] + [""]
+        else:
+            L += [f"Regression gate passed: nothing got worse by more than {pct:g}% with "
+                  f"{comparison['confidence']:.0%} confidence.", ""]
+    return L
 
 
 def _distributions_section(plots: list[str]) -> list[str]:
-    other = [p for p in plots if not any(k in p for k in ("prompt_length", "temperature", "concurrency", "resource"))]
+    other = [p for p in plots if not any(k in p for k in ("prompt_length", "temperature", "concurrency", "resource", "saturation"))]
     if not other:
         return []
     return ["## Distributions", ""] + [f"![{os.path.splitext(p)[0]}]({p})" for p in other] + [""]

@@ -125,3 +125,36 @@ def write_plots(out_dir: str, records: list[ProbeResult], summary: dict[str, Any
         fig.legend(loc="upper left", bbox_to_anchor=(0.1, 0.88), fontsize=8)
         written.append(_save(fig, os.path.join(out_dir, "resource_usage.png")))
     return written
+
+
+def write_saturation_plot(out_dir: str, saturation: list[dict[str, Any]], ttft_limit: float, tpot_limit: float) -> list[str]:
+    """Latency against offered load per swept case, limits dashed, the knee marked."""
+    if not saturation:
+        return []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for sweep in saturation:
+        label = f"{sweep['scenario']}/{sweep['case']}" + (f" ({sweep['target']})" if len(saturation) > 1 else "")
+        x = [r["offered_rate"] for r in sweep["rows"]]
+        line, = axes[0].plot(x, [r["ttft_p95"] for r in sweep["rows"]], "o-", label=f"{label} p95 TTFT")
+        axes[0].plot(x, [r["ttft_p50"] for r in sweep["rows"]], "o:", color=line.get_color(), label=f"{label} p50 TTFT")
+        axes[1].plot(x, [r["goodput"] for r in sweep["rows"]], "s-", color=line.get_color(), label=f"{label} goodput")
+        axes[1].plot(x, [r["throughput"] for r in sweep["rows"]], "^:", color=line.get_color(), label=f"{label} throughput")
+        if sweep["knee_rate"] is not None:
+            for ax in axes:
+                ax.axvline(sweep["knee_rate"], color=line.get_color(), alpha=0.5, linestyle="--")
+            axes[0].annotate(f"knee {sweep['knee_rate']:g}/s", (sweep["knee_rate"], ttft_limit),
+                             textcoords="offset points", xytext=(4, 6), fontsize=8, color=line.get_color())
+    axes[0].axhline(ttft_limit, color="red", linestyle="--", linewidth=1, label=f"TTFT limit {ttft_limit:g} s")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("offered load (requests/s, Poisson)")
+    axes[0].set_ylabel("time to first token (s)")
+    axes[0].set_title("Latency against offered load")
+    top = max(r["offered_rate"] for s in saturation for r in s["rows"])
+    axes[1].plot([0, top], [0, top], color="grey", linewidth=0.8, label="offered = served")
+    axes[1].set_xlabel("offered load (requests/s, Poisson)")
+    axes[1].set_ylabel("requests/s")
+    axes[1].set_title(f"Goodput (TTFT <= {ttft_limit:g} s, TPOT <= {tpot_limit * 1000:g} ms)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return [_save(fig, os.path.join(out_dir, "saturation.png"))]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Iterable, Optional
 
 import numpy as np
@@ -89,8 +89,38 @@ def case_table(records: list[ProbeResult]) -> list[dict[str, Any]]:
             "tpot": describe(r.time_per_output_token_s for r in ok),
             "prompt_tokens": describe(r.prompt_eval_count for r in ok),
             "output_tokens_total": sum((r.eval_count or r.output_chunks) for r in ok),
+            **token_counts(ok),
         })
     return rows
+
+
+def requested_tokens(r: ProbeResult) -> Optional[int]:
+    """num_predict as sent; None when unset or unlimited (-1, -2)."""
+    n = r.options.get("num_predict")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def stopped_early(r: ProbeResult) -> bool:
+    """The model ended its answer before num_predict: its decode speed is over a shorter answer."""
+    requested = requested_tokens(r)
+    produced = r.eval_count if r.eval_count is not None else r.output_chunks
+    return r.ok and requested is not None and r.done_reason == "stop" and produced < requested
+
+
+def token_counts(ok: list[ProbeResult]) -> dict[str, Any]:
+    """Requested versus produced output tokens, answers that stopped early, and thinking."""
+    requested = sorted({n for n in map(requested_tokens, ok) if n is not None})
+    thinking = [r for r in ok if r.thinking_tokens]
+    return {
+        "requested_tokens": requested[0] if len(requested) == 1 else (requested or None),
+        "produced_tokens": describe(r.eval_count if r.eval_count is not None else r.output_chunks for r in ok),
+        "stopped_early": sum(1 for r in ok if stopped_early(r)),
+        "done_reasons": dict(sorted(Counter(r.done_reason or "none" for r in ok).items())),
+        "thinking_requests": len(thinking),
+        "thinking_tokens": describe(r.thinking_tokens for r in thinking),
+        "first_thinking_s": describe(r.first_thinking_s for r in thinking),
+        "first_answer_s": describe(r.first_answer_s for r in ok),
+    }
 
 
 def phase_shares(records: list[ProbeResult]) -> dict[str, Optional[float]]:
@@ -387,28 +417,3 @@ def summarize(records: list[ProbeResult], samples: list[dict[str, Any]], system:
                                      theory_facts),
         }
     return {"models": models, "requests": len(records), "failures": sum(1 for r in records if not r.ok)}
-
-
-def compare(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
-    """Cases present in both summaries, with the change in mean latency, TTFT and decode speed."""
-    def index(summary):
-        out = {}
-        for model, m in summary.get("models", {}).items():
-            for row in m["cases"]:
-                out[(row["scenario"], row["case"], row["concurrency"])] = (model, row)
-        return out
-
-    old_i, new_i = index(old), index(new)
-    rows = []
-    for key in sorted(k for k in new_i if k in old_i):
-        (old_model, o), (new_model, n) = old_i[key], new_i[key]
-        row = {"scenario": key[0], "case": key[1], "concurrency": key[2], "old_model": old_model, "new_model": new_model}
-        for metric in ("latency", "ttft", "decode_tps"):
-            row[metric] = {
-                "old": o[metric].get("mean"),
-                "new": n[metric].get("mean"),
-                "change_pct": pct_change(o[metric].get("mean"), n[metric].get("mean")),
-                "beyond_noise": differs(o[metric], n[metric]),
-            }
-        rows.append(row)
-    return rows

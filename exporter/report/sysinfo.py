@@ -9,6 +9,7 @@ from typing import Any, Iterable, Optional
 
 import psutil
 
+from .. import __version__
 from ..config import Config, Target
 from ..ollama import OllamaClient, OllamaError
 from . import gpu
@@ -55,11 +56,16 @@ def collect(config: Config, bandwidth: Optional[float] = None) -> dict[str, Any]
         source = f"datasheet of the {gpus[0]['name']} (GPU table)"
     info: dict[str, Any] = {
         "collected_at": time.time(),
+        "hostname": platform.node(),
+        "exporter_version": __version__,
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        # Other work on the machine slows a CPU server: the 1/5/15-minute load when the bench began.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "total_ram_bytes": vm.total,
         "memory_bandwidth_bytes_per_s": bandwidth if bandwidth else measure_memory_bandwidth(),
         "memory_bandwidth_source": source,

@@ -43,10 +43,19 @@ class Behavior:
     models: tuple = ("tiny:latest",)  # models that exist
     stall_seconds: float = 30.0
     # What /api/ps reports per loaded model: bytes, of which in VRAM (0 on a CPU host), and the
-    # loaded context length (None: omitted, as older servers do).
+    # loaded context length (None: omitted, as older servers do, unless a request set num_ctx).
     model_size: int = 100_000_000
     size_vram: int = 0
     context_length: Optional[int] = 4096
+    digest: str = "x"  # of every model, in /api/ps
+    quantization: str = "Q4_1"
+    # Thinking tokens streamed before the answer (as `thinking` beside `response`/`message.content`).
+    thinking_tokens: int = 0
+    # Generations served at once (like OLLAMA_NUM_PARALLEL); 0: no limit. The rest wait their turn.
+    parallel: int = 0
+    vram_share: float = 0.0  # of the loaded model's size in GPU memory, when size_vram is 0
+    # Loaded size in /api/ps grows by this per token of the context the model was loaded with.
+    kv_bytes_per_token: int = 0
 
 
 @dataclass
@@ -62,9 +71,12 @@ class FakeOllama:
     def __init__(self, behavior: Optional[Behavior] = None, host: str = "127.0.0.1", port: int = 0):
         self.behavior = behavior or Behavior()
         self.loaded: set[str] = set()
+        self.contexts: dict[str, int] = {}  # num_ctx each model was loaded with
         self.requests: list[RequestLog] = []
         self.require_auth: Optional[str] = None  # an exact Authorization header for POSTs
         self.lock = threading.Lock()
+        self.slots = threading.Condition()
+        self.active = 0  # generations running now
         self.stop_event = threading.Event()
         fake = self
 
@@ -96,10 +108,14 @@ class FakeOllama:
                         loaded = sorted(fake.loaded)
                     models = []
                     for m in loaded:
-                        entry = {"name": m, "model": m, "size": b.model_size, "size_vram": b.size_vram, "digest": "x",
-                                 "details": {"family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"}}
-                        if b.context_length is not None:
-                            entry["context_length"] = b.context_length
+                        ctx = fake.contexts.get(m, b.context_length)
+                        size = b.model_size + b.kv_bytes_per_token * (ctx or 4096)
+                        entry = {"name": m, "model": m, "size": size,
+                                 "size_vram": b.size_vram or int(size * b.vram_share), "digest": b.digest,
+                                 "details": {"family": "llama", "parameter_size": "135M",
+                                             "quantization_level": b.quantization}}
+                        if ctx is not None:
+                            entry["context_length"] = ctx
                         models.append(entry)
                     self._json(200, {"models": models})
                 elif self.path == "/api/tags":
@@ -125,7 +141,8 @@ class FakeOllama:
                     fake.requests.append(entry)
                 if self.path == "/api/show":
                     self._json(200, {
-                        "details": {"family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"},
+                        "details": {"family": "llama", "parameter_size": "135M",
+                                    "quantization_level": fake.behavior.quantization},
                         "model_info": {"general.architecture": "llama", "llama.block_count": 30,
                                        "llama.embedding_length": 576, "llama.attention.head_count": 9,
                                        "llama.attention.head_count_kv": 3, "llama.context_length": 8192},
@@ -166,6 +183,17 @@ class FakeOllama:
                         fake.loaded.discard(name)
                     self._json(200, {"model": model, "response": "", "done": True, "done_reason": "unload"})
                     return
+                with fake.slots:
+                    fake.slots.wait_for(lambda: not b.parallel or fake.active < b.parallel)
+                    fake.active += 1
+                try:
+                    self._stream(body, entry, b, model, name, chat)
+                finally:
+                    with fake.slots:
+                        fake.active -= 1
+                        fake.slots.notify_all()
+
+            def _stream(self, body: dict, entry: RequestLog, b: Behavior, model: str, name: str, chat: bool):
                 t_start = time.monotonic()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-ndjson")
@@ -179,8 +207,10 @@ class FakeOllama:
                     load = b.load_time if cold else 0.002
                     if cold:
                         time.sleep(load)
+                        ctx = (body.get("options") or {}).get("num_ctx")
                         with fake.lock:
                             fake.loaded.add(name)
+                            fake.contexts[name] = ctx if isinstance(ctx, int) and ctx > 0 else 4096
                     if b.mode == "stall":
                         fake.stop_event.wait(b.stall_seconds)
                         return
@@ -192,6 +222,12 @@ class FakeOllama:
                         self.wfile.write(b"0\r\n\r\n")
                         return
                     tokens = 0 if b.mode == "empty" else b.tokens
+                    # Like Ollama: num_predict cuts the answer ("length"); a shorter answer ends on its own ("stop").
+                    limit = (body.get("options") or {}).get("num_predict")
+                    cut = isinstance(limit, int) and limit >= 0 and tokens >= limit
+                    if cut:
+                        tokens = limit
+                    thinking = min(b.thinking_tokens, tokens)
                     prompt_tokens = len(str(body.get("prompt") or body.get("messages")).split())
                     if b.first_token_delay:
                         time.sleep(b.first_token_delay)
@@ -203,19 +239,23 @@ class FakeOllama:
                             delay = next_at - time.monotonic()
                             if delay > 0:
                                 time.sleep(delay)
-                        chunk = ({"model": model, "message": {"role": "assistant", "content": f"t{i} "}, "done": False}
-                                 if chat else {"model": model, "response": f"t{i} ", "done": False})
+                        field_name = "thinking" if i < thinking else ("content" if chat else "response")
+                        chunk = ({"model": model, "message": {"role": "assistant", field_name: f"t{i} "}, "done": False}
+                                 if chat else {"model": model, field_name: f"t{i} ", "done": False})
                         entry.token_writes.append(self._line(chunk))
                         if b.mode == "stream_error" and i == 1:
                             self._line({"error": "an error was encountered while running the model"})
                             self.wfile.write(b"0\r\n\r\n")
                             return
+                    if body.get("keep_alive") == 0:  # like Ollama: unload once this request is done
+                        with fake.lock:
+                            fake.loaded.discard(name)
                     if b.mode == "no_done":
                         self.wfile.write(b"0\r\n\r\n")
                         return
                     t_end = time.monotonic()
                     final = {
-                        "model": model, "done": True, "done_reason": "length" if tokens else "stop",
+                        "model": model, "done": True, "done_reason": "length" if cut and tokens else "stop",
                         "total_duration": int((t_end - t_start) * 1e9),
                         "load_duration": int(load * 1e9),
                         "prompt_eval_count": prompt_tokens,
