@@ -201,6 +201,12 @@ def test_prometheus_scrapes_the_exporter_and_every_recording_rule_has_data(stack
     assert status == 200
     names = sorted({r["name"] for g in json.loads(body)["data"]["groups"] for r in g["rules"]})
     assert len(names) >= 15, names
+    # GPU and host evidence comes from DCGM, AMD's exporter and node_exporter, which only the
+    # override files start (docker/compose.gpu.yml, compose.rocm.yml, compose.node.yml): without
+    # them those rules have nothing to record, by design. Everything built on our own series must.
+    optional = [n for n in names if n.startswith(("target:gpu_", "target:node_")) or "per_joule" in n]
+    assert len(optional) < len(names) / 2, optional
+    names = [n for n in names if n not in optional]
 
     def missing():
         return [n for n in names if not stack.query(n)] or None
@@ -314,5 +320,13 @@ def test_down_and_up_keeps_the_volumes_and_appends_to_the_results(stack):
     for line in after:
         json.loads(line)
     # Prometheus kept its samples from before the down.
-    wait_for(lambda: stack.query('up{job="ollama-perf-exporter"} == 1'), timeout=60, interval=1, what="a scrape")
-    assert float(stack.query('count_over_time(up{job="ollama-perf-exporter"}[1h])')[0]["value"][1]) > scraped
+    # Prometheus kept its samples from before the down: the count goes on from there, it does
+    # not start again from zero (a `up == 1` answered from before the down is not a new scrape).
+    def scrapes() -> float:
+        try:
+            result = stack.query('count_over_time(up{job="ollama-perf-exporter"}[1h])')
+        except (AssertionError, OSError):  # Prometheus still starting
+            return 0.0
+        return float(result[0]["value"][1]) if result else 0.0
+
+    wait_for(lambda: scrapes() > scraped, timeout=90, interval=1, what="new scrapes counted beside the old ones")
