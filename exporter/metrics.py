@@ -209,6 +209,9 @@ class ProbeMetrics(Sink):
         slos = {}
         slo_series: set[tuple[Metric, tuple[str, ...]]] = set()
         for scenario in config.scenarios:
+            # Per scenario, not per target: a cron schedule's gap is found by walking a week of
+            # fire times (~0.1 s for a per-minute cron), and a fleet has many targets.
+            gap = longest_gap_s(scenario)
             for target in scenario.targets:
                 # A pair already declared keeps its start: its job keeps its schedule too
                 # (scheduler.apply), and resetting the start would hide a stopped scenario.
@@ -237,7 +240,7 @@ class ProbeMetrics(Sink):
                             self._child(self.slo_good, *labels)
                             slo_series.update(((self.slo_requests, labels), (self.slo_good, labels)))
                 self._child(self.skipped_runs, target.name, scenario.name)
-                self._child(self.schedule_interval, target.name, scenario.name).set(longest_gap_s(scenario))
+                self._child(self.schedule_interval, target.name, scenario.name).set(gap)
                 if fresh:
                     self._child(self.schedule_start, target.name, scenario.name).set(now)
         # A case whose SLO was removed stops exporting it, so its alerts resolve.
