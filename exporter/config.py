@@ -12,7 +12,7 @@ import itertools
 import math
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 from urllib.parse import urlsplit
@@ -62,6 +62,12 @@ def parse_duration(value: Any) -> float:
     if seconds > MAX_DURATION_S:
         raise ValueError("duration must be at most 366 days")
     return seconds
+
+
+def url_port(url: str) -> int:
+    """The TCP port of a URL, the scheme's default when the URL names none."""
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def default_ollama_url() -> str:
@@ -156,9 +162,7 @@ class Target(_Strict):
 
     @property
     def port(self) -> int:
-        """The TCP port of `url`, the scheme's default when the URL names none."""
-        parts = urlsplit(self.url)
-        return parts.port or (443 if parts.scheme == "https" else 80)
+        return url_port(self.url)
 
     @field_validator("process_match")
     @classmethod

@@ -10,7 +10,7 @@ import threading
 from typing import Optional
 from urllib.parse import urlsplit
 
-from ..config import Auth
+from ..config import Auth, url_port
 from .errors import OllamaError
 
 _tls_context: Optional[ssl.SSLContext] = None
@@ -61,7 +61,7 @@ class Endpoint:
         parts = urlsplit(url)
         self.https = parts.scheme == "https"
         self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or (443 if self.https else 80)
+        self.port = url_port(url)
         self.base_path = parts.path.rstrip("/")
         self.where = f"{self.host}:{self.port}"
         self._auth = auth
