@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from exporter.config import Target
 from exporter.server_stats import ServerStats, ServerStatsCollector
-from exporter.testkit.exporters import ROOT, free_port, wait_for
+from exporter.testkit.exporters import ROOT, free_port, stop_process, wait_for
 from exporter.testkit.fake_ollama import Behavior, FakeOllama
 from exporter.testkit.host_exporters import node_exporter_binary, node_exporter_command
 
@@ -37,16 +37,6 @@ BURNER = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile t
 def _spawn(args, log_path, **kw):
     log = open(log_path, "wb")
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, **kw)
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 class LivePrometheus:
@@ -84,7 +74,7 @@ class LivePrometheus:
 
     def __exit__(self, *exc):
         for proc in reversed(self.procs):
-            _stop(proc)
+            stop_process(proc)
 
     def query(self, q):
         body = requests.get(self.base + "/api/v1/query", params={"query": q}, timeout=10).json()
@@ -155,7 +145,7 @@ def test_cpu_burners_make_the_verdict_host_cpu(tmp_path):
         finally:
             stop.set()
             for b in burners:
-                _stop(b)
+                stop_process(b)
             server.shutdown()
 
 
@@ -229,7 +219,7 @@ def test_real_ollama_verdict_on_this_cpu_host(real_ollama, tmp_path):
                 assert {"cpu_offload", "host_cpu", "host_memory", "queueing", "cold_load", "none"} <= set(verdict)
     finally:
         stop.set()
-        _stop(exporter)
+        stop_process(exporter)
 
 
 @pytest.mark.ollama
@@ -257,5 +247,5 @@ def test_real_ollama_with_one_parallel_slot_names_queueing(tmp_path, monkeypatch
     finally:
         stop.set()
         if exporter is not None:
-            _stop(exporter)
+            stop_process(exporter)
         server.stop()

@@ -28,7 +28,7 @@ import pytest
 import requests
 import yaml
 
-from exporter.testkit.exporters import ROOT, free_port, wait_for
+from exporter.testkit.exporters import ROOT, free_port, stop_process, wait_for
 from exporter.testkit.host_exporters import SampleMetricsServer, node_exporter_binary, node_exporter_command
 
 DASH_DIR = os.path.join(ROOT, "grafana", "dashboards")
@@ -365,17 +365,6 @@ def _spawn(args, log_path, **kw):
                             preexec_fn=_die_with_parent, cwd=ROOT, **kw)
 
 
-def _stop(proc):
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
 def _get(url, **params):
     try:
         r = requests.get(url, params=params, timeout=5)
@@ -610,7 +599,7 @@ def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
                     assert r.json()["status"] == "success", (name, a["expr"])
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process(proc)
         if samples is not None:
             samples.stop()
         for log in ("fake.log", "exporter.log", "prometheus.log", "node-exporter.log"):

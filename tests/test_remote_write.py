@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import urllib.parse
 
 import pytest
 import requests

@@ -168,3 +168,14 @@ class ExporterProcess:
         self._reader.join(5)
         return self.proc.returncode
 
+
+def stop_process(proc, timeout: float = 15.0) -> None:
+    """Terminate a child process (None or already exited: nothing to do); kill it if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
