@@ -15,6 +15,9 @@ The machine is shared: run it when it is otherwise idle, and read the load avera
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import argparse
 import os
 import statistics
@@ -27,8 +30,11 @@ from exporter.config import load_text
 from exporter.ollama import OllamaClient
 from exporter.probe import run_probe
 from exporter.server_stats import ProcessTree
-from exporter.testkit.exporters import free_port
-from exporter.testkit.real_ollama import MODEL, OllamaServer, ollama_binary
+# tests/kit is the test and benchmark kit; it is not shipped, so run from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
+
+from tests.kit.exporters import free_port
+from tests.kit.real_ollama import MODEL, OllamaServer, ollama_binary
 
 SCENARIO = """
 targets:

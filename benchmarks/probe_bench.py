@@ -6,7 +6,7 @@ Prints the tables and writes them to benchmarks/RESULTS.md, the raw numbers to
 benchmarks/results.json (about 6 minutes; --quick about 3). --from-json PATH
 prints the tables of an earlier run again.
 
-A dedicated streaming server (exporter/testkit/stream_server.py) runs in its own
+A dedicated streaming server (tests/kit/stream_server.py) runs in its own
 process and logs time.monotonic() right before each token's send(); the client
 side runs here. Linux has one monotonic clock for all processes, so the two
 sides' timestamps can be subtracted directly.
@@ -82,11 +82,11 @@ TARGETS = {
 # ----------------------------------------------------------------------------- server
 
 class StreamServer:
-    """exporter/testkit/stream_server.py in a child process."""
+    """tests/kit/stream_server.py in a child process."""
 
     def __init__(self):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter.testkit.stream_server", "--port", "0"],
+            [sys.executable, "-m", "tests.kit.stream_server", "--port", "0"],
             stdout=subprocess.PIPE, text=True,
             # It imports the exporter's receive-stamp helpers: the same copy as this process.
             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH"))))},

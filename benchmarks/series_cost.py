@@ -32,7 +32,10 @@ from prometheus_client import generate_latest
 
 from exporter.config import load_text
 from exporter.service import Exporter
-from exporter.testkit.exporters import ROOT, free_port, http_get, wait_for
+# tests/kit is the test and benchmark kit; it is not shipped, so run from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
+
+from tests.kit.exporters import ROOT, free_port, http_get, wait_for
 
 SCRAPE_INTERVAL = 15
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 import tempfile
 
-from exporter.testkit import faults
-from exporter.testkit.exporters import ExporterProcess, free_port, scenario_yaml, wait_for
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
-from exporter.testkit.real_ollama import OllamaServer, ollama_binary
-from exporter.testkit.soak import soak
+# tests/kit is the test and benchmark kit; it is not shipped, so run from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
+
+from tests.kit import faults
+from tests.kit.exporters import ExporterProcess, free_port, scenario_yaml, wait_for
+from tests.kit.fake_ollama import Behavior, FakeOllama
+from tests.kit.real_ollama import OllamaServer, ollama_binary
+from tests.kit.soak import soak
 
 
 def scrape_latency(exp, n: int = 200) -> tuple[float, float]:

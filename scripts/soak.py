@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from exporter.testkit.soak import soak
+# tests/kit is the test and benchmark kit; it is not shipped, so run from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
+
+from tests.kit.soak import soak
 
 
 def main() -> int:

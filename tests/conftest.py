@@ -1,4 +1,4 @@
-"""Pytest fixtures, built on the test kit (exporter/testkit)."""
+"""Pytest fixtures, built on the test kit (tests/kit)."""
 
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import load_text
-from exporter.testkit.exporters import free_port, scenario_yaml
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.exporters import free_port, scenario_yaml
+from tests.kit.fake_ollama import Behavior, FakeOllama
 
 
 def pytest_addoption(parser):
@@ -42,7 +42,7 @@ def make_config():
 @pytest.fixture(scope="session")
 def real_ollama(tmp_path_factory):
     """A real Ollama with smollm2-135m, on a free loopback port, for the whole session."""
-    from exporter.testkit.real_ollama import OllamaServer, ollama_binary
+    from tests.kit.real_ollama import OllamaServer, ollama_binary
 
     models = tmp_path_factory.mktemp("ollama-models")
     server = OllamaServer(ollama_binary(), str(models), free_port(), str(models / "serve.log")).start()

@@ -6,7 +6,7 @@ It asserts on what the alerts catch and what they leave alone, not on delays.
 
 import pytest
 
-from exporter.testkit import alert_eval
+from tests.kit import alert_eval
 
 
 @pytest.mark.prometheus

@@ -5,7 +5,7 @@ import logging
 
 from exporter.metrics import ProbeMetrics
 from exporter.runner import ScenarioRunner
-from exporter.testkit.fake_ollama import FakeOllama
+from tests.kit.fake_ollama import FakeOllama
 
 SECRET = "s3cr3t-token-value"
 

@@ -13,8 +13,8 @@ import pytest
 from exporter.config import load_text
 from exporter.report.bench import run_bench
 from exporter.results import read_results
-from exporter.testkit.exporters import ROOT
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.exporters import ROOT
+from tests.kit.fake_ollama import Behavior, FakeOllama
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

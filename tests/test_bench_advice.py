@@ -12,8 +12,8 @@ from exporter.config import load_file, load_text
 from exporter.report.advice import advise
 from exporter.report.bench import SUGGESTED_SCENARIOS, run_bench
 from exporter.results import read_results
-from exporter.testkit.exporters import ROOT
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.exporters import ROOT
+from tests.kit.fake_ollama import Behavior, FakeOllama
 
 BANDWIDTH = 10e9
 # One generation at a time, half the model in VRAM, a slow prefill and a slow load: every finding at once.

@@ -12,8 +12,8 @@ from exporter.exit_codes import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE
 from exporter.report.bench import run_bench
 from exporter.report.compare import bootstrap_median_change, compare_records, probability_of_superiority
 from exporter.results import ProbeResult
-from exporter.testkit.exporters import ROOT
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.exporters import ROOT
+from tests.kit.fake_ollama import Behavior, FakeOllama
 
 # A first-token delay and token interval of several ms keep the fake's timings well above
 # scheduling jitter, so an unchanged server compares as unchanged on a busy machine.

@@ -11,7 +11,7 @@ import pytest
 from exporter.config import load_text
 from exporter.report.bench import run_bench
 from exporter.report.html import render_html
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.fake_ollama import Behavior, FakeOllama
 from tests.test_bench import bench_yaml
 
 

@@ -9,7 +9,7 @@ from exporter.config import load_text
 from exporter.report.bench import run_bench
 from exporter.report.ladder import ContextLadder, kv_bytes_per_token
 from exporter.results import read_results
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.fake_ollama import Behavior, FakeOllama
 
 # The fake's /api/show: 30 layers, 3 KV heads, 576 / 9 = 64 dims: 2 x 30 x 3 x 64 x 2 bytes per token.
 THEORY = 2 * 30 * 3 * 64 * 2

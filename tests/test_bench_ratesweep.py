@@ -9,7 +9,7 @@ from exporter.config import load_text
 from exporter.report.bench import run_bench
 from exporter.report.ratesweep import RateSweep, poisson_arrivals
 from exporter.results import read_results
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.fake_ollama import Behavior, FakeOllama
 
 
 def test_poisson_arrivals_are_seeded_and_have_the_rate():

@@ -11,7 +11,7 @@ from exporter.ollama.wire import chunk_from_line
 from exporter.probe import run_probe
 from exporter.report.bench import run_bench
 from exporter.results import read_results
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.fake_ollama import Behavior, FakeOllama
 
 BANDWIDTH = 10e9
 

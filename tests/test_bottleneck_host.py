@@ -24,9 +24,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from exporter.config import Target
 from exporter.server_stats import ServerStats, ServerStatsCollector
-from exporter.testkit.exporters import ROOT, free_port, stop_process, wait_for
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
-from exporter.testkit.host_exporters import node_exporter_binary, node_exporter_command
+from tests.kit.exporters import ROOT, free_port, stop_process, wait_for
+from tests.kit.fake_ollama import Behavior, FakeOllama
+from tests.kit.host_exporters import node_exporter_binary, node_exporter_command
 
 pytestmark = pytest.mark.prometheus
 
@@ -192,7 +192,7 @@ def _start_exporter(tmp_path, server, model):
 
 @pytest.mark.ollama
 def test_real_ollama_verdict_on_this_cpu_host(real_ollama, tmp_path):
-    from exporter.testkit.real_ollama import MODEL
+    from tests.kit.real_ollama import MODEL
 
     exporter, exporter_addr = _start_exporter(tmp_path, real_ollama, MODEL)
     stop = threading.Event()
@@ -226,7 +226,7 @@ def test_real_ollama_verdict_on_this_cpu_host(real_ollama, tmp_path):
 def test_real_ollama_with_one_parallel_slot_names_queueing(tmp_path, monkeypatch):
     """OLLAMA_NUM_PARALLEL=1 and a second client decoding long answers: the probe waits for the
     slot inside the server's total_duration, and the verdict says queueing."""
-    from exporter.testkit.real_ollama import MODEL, OllamaServer, ollama_binary
+    from tests.kit.real_ollama import MODEL, OllamaServer, ollama_binary
 
     monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "1")
     models = tmp_path / "models"

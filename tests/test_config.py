@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from exporter.config import ConfigError, default_ollama_url, load_file, load_text, parse_duration
-from exporter.testkit.exporters import ROOT
+from tests.kit.exporters import ROOT
 
 SCENARIOS = os.path.join(ROOT, "scenarios")
 

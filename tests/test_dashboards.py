@@ -28,8 +28,8 @@ import pytest
 import requests
 import yaml
 
-from exporter.testkit.exporters import ROOT, free_port, stop_process, wait_for
-from exporter.testkit.host_exporters import SampleMetricsServer, node_exporter_binary, node_exporter_command
+from tests.kit.exporters import ROOT, free_port, stop_process, wait_for
+from tests.kit.host_exporters import SampleMetricsServer, node_exporter_binary, node_exporter_command
 
 DASH_DIR = os.path.join(ROOT, "grafana", "dashboards")
 PROVISIONING = os.path.join(ROOT, "grafana", "provisioning")
@@ -340,7 +340,7 @@ def _has_data(result):
 # happening and the cold-start panels and rules have data too.
 FAKE_LAUNCHER = textwrap.dedent("""\
     import os, sys, threading, time
-    from exporter.testkit.fake_ollama import Behavior, FakeOllama
+    from tests.kit.fake_ollama import Behavior, FakeOllama
     srv = FakeOllama(Behavior(tokens=10, token_interval=0.003, first_token_delay=0.01, load_time=0.2),
                      port=int(sys.argv[2])).start()
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()

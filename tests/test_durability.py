@@ -4,9 +4,9 @@ import io
 import signal
 
 from exporter.results import read_results
-from exporter.testkit.exporters import ExporterProcess, scenario_yaml, wait_for
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
-from exporter.testkit.soak import soak
+from tests.kit.exporters import ExporterProcess, scenario_yaml, wait_for
+from tests.kit.fake_ollama import Behavior, FakeOllama
+from tests.kit.soak import soak
 
 
 def test_short_soak_returns_to_its_descriptor_and_thread_counts():

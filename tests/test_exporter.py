@@ -11,8 +11,8 @@ import requests
 from exporter.config import load_file
 from exporter.results import read_results
 from exporter.service import Exporter
-from exporter.testkit.exporters import ROOT, ExporterProcess, ThreadedExporter, scenario_yaml, wait_for
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.exporters import ROOT, ExporterProcess, ThreadedExporter, scenario_yaml, wait_for
+from tests.kit.fake_ollama import Behavior, FakeOllama
 
 # The server-stats families, which the golden exposition (tests/test_golden.py) leaves out.
 SERVER_FAMILIES = ["llm_server_up", "llm_server_info", "llm_server_model_loaded_bytes", "llm_server_model_vram_bytes"]

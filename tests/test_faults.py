@@ -1,10 +1,10 @@
-"""The fault matrix (exporter/testkit/faults.py): each fault gives its reason, success 0, a log line, no leaked thread."""
+"""The fault matrix (tests/kit/faults.py): each fault gives its reason, success 0, a log line, no leaked thread."""
 
 import pytest
 
-from exporter.testkit import faults
-from exporter.testkit.exporters import free_port
-from exporter.testkit.real_ollama import OllamaServer
+from tests.kit import faults
+from tests.kit.exporters import free_port
+from tests.kit.real_ollama import OllamaServer
 
 
 def check(outcome):

@@ -11,8 +11,8 @@ import pytest
 from exporter.config import ConfigError, TargetFile, load_text
 from exporter.discovery import DiscoveryError, parse_file_sd
 from exporter.shard import Shard, hashmod, ordinal_from_hostname
-from exporter.testkit.exporters import ThreadedExporter, wait_for
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.exporters import ThreadedExporter, wait_for
+from tests.kit.fake_ollama import Behavior, FakeOllama
 
 
 def fleet_yaml(targets_path, refresh="100ms", scenarios=None) -> str:
@@ -316,7 +316,7 @@ def test_shard_flags_on_the_command_line(tmp_path, capsys, monkeypatch):
 
 
 def test_sharded_process_logs_its_share(tmp_path, fakes):
-    from exporter.testkit.exporters import ExporterProcess
+    from tests.kit.exporters import ExporterProcess
 
     targets = tmp_path / "targets.json"
     names = {f"ollama-{i:02d}": fake for i, fake in enumerate(fakes[:4])}

@@ -17,7 +17,7 @@ from exporter.exposition import CachedExposition
 from exporter.metrics import ExporterMetrics, ProbeMetrics
 from exporter.results import BatchSummary, ProbeResult, ResultsWriter, RunSummary
 from exporter.sinks import FanOut, ResultsFileSink
-from exporter.testkit.exporters import scenario_yaml
+from tests.kit.exporters import scenario_yaml
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z: fixed, so timestamps in the text never vary
 

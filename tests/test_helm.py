@@ -20,7 +20,7 @@ import yaml
 
 from exporter.config import TargetFile, load_text
 from exporter.discovery import parse_file_sd
-from exporter.testkit.exporters import ROOT
+from tests.kit.exporters import ROOT
 
 CHART = Path(ROOT) / "deploy" / "helm" / "ollama-perf-exporter"
 RULES = Path(ROOT) / "prometheus" / "rules"

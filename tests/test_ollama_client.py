@@ -14,8 +14,8 @@ from exporter.config import Target
 from exporter.ollama import OllamaClient, OllamaError
 from exporter.ollama.errors import from_exception, http_failure, stream_failure
 from exporter.ollama.transport import ndjson_chunks
-from exporter.testkit.exporters import free_port
-from exporter.testkit.fake_ollama import FakeOllama
+from tests.kit.exporters import free_port
+from tests.kit.fake_ollama import FakeOllama
 from tests.test_framing import GENERATE, NOT_FOUND, cut, decode
 
 TRANSPORTS = ["raw", "http.client"]

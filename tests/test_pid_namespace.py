@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from exporter.testkit.exporters import ROOT, wait_for
+from tests.kit.exporters import ROOT, wait_for
 
 pytestmark = pytest.mark.stack
 SCRIPT = os.path.join(ROOT, "docker", "pid-namespace.py")

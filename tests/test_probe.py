@@ -5,8 +5,8 @@ import pytest
 from exporter.ollama import OllamaClient
 from exporter.probe import run_probe
 from exporter.results import FAILURE_REASONS
-from exporter.testkit.exporters import free_port
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.exporters import free_port
+from tests.kit.fake_ollama import Behavior, FakeOllama
 
 
 def probe(cfg, concurrency=1, transport=None):

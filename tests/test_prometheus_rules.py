@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import yaml
 
-from exporter.testkit.exporters import ROOT
+from tests.kit.exporters import ROOT
 
 PROM_DIR = os.path.join(ROOT, "prometheus")
 PROM_CONFIG = os.path.join(PROM_DIR, "prometheus.yml")

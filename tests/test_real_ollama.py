@@ -12,8 +12,8 @@ from exporter.metrics import ProbeMetrics
 from exporter.ollama import OllamaClient
 from exporter.runner import ScenarioRunner
 from exporter.server_stats import ServerStats, ServerStatsCollector
-from exporter.testkit.exporters import CollectingSink, free_port
-from exporter.testkit.real_ollama import MODEL, OllamaServer
+from tests.kit.exporters import CollectingSink, free_port
+from tests.kit.real_ollama import MODEL, OllamaServer
 
 pytestmark = pytest.mark.ollama
 
@@ -184,7 +184,7 @@ def test_cli_with_default_scenarios_serves_every_contract_metric(real_ollama, tm
     import os
     import shutil
     import subprocess
-    from exporter.testkit.exporters import ExporterProcess, wait_for
+    from tests.kit.exporters import ExporterProcess, wait_for
     from tests.test_exporter import SERVER_FAMILIES
 
     env = dict(os.environ, OLLAMA_HOST=f"127.0.0.1:{real_ollama.port}", OLLAMA_PERF_MODEL=MODEL)

@@ -11,7 +11,7 @@ import pytest
 import requests
 import yaml
 
-from exporter.testkit.exporters import ROOT, ThreadedExporter, free_port, scenario_yaml, wait_for
+from tests.kit.exporters import ROOT, ThreadedExporter, free_port, scenario_yaml, wait_for
 
 OVERRIDE = os.path.join(ROOT, "docker", "compose.remote-write.yml")
 AGENT_CONFIG = os.path.join(ROOT, "prometheus", "agent.yml")

@@ -78,7 +78,7 @@ def _config():
     import textwrap
 
     from exporter.config import load_text
-    from exporter.testkit.exporters import free_port
+    from tests.kit.exporters import free_port
 
     return load_text(textwrap.dedent(f"""\
         targets:

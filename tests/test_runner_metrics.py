@@ -5,8 +5,8 @@ import pytest
 from exporter.metrics import ProbeMetrics
 from exporter.results import FAILURE_REASONS
 from exporter.runner import ScenarioRunner
-from exporter.testkit.exporters import CollectingSink
-from exporter.testkit.fake_ollama import Behavior
+from tests.kit.exporters import CollectingSink
+from tests.kit.fake_ollama import Behavior
 
 
 def run(cfg, registry, sinks=()):

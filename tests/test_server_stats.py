@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry
 
 from exporter.config import Target
 from exporter.server_stats import ProcessTree, ServerStats, ServerStatsCollector
-from exporter.testkit.exporters import free_port, wait_for
-from exporter.testkit.fake_ollama import Behavior, FakeOllama
+from tests.kit.exporters import free_port, wait_for
+from tests.kit.fake_ollama import Behavior, FakeOllama
 
 # A parent that burns CPU in a child it restarts on demand, like `ollama serve` and its runners.
 PARENT = """

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from exporter.testkit.exporters import ROOT
+from tests.kit.exporters import ROOT
 
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 OVERRIDES = [os.path.join(ROOT, "docker", "compose.gpu.yml"), os.path.join(ROOT, "docker", "compose.rocm.yml")]
@@ -365,7 +365,7 @@ def test_pull_script_fails_when_a_pull_fails(tmp_path):
 
 
 def _closed_port_url():
-    from exporter.testkit.exporters import free_port
+    from tests.kit.exporters import free_port
     return f"http://127.0.0.1:{free_port()}"
 
 

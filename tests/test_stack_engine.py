@@ -1,6 +1,6 @@
 """`docker compose up`, for real: the project's docker-compose.yml in a Docker engine.
 
-The engine is a private dockerd (exporter/testkit/docker_engine.py). No image registry is
+The engine is a private dockerd (tests/kit/docker_engine.py). No image registry is
 reachable here, so the upstream images are stand-ins under the same names and tags
 (docker/standins/build.sh); the exporter's image is built by compose from our Dockerfile.
 docker/compose.stack-test.yml only leaves Grafana out (no Grafana build exists here).
@@ -26,8 +26,8 @@ import urllib.parse
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.testkit.docker_engine import ComposeProject, DockerEngine
-from exporter.testkit.exporters import ROOT, free_port, http_get, wait_for
+from tests.kit.docker_engine import ComposeProject, DockerEngine
+from tests.kit.exporters import ROOT, free_port, http_get, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -65,7 +65,7 @@ scenarios:
 def _ollama_binary() -> str:
     if os.environ.get("OLLAMA_BIN"):
         return os.environ["OLLAMA_BIN"]
-    from exporter.testkit.real_ollama import ollama_binary
+    from tests.kit.real_ollama import ollama_binary
     return ollama_binary()
 
 
@@ -174,7 +174,7 @@ def test_first_start_reports_while_the_model_is_prepared(stack):
     assert _running(stack, "exporter")
 
     # The model from the shipped GGUF, created in the running Ollama.
-    from exporter.testkit.real_ollama import model_gguf
+    from tests.kit.real_ollama import model_gguf
     ollama = stack.compose.container("ollama")
     stack.engine.docker(["cp", model_gguf(), f"{ollama}:/tmp/model.gguf"])
     stack.exec("ollama", "sh", "-c", "printf 'FROM /tmp/model.gguf\\n' > /tmp/Modelfile")

@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from ..results import BatchSummary, ProbeResult, RunSummary
-from ..sinks import Sink
+from exporter.results import BatchSummary, ProbeResult, RunSummary
+from exporter.sinks import Sink
 
 # The source tree the kit belongs to: a child exporter runs from here, so it is this code.
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -95,10 +95,10 @@ class ThreadedExporter:
     """
 
     def __init__(self, config_path: str, results_path: Optional[str] = None, grace: float = 5.0, shard=None):
-        from ..config import load_file
-        from ..http import HTTPServer
-        from ..service import Exporter
-        from ..shard import Shard
+        from exporter.config import load_file
+        from exporter.http import HTTPServer
+        from exporter.service import Exporter
+        from exporter.shard import Shard
 
         self.exporter = Exporter(config_path, load_file(config_path), results_path=results_path,
                                  shard=shard or Shard())

@@ -49,9 +49,9 @@ from statistics import median
 
 from prometheus_client import CollectorRegistry
 
-from ..live_stats import LiveStats
-from ..live_window import Policy
-from ..results import ProbeResult, RunSummary
+from exporter.live_stats import LiveStats
+from exporter.live_window import Policy
+from exporter.results import ProbeResult, RunSummary
 from .exporters import ROOT
 
 RULES = os.path.join(ROOT, "prometheus", "rules", "regression.yml")

@@ -18,10 +18,10 @@ from typing import Callable, Optional
 import psutil
 from prometheus_client import CollectorRegistry
 
-from ..config import load_text
-from ..metrics import ProbeMetrics
-from ..runner import ScenarioRunner
-from ..server_stats import ServerStats, ServerStatsCollector
+from exporter.config import load_text
+from exporter.metrics import ProbeMetrics
+from exporter.runner import ScenarioRunner
+from exporter.server_stats import ServerStats, ServerStatsCollector
 from .exporters import CollectingSink
 from .fake_ollama import Behavior, FakeOllama
 
@@ -271,7 +271,7 @@ def load_longer_than_timeout(make_server) -> FaultOutcome:
         server = make_server()
         try:
             probe = Probe(server.url, model=MODEL_REAL, timeout="150ms", num_predict=8)
-            from ..ollama import OllamaClient
+            from exporter.ollama import OllamaClient
 
             OllamaClient(probe.config.targets[0]).unload(MODEL_REAL)
             time.sleep(0.5)

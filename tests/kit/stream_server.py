@@ -26,7 +26,7 @@ receive time of its last bytes (= arrival where kernel stamps are unavailable).
 `deferred` counts token writes that found the socket buffer full and had to wait
 (their logged time is then earlier than when the bytes really left); it should be 0.
 
-Run: python -m exporter.testkit.stream_server [--port 0]   (prints "PORT <n>" when ready)
+Run: python -m tests.kit.stream_server [--port 0]   (prints "PORT <n>" when ready)
 """
 
 from __future__ import annotations
