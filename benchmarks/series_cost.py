@@ -50,7 +50,7 @@ def exposition(targets: list[str], scenario: dict) -> bytes:
     exporter = Exporter(None, load_text(yaml.safe_dump(doc), "series-cost"))
     try:
         exporter.server_stats.poll()  # llm_server_up 0 per target: nothing listens on port 9
-        return generate_latest(exporter.registry)
+        return exporter.exposition.render()
     finally:
         exporter.shutdown(0)
 

@@ -86,12 +86,12 @@ def create_app(
 
         if path == "/metrics":
             gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
-            body = exposition.get(gzipped)
-            headers = [("Content-Type", TEXT_FORMAT), ("Content-Length", str(len(body)))]
+            chunks = exposition.get_chunks(gzipped)
+            headers = [("Content-Type", TEXT_FORMAT), ("Content-Length", str(sum(map(len, chunks))))]
             if gzipped:
                 headers.append(("Content-Encoding", "gzip"))
             start_response("200 OK", headers)
-            return [body]
+            return chunks
         if path == "/-/reload" and reload is not None:
             if method not in ("POST", "PUT"):
                 return reply("405 Method Not Allowed", b"use POST to reload the config\n")

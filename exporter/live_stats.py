@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.metrics_core import Metric
-
+from .keyspace import CASE
 from .live_window import Policy, quantile, Series, Snapshot, threshold
 from .results import ProbeResult, RunSummary, parse_results_line, read_tail_lines, results_file_parts
 from .sinks import Sink
+from .state import Part, StateStore
+from .textformat import Family, Labels, fmt
 
 log = logging.getLogger(__name__)
 
@@ -58,84 +58,78 @@ QUANTITIES: dict[str, Callable[[ProbeResult], Optional[float]]] = {
 LOWER_IS_WORSE = frozenset({"output_tokens_per_second", "prompt_tokens_per_second"})
 
 MAX_RUNS_IN_FLIGHT = 256
+BG = " Computed by the exporter from the measured requests of scheduled probe runs."
 
 
-class RecentQuantiles:
-    """llm_probe_recent_quantile, exposed as a summary: exact quantiles labelled `quantile`
-    (the exposition format allows that label on summaries only), with the window's request
-    count and sum as _count and _sum."""
+RECENT_QUANTILE = Family(
+    "llm_probe_recent_quantile", "summary",
+    "Exact quantiles of the successful requests in the recent window (last max(3 runs, 15 min)), "
+    "in the unit of `quantity`; _count and _sum over the same requests." + BG)
+# Summary-style: exact quantiles labelled `quantile` (the exposition format allows that label on
+# summaries only), with the window's request count and sum as _count and _sum.
+RECENT_REQUESTS = Family("llm_probe_recent_requests", "gauge", "Successful requests in the recent window." + BG)
+RECENT_RUNS = Family("llm_probe_recent_runs", "gauge", "Runs in the recent window." + BG)
+BASELINE_MEDIAN = Family(
+    "llm_probe_baseline_median", "gauge",
+    "Median of the per-run medians over the baseline (the 24 h before the recent window)." + BG)
+BASELINE_NOISE = Family(
+    "llm_probe_baseline_noise", "gauge",
+    "Run-to-run noise: 1.4826 x MAD of the per-run medians in the baseline, in the unit of `quantity`." + BG)
+BASELINE_RUNS = Family("llm_probe_baseline_runs", "gauge", "Runs in the baseline." + BG)
+THRESHOLD_RATIO = Family(
+    "llm_probe_regression_threshold_ratio", "gauge",
+    "Relative change of the recent median against the baseline that counts as a regression: "
+    "max(minimum effect, K x standard error / baseline)." + BG)
+LIVE_FAMILIES = (RECENT_QUANTILE, RECENT_REQUESTS, RECENT_RUNS, BASELINE_MEDIAN, BASELINE_NOISE, BASELINE_RUNS,
+                 THRESHOLD_RATIO)
 
-    NAME = "llm_probe_recent_quantile"
 
-    def __init__(self, doc: str, registry: CollectorRegistry):
-        self.doc = doc
-        self._values: dict[tuple, tuple[dict, int, float]] = {}
-        self._lock = threading.Lock()
-        registry.register(self)
+class LiveCase:
+    """The live windows of one case key: a Series per (start, quantity), and what each last published."""
 
-    def set(self, key: tuple, quantiles: dict, count: int, total: float) -> None:
-        with self._lock:
-            self._values[key] = (dict(quantiles), count, total)
+    __slots__ = ("series", "published")
 
-    def remove(self, key: tuple) -> None:
-        with self._lock:
-            self._values.pop(key, None)
+    def __init__(self):
+        self.series: dict[tuple[str, str], Series] = {}
+        self.published: dict[tuple[str, str], tuple[Snapshot, int]] = {}
 
-    def keys(self) -> list[tuple]:
-        with self._lock:
-            return list(self._values)
-
-    def describe(self):
-        return [Metric(self.NAME, self.doc, "summary")]
-
-    def collect(self):
-        family = Metric(self.NAME, self.doc, "summary")
-        with self._lock:
-            items = list(self._values.items())
-        for key, (quantiles, count, total) in items:
-            labels = dict(zip(SERIES_LABELS, key))
-            for q, v in quantiles.items():
-                family.add_sample(self.NAME, {**labels, "quantile": _qlabel(q)}, v)
-            family.add_sample(self.NAME + "_count", labels, count)
-            family.add_sample(self.NAME + "_sum", labels, total)
-        yield family
+    def render(self, key: tuple) -> dict[str, str]:
+        out: dict[str, list[str]] = {f.name: [] for f in LIVE_FAMILIES}
+        for (start, quantity), (s, baseline_runs) in self.published.items():
+            labels = Labels(SERIES_LABELS, key + (start, quantity))
+            text = labels.text
+            head, tail = labels.around("quantile")
+            q = out[RECENT_QUANTILE.name]
+            q.extend(f"{RECENT_QUANTILE.name}{head}{_qlabel(p)}{tail} {fmt(v)}\n" for p, v in s.quantiles.items())
+            q.append(f"{RECENT_QUANTILE.name}_count{text} {fmt(s.recent_requests)}\n")
+            q.append(f"{RECENT_QUANTILE.name}_sum{text} {fmt(s.recent_sum)}\n")
+            values = [(RECENT_REQUESTS, s.recent_requests), (RECENT_RUNS, s.recent_runs), (BASELINE_RUNS, baseline_runs)]
+            # Too few runs to judge against: no baseline is better than a wrong one.
+            if s.baseline:
+                values += [(BASELINE_MEDIAN, s.baseline.median), (BASELINE_NOISE, s.baseline.noise)]
+                if s.threshold is not None:
+                    values.append((THRESHOLD_RATIO, s.threshold))
+            for family, value in values:
+                out[family.name].append(f"{family.name}{text} {fmt(value)}\n")
+        return {name: "".join(lines) for name, lines in out.items()}
 
 
 class LiveStats(Sink):
-    """The live-statistics sink: collects a run's requests, and at the end of the run
-    turns them into the gauges of the metric contract (README: Live statistics and
-    regression alerts)."""
+    """The live-statistics sink: collects a run's requests, and at the end of the run turns
+    them into the gauges of the metric contract (README: Live statistics and regression
+    alerts), in the case slots of the state store."""
 
-    def __init__(self, registry: CollectorRegistry, policy: Policy = Policy()):
+    PART = "live"
+
+    def __init__(self, store: StateStore, policy: Policy = Policy()):
         self.policy = policy
-        bg = " Computed by the exporter from the measured requests of scheduled probe runs."
-
-        def gauge(name, doc, extra=()):
-            return Gauge(name, doc + bg, SERIES_LABELS + extra, registry=registry)
-
-        self.recent_quantile = RecentQuantiles(
-            "Exact quantiles of the successful requests in the recent window (last max(3 runs, 15 min)), "
-            "in the unit of `quantity`; _count and _sum over the same requests." + bg, registry,
-        )
-        self.recent_requests = gauge("llm_probe_recent_requests", "Successful requests in the recent window.")
-        self.recent_runs = gauge("llm_probe_recent_runs", "Runs in the recent window.")
-        self.baseline_median = gauge(
-            "llm_probe_baseline_median",
-            "Median of the per-run medians over the baseline (the 24 h before the recent window).",
-        )
-        self.baseline_noise = gauge(
-            "llm_probe_baseline_noise",
-            "Run-to-run noise: 1.4826 x MAD of the per-run medians in the baseline, in the unit of `quantity`.",
-        )
-        self.baseline_runs = gauge("llm_probe_baseline_runs", "Runs in the baseline.")
-        self.threshold_ratio = gauge(
-            "llm_probe_regression_threshold_ratio",
-            "Relative change of the recent median against the baseline that counts as a regression: "
-            "max(minimum effect, K x standard error / baseline).",
-        )
-        self._series: dict[tuple, Series] = {}
+        self.store = store
+        store.add_part(Part(CASE, self.PART, LIVE_FAMILIES, lambda key, ctx: LiveCase(),
+                            lambda key, state, ctx: state.render(key)))
         # run_id -> [newest ended_at, {series key: [values]}]; runs in flight, oldest first.
         self._pending: OrderedDict[str, list] = OrderedDict()
+        # Runs already closed: a straggler that ends after its run's summary is not a new run.
+        self._closed: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
     # ---- sink interface ----
@@ -143,6 +137,8 @@ class LiveStats(Sink):
         if not r.ok or not r.run_id:
             return
         with self._lock:
+            if r.run_id in self._closed:
+                return
             self._collect(r, self._pending)
             # A run whose summary never comes (a crash between runs) must not pile up.
             while len(self._pending) > MAX_RUNS_IN_FLIGHT:
@@ -150,7 +146,11 @@ class LiveStats(Sink):
 
     def on_run(self, run: RunSummary) -> None:
         with self._lock:
-            self._finish(self._pending.pop(run.run_id, None), run.ended_at, publish=True)
+            self._closed[run.run_id] = None
+            while len(self._closed) > MAX_RUNS_IN_FLIGHT:
+                self._closed.popitem(last=False)
+            pending = self._pending.pop(run.run_id, None)
+        self._finish(pending, run.ended_at, publish=True)
 
     # ---- state ----
     @staticmethod
@@ -166,27 +166,45 @@ class LiveStats(Sink):
             if v is not None and math.isfinite(v) and v >= 0:
                 values.setdefault(base + (quantity,), []).append(v)
 
-    def _finish(self, pending: Optional[list], fallback_end: float, publish: bool) -> list[tuple]:
-        """Close a run: one median per series, at the time of the run's newest record."""
+    def _finish(self, pending: Optional[list], fallback_end: float, publish: bool) -> set[tuple]:
+        """Close a run: one median per series, at the time of the run's newest record.
+        Returns the case keys it reached (those still in the key space)."""
         if pending is None:
-            return []
+            return set()
         t = pending[0] or fallback_end
-        keys = []
+        by_case: dict[tuple, list] = {}
         for key, values in pending[1].items():
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = Series(self.policy)
-            series.add_run(t, values)
-            keys.append(key)
-            if publish:
-                self._publish(key, series, t)
-        return keys
+            by_case.setdefault(key[:5], []).append((key[5:], values))
+
+        touched = set()
+        for case_key, runs in by_case.items():
+            def add(state: LiveCase, ctx, runs=runs) -> Optional[bool]:
+                for sub, values in runs:
+                    series = state.series.get(sub)
+                    if series is None:
+                        series = state.series[sub] = Series(self.policy)
+                    series.add_run(t, values)
+                    if publish:
+                        self._publish(state, sub, t)
+                return None if publish else False
+
+            if self.store.update(CASE, case_key, self.PART, add):
+                touched.add(case_key)
+        return touched
+
+    def _publish(self, state: LiveCase, sub: tuple, now: float) -> None:
+        series = state.series[sub]
+        s = self._snapshot(series, now)
+        state.published[sub] = (s, s.baseline.runs if s.baseline else _baseline_runs(series, s.recent_runs))
 
     def snapshot(self, key: tuple) -> Optional[Snapshot]:
-        series = self._series.get(key)
-        if series is None or not len(series.times):
-            return None
-        return self._snapshot(series, series.times[-1])
+        def read(state: LiveCase, ctx) -> Optional[Snapshot]:
+            series = state.series.get(tuple(key[5:]))
+            if series is None or not len(series.times):
+                return None
+            return self._snapshot(series, series.times[-1])
+
+        return self.store.read(CASE, tuple(key[:5]), self.PART, read)
 
     def _snapshot(self, series: Series, now: float) -> Snapshot:
         recent = series.recent_count(now)
@@ -200,51 +218,6 @@ class LiveStats(Sink):
             baseline=base,
             threshold=threshold(self.policy, base, recent, len(values)) if base else None,
         )
-
-    def _publish(self, key: tuple, series: Series, now: float) -> None:
-        s = self._snapshot(series, now)
-        self.recent_quantile.set(key, s.quantiles, s.recent_requests, s.recent_sum)
-        self.recent_requests.labels(*key).set(s.recent_requests)
-        self.recent_runs.labels(*key).set(s.recent_runs)
-        self.baseline_runs.labels(*key).set(s.baseline.runs if s.baseline else _baseline_runs(series, s.recent_runs))
-        if s.baseline:
-            self.baseline_median.labels(*key).set(s.baseline.median)
-            self.baseline_noise.labels(*key).set(s.baseline.noise)
-            if s.threshold is not None:
-                self.threshold_ratio.labels(*key).set(s.threshold)
-            else:
-                _remove(self.threshold_ratio, key)
-        else:
-            # Too few runs to judge against: no baseline is better than a wrong one.
-            for g in (self.baseline_median, self.baseline_noise, self.threshold_ratio):
-                _remove(g, key)
-
-    def _gauges(self):
-        return (
-            self.recent_requests, self.recent_runs, self.baseline_median,
-            self.baseline_noise, self.baseline_runs, self.threshold_ratio,
-        )
-
-    def retire(self, config) -> int:
-        """Forget the series of target/scenario/model/case/concurrency combinations the config no longer has."""
-        keep = {
-            (t.name, s.name, s.model, c.name, str(level))
-            for s in config.scenarios for t in s.targets for c in s.cases for level in s.concurrency
-        }
-        removed = 0
-        with self._lock:
-            for key in [k for k in self._series if k[:5] not in keep]:
-                del self._series[key]
-                removed += 1
-            for key in self.recent_quantile.keys():
-                if key[:5] not in keep:
-                    self.recent_quantile.remove(key)
-            for g in self._gauges():
-                # prometheus_client keeps its children in _metrics; there is no public listing.
-                for labels in list(g._metrics):
-                    if tuple(labels[:5]) not in keep:
-                        g.remove(*labels)
-        return removed
 
     # ---- restart ----
     def rebuild(self, path: str | os.PathLike, max_bytes: int = 32 << 20) -> "RebuildStats":
@@ -279,14 +252,19 @@ class LiveStats(Sink):
             log.error("cannot rebuild live statistics from %s: %s", path, exc)
         # Whole runs, judged by their newest record as the live path does.
         kept = sorted((p for p in runs.values() if p[0] >= newest - span), key=lambda p: p[0])
-        with self._lock:
-            touched = set()
-            for pending in kept:
-                touched.update(self._finish(pending, pending[0], publish=False))
-            for key in touched:
-                series = self._series[key]
-                self._publish(key, series, series.times[-1])
-        stats = RebuildStats(records, len(kept), len(touched), read, time.monotonic() - began)
+        touched: set[tuple] = set()
+        for pending in kept:
+            touched.update(self._finish(pending, pending[0], publish=False))
+
+        def publish(state: LiveCase, ctx) -> None:
+            for sub, series in state.series.items():
+                self._publish(state, sub, series.times[-1])
+
+        series_count = 0
+        for key in touched:
+            self.store.update(CASE, key, self.PART, publish)
+            series_count += self.store.read(CASE, key, self.PART, lambda state, ctx: len(state.series)) or 0
+        stats = RebuildStats(records, len(kept), series_count, read, time.monotonic() - began)
         log.info(
             "live statistics rebuilt from %s: %d records, %d runs, %d series (%.1f MB read, %.2fs)",
             path, stats.records, stats.runs, stats.series, stats.bytes_read / 1e6, stats.seconds,
@@ -305,13 +283,6 @@ class RebuildStats:
 
 def _qlabel(q: float) -> str:
     return repr(q)
-
-
-def _remove(gauge: Gauge, key: tuple) -> None:
-    try:
-        gauge.remove(*key)
-    except KeyError:
-        pass
 
 
 def _baseline_runs(series: Series, recent: int) -> int:

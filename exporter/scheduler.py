@@ -6,16 +6,16 @@ import logging
 import threading
 from collections import defaultdict
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config, Scenario, Target
+from .schedule import trigger_for
 from .runner import ScenarioRunner
 from .sinks import Sink
 
@@ -25,36 +25,6 @@ STATS_JOB = "server-stats"
 
 def job_id(scenario: Scenario, target: Target) -> str:
     return f"probe:{scenario.name}@{target.name}"
-
-
-def trigger_for(scenario: Scenario):
-    if scenario.interval is not None:
-        return IntervalTrigger(seconds=scenario.interval, timezone=timezone.utc)
-    return CronTrigger.from_crontab(scenario.cron, timezone=timezone.utc)
-
-
-def longest_gap_s(scenario: Scenario, now: Optional[datetime] = None, horizon: timedelta = timedelta(days=7)) -> float:
-    """The longest wait between two consecutive runs: the interval, or for a cron schedule the
-    widest gap between its fire times over the next week (a weekday-only cron has a weekend gap).
-
-    The runs-stopped alert waits a couple of these before it calls a scenario stuck.
-    """
-    if scenario.interval is not None:
-        return float(scenario.interval)
-    trigger = trigger_for(scenario)
-    now = now or datetime.now(timezone.utc)
-    end = now + horizon
-    previous = trigger.get_next_fire_time(None, now)
-    longest = 0.0
-    while previous is not None:
-        nxt = trigger.get_next_fire_time(previous, previous + timedelta(microseconds=1))
-        if nxt is None:
-            break
-        longest = max(longest, (nxt - previous).total_seconds())
-        if nxt > end:
-            break
-        previous = nxt
-    return longest or horizon.total_seconds()
 
 
 class ProbeScheduler:
@@ -70,11 +40,13 @@ class ProbeScheduler:
         self,
         sinks: Iterable[Sink],
         on_skipped: Callable[[str, str], None],
-        poll_stats: Callable[[], None],
+        poll_all: Callable[[], None],
+        poll_target: Callable[[Target], None] = lambda target: None,
     ):
         self.sinks = list(sinks)
         self.on_skipped = on_skipped
-        self.poll_stats = poll_stats
+        self.poll_all = poll_all
+        self.poll_target = poll_target
         self.stop = threading.Event()
         self._target_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._jobs: dict[str, tuple[str, str]] = {}
@@ -112,8 +84,10 @@ class ProbeScheduler:
                     "run end: scenario=%s target=%s requests=%d failures=%d took %.2fs",
                     scenario.name, target.name, summary.requests, summary.failures, summary.duration_s,
                 )
-            # Refresh loaded models and process stats now, while the run's model is still resident.
-            self.poll_stats()
+            # Refresh this target's loaded models and process stats now, while the run's model is
+            # still resident. Only this target: the all-target poll is the stats job's, so a run
+            # never waits on another server.
+            self.poll_target(target)
         finally:
             with self._active_cond:
                 self._active -= 1
@@ -148,7 +122,7 @@ class ProbeScheduler:
         for jid, job in existing.items():
             job.remove()
         self._scheduler.add_job(
-            self.poll_stats,
+            self.poll_all,
             IntervalTrigger(seconds=config.server_stats_interval, timezone=timezone.utc),
             id=STATS_JOB, name=STATS_JOB, next_run_time=now,
         )

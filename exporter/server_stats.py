@@ -12,16 +12,19 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Optional
 
 import psutil
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from .config import Target
+from .keyspace import SERVER
 from .ollama import OllamaClient, OllamaError, RunningModel
+from .state import Part, StateStore
+from .textformat import Family, Labels, fmt
 
 log = logging.getLogger(__name__)
+POLL_WORKERS = 8
 
 
 @dataclass
@@ -116,16 +119,74 @@ class ServerSnapshot:
     error: Optional[str] = None
 
 
-class ServerStats:
-    """Polls every target; keeps the last snapshot of each for the collector and the report."""
+SERVER_PART = "server"
+BG = " Polled in the background, not at scrape time."
+UP = Family("llm_server_up", "gauge", "1 if the server answered its version endpoint." + BG)
+INFO = Family("llm_server_info", "gauge", "Server version; always 1." + BG)
+CPU = Family("llm_server_process_cpu_seconds_total", "counter",
+             "CPU seconds used by the server's process tree (server and model runners)." + BG)
+RSS = Family("llm_server_process_resident_memory_bytes", "gauge",
+             "Resident memory of the server's process tree (server and model runners)." + BG)
+PROCESSES = Family("llm_server_processes", "gauge", "Processes in the server's process tree." + BG)
+LOADED = Family("llm_server_model_loaded_bytes", "gauge",
+                "Size of each loaded model, from the running-models endpoint." + BG)
+VRAM = Family("llm_server_model_vram_bytes", "gauge", "Part of each loaded model held in GPU memory." + BG)
+VRAM_RATIO = Family(
+    "llm_server_model_vram_ratio", "gauge",
+    "Share of each loaded model held in GPU memory (size_vram / size): 1 all on the GPU, below 1 "
+    "some layers run on the CPU, 0 a CPU-only run." + BG)
+CONTEXT = Family("llm_server_model_context_length", "gauge",
+                 "Context length (tokens) each loaded model was loaded with, where the server reports it." + BG)
+SERVER_FAMILIES = (UP, INFO, CPU, RSS, PROCESSES, LOADED, VRAM, VRAM_RATIO, CONTEXT)
 
-    def __init__(self, targets: Iterable[Target], client_factory: Callable[[Target], OllamaClient] = OllamaClient):
+
+class ServerSlot:
+    """A target's last snapshot in the state store; none until its first poll ends."""
+
+    __slots__ = ("snapshot",)
+
+    def __init__(self):
+        self.snapshot: Optional[ServerSnapshot] = None
+
+    def render(self, name: str) -> dict[str, str]:
+        snap = self.snapshot
+        if snap is None:
+            return {}
+        target = Labels(("target",), (name,)).text
+        out = {UP.name: f"{UP.name}{target} {fmt(1 if snap.up else 0)}\n"}
+        if snap.version:
+            out[INFO.name] = f"{INFO.name}{Labels(('target', 'version'), (name, snap.version[:64])).text} 1.0\n"
+        if snap.process is not None:
+            out[CPU.name] = f"{CPU.name}{target} {fmt(snap.process.cpu_seconds_total)}\n"
+            out[RSS.name] = f"{RSS.name}{target} {fmt(snap.process.resident_bytes)}\n"
+            out[PROCESSES.name] = f"{PROCESSES.name}{target} {fmt(snap.process.processes)}\n"
+        per_model: dict[str, list[str]] = {f.name: [] for f in (LOADED, VRAM, VRAM_RATIO, CONTEXT)}
+        for m in snap.models:
+            labels = Labels(("target", "model"), (name, m.name[:64])).text
+            for family, value in ((LOADED, m.size), (VRAM, m.size_vram), (VRAM_RATIO, m.vram_ratio),
+                                  (CONTEXT, m.context_length or None)):
+                if value is not None:
+                    per_model[family.name].append(f"{family.name}{labels} {fmt(value)}\n")
+        out.update((k, "".join(v)) for k, v in per_model.items())
+        return out
+
+
+class ServerStats:
+    """Polls targets and keeps each one's last snapshot in the state store's server slots.
+
+    A poll of a target that left the key space finds no slot, so its snapshot is dropped:
+    a removed server never comes back as down."""
+
+    def __init__(self, store: StateStore, client_factory: Callable[[Target], OllamaClient] = OllamaClient):
+        self.store = store
+        store.add_part(Part(SERVER, SERVER_PART, SERVER_FAMILIES, lambda key, ctx: ServerSlot(),
+                            lambda key, state, ctx: state.render(key)))
         self._client_factory = client_factory
         self._lock = threading.Lock()
-        self._snapshots: dict[str, ServerSnapshot] = {}
         self._trees: dict[str, Optional[ProcessTree]] = {}
         self._targets: tuple[Target, ...] = ()
-        self.set_targets(targets)
+        # One poll per target at a time: a server that never answers ties up one thread, not a queue.
+        self._polling: set[str] = set()
 
     def set_targets(self, targets: Iterable[Target]) -> None:
         targets = tuple(targets)
@@ -141,9 +202,33 @@ class ServerStats:
                     trees[t.name] = ProcessTree(t.process_match, client.port) if t.process_match else None
             self._trees = trees
             self._targets = targets
-            self._snapshots = {k: v for k, v in self._snapshots.items() if k in trees}
 
-    def poll_target(self, target: Target) -> ServerSnapshot:
+    def poll_target(self, target: Target) -> Optional[ServerSnapshot]:
+        """Poll one target now; None if a poll of it is already under way."""
+        with self._lock:
+            if target.name in self._polling:
+                return None
+            self._polling.add(target.name)
+            tree = self._trees.get(target.name)
+        try:
+            snap = self._poll(target, tree)
+        finally:
+            with self._lock:
+                self._polling.discard(target.name)
+        previous: list[Optional[ServerSnapshot]] = [None]
+
+        def store(slot: ServerSlot, ctx) -> None:
+            previous[0], slot.snapshot = slot.snapshot, snap
+
+        self.store.update(SERVER, target.name, SERVER_PART, store)
+        if previous[0] is not None and previous[0].up != snap.up:
+            if snap.up:
+                log.info("target %s: server is up (version %s)", target.name, snap.version)
+            else:
+                log.warning("target %s: server is down: %s", target.name, snap.error)
+        return snap
+
+    def _poll(self, target: Target, tree: Optional[ProcessTree]) -> ServerSnapshot:
         client = self._client_factory(target)
         snap = ServerSnapshot(polled_at=time.time())
         try:
@@ -154,92 +239,30 @@ class ServerStats:
             snap.error = exc.message
             if snap.up:
                 log.warning("target %s: cannot list running models: %s", target.name, exc.message)
-        tree = self._trees.get(target.name)
         if tree is not None:
             try:
                 snap.process = tree.sample()
             except Exception:  # psutil on an odd platform must not stop the poller
                 log.exception("target %s: cannot read the server's process tree", target.name)
-        with self._lock:
-            previous = self._snapshots.get(target.name)
-            self._snapshots[target.name] = snap
-        if previous is not None and previous.up != snap.up:
-            if snap.up:
-                log.info("target %s: server is up (version %s)", target.name, snap.version)
-            else:
-                log.warning("target %s: server is down: %s", target.name, snap.error)
         return snap
 
+    def target(self, name: str) -> Optional[Target]:
+        with self._lock:
+            return next((t for t in self._targets if t.name == name), None)
+
     def poll(self) -> None:
+        """Poll every target, side by side: a server that accepts and never answers delays only itself."""
         with self._lock:
             targets = self._targets
-        for t in targets:
-            self.poll_target(t)
+        if not targets:
+            return
+        with ThreadPoolExecutor(max_workers=min(POLL_WORKERS, len(targets)), thread_name_prefix="server-stats") as pool:
+            list(pool.map(self.poll_target, targets))
 
     def snapshots(self) -> dict[str, ServerSnapshot]:
-        with self._lock:
-            return dict(self._snapshots)
-
-
-class ServerStatsCollector(Collector):
-    """Exposes the last snapshot of every target at scrape time (no I/O in the scrape)."""
-
-    def __init__(self, stats: ServerStats):
-        self.stats = stats
-
-    def describe(self):
-        return []
-
-    def collect(self):
-        bg = " Polled in the background, not at scrape time."
-        up = GaugeMetricFamily("llm_server_up", "1 if the server answered its version endpoint." + bg, labels=["target"])
-        info = GaugeMetricFamily("llm_server_info", "Server version; always 1." + bg, labels=["target", "version"])
-        cpu = CounterMetricFamily(
-            "llm_server_process_cpu_seconds",
-            "CPU seconds used by the server's process tree (server and model runners)." + bg, labels=["target"],
-        )
-        rss = GaugeMetricFamily(
-            "llm_server_process_resident_memory_bytes",
-            "Resident memory of the server's process tree (server and model runners)." + bg, labels=["target"],
-        )
-        procs = GaugeMetricFamily(
-            "llm_server_processes", "Processes in the server's process tree." + bg, labels=["target"]
-        )
-        loaded = GaugeMetricFamily(
-            "llm_server_model_loaded_bytes", "Size of each loaded model, from the running-models endpoint." + bg,
-            labels=["target", "model"],
-        )
-        vram = GaugeMetricFamily(
-            "llm_server_model_vram_bytes", "Part of each loaded model held in GPU memory." + bg,
-            labels=["target", "model"],
-        )
-        vram_ratio = GaugeMetricFamily(
-            "llm_server_model_vram_ratio",
-            "Share of each loaded model held in GPU memory (size_vram / size): 1 all on the GPU, below 1 "
-            "some layers run on the CPU, 0 a CPU-only run." + bg, labels=["target", "model"],
-        )
-        context = GaugeMetricFamily(
-            "llm_server_model_context_length",
-            "Context length (tokens) each loaded model was loaded with, where the server reports it." + bg,
-            labels=["target", "model"],
-        )
-        for name, snap in sorted(self.stats.snapshots().items()):
-            up.add_metric([name], 1 if snap.up else 0)
-            if snap.version:
-                info.add_metric([name, snap.version[:64]], 1)
-            if snap.process is not None:
-                cpu.add_metric([name], snap.process.cpu_seconds_total)
-                rss.add_metric([name], snap.process.resident_bytes)
-                procs.add_metric([name], snap.process.processes)
-            for m in snap.models:
-                model = m.name[:64]
-                if m.size is not None:
-                    loaded.add_metric([name, model], m.size)
-                if m.size_vram is not None:
-                    vram.add_metric([name, model], m.size_vram)
-                ratio = m.vram_ratio
-                if ratio is not None:
-                    vram_ratio.add_metric([name, model], ratio)
-                if m.context_length:
-                    context.add_metric([name, model], m.context_length)
-        yield from (up, info, cpu, rss, procs, loaded, vram, vram_ratio, context)
+        out = {}
+        for name in self.store.keys(SERVER):
+            snap = self.store.read(SERVER, name, SERVER_PART, lambda slot, ctx: slot.snapshot)
+            if snap is not None:
+                out[name] = snap
+        return out

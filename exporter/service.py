@@ -13,13 +13,15 @@ from .config import Config, ConfigError, load_file, resolve_targets
 from .discovery import DiscoveryMetrics, TargetDiscovery
 from .exposition import CachedExposition
 from .http import LandingPage
+from .keyspace import Keyspace
 from .live_stats import LiveStats
 from .metrics import ExporterMetrics, ProbeMetrics
 from .results import ResultsWriter
 from .scheduler import ProbeScheduler
-from .sinks import ResultsFileSink, Sink
-from .server_stats import ServerStats, ServerStatsCollector
+from .server_stats import ServerStats
 from .shard import Shard
+from .sinks import ResultsFileSink, Sink
+from .state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +42,29 @@ class Exporter:
         # `base_config` is the file as loaded; `config` adds the discovered targets and the shard.
         self.base_config = config
         self.config = config
+        # The exporter's own health lives on a prometheus_client registry; every probe and
+        # server series lives in the state store, which holds only the current config's keys.
         self.registry = registry or CollectorRegistry()
-        self.probe_metrics = ProbeMetrics(self.registry)
         self.exporter_metrics = ExporterMetrics(self.registry)
-        self.server_stats = ServerStats(config.targets)
-        self.registry.register(ServerStatsCollector(self.server_stats))
+        self.store = StateStore()
+        self.probe_metrics = ProbeMetrics(self.store)
+        self.live_stats = LiveStats(self.store)
+        self.server_stats = ServerStats(self.store)
         self.writer = ResultsWriter(results_path, max_bytes=results_max_bytes, keep=results_keep) if results_path else None
-        self.exposition = CachedExposition(self.registry)
-        self.live_stats = LiveStats(self.registry)
-        if results_path:
-            # A restart must not reset the baseline that regressions are judged against.
-            self.live_stats.rebuild(results_path)
+        self.exposition = CachedExposition(self.registry, self.store)
         sinks: list[Sink] = [self.probe_metrics, self.live_stats, self.exposition]
         if self.writer:
             sinks.append(ResultsFileSink(self.writer, self.exporter_metrics.results_lines,
                                          self.exporter_metrics.results_errors))
-        self.scheduler = ProbeScheduler(sinks, self._skipped, self._poll_stats)
+        self.scheduler = ProbeScheduler(sinks, self._skipped, self._poll_all, self._poll_target)
         self._reload_lock = threading.Lock()
         self.discovery = TargetDiscovery(DiscoveryMetrics(self.registry), self._targets_changed, self._check_targets)
         self.discovery.configure(config.target_files)
         self._install(config)
+        if results_path:
+            # A restart must not reset the baseline that regressions are judged against; the
+            # key space is in place, so only the current config's cases are rebuilt.
+            self.live_stats.rebuild(results_path)
 
     def _resolve(self, config: Config, discovered=None) -> Config:
         discovered = self.discovery.current() if discovered is None else discovered
@@ -76,8 +81,12 @@ class Exporter:
         with self._reload_lock:
             self._install(self.base_config, loaded=False)
 
-    def _poll_stats(self) -> None:
+    def _poll_all(self) -> None:
         self.server_stats.poll()
+        self.exposition.invalidate()
+
+    def _poll_target(self, target) -> None:
+        self.server_stats.poll_target(target)
         self.exposition.invalidate()
 
     def _skipped(self, target: str, scenario: str) -> None:
@@ -89,9 +98,9 @@ class Exporter:
         `loaded` is False when only the target files changed, not the config."""
         self.base_config = base
         config = self.config = self._resolve(base)
-        self.probe_metrics.retire(config)
-        self.live_stats.retire(config)
-        self.probe_metrics.declare(config)
+        # One step: from here on, a record or a poll for a key the config no longer has is
+        # dropped by the store, and /metrics holds exactly this config's keys.
+        self.store.swap(Keyspace.of(config))
         self.server_stats.set_targets(config.targets)
         self.scheduler.apply(config)
         if loaded:

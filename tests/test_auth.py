@@ -3,17 +3,17 @@
 import base64
 import logging
 
-from exporter.metrics import ProbeMetrics
 from exporter.runner import ScenarioRunner
+from tests.kit.exporters import ProbeStack
 from tests.kit.fake_ollama import FakeOllama
 
 SECRET = "s3cr3t-token-value"
 
 
 def run(cfg, registry):
-    metrics = getattr(registry, "_probe_metrics", None) or ProbeMetrics(registry)
-    registry._probe_metrics = metrics
-    metrics.declare(cfg)
+    stack = getattr(registry, "_probe_stack", None) or ProbeStack(registry)
+    registry._probe_stack = stack
+    metrics = stack.load(cfg).metrics
     s = cfg.scenarios[0]
     ScenarioRunner(s, s.targets[0], [metrics]).run()
     return s

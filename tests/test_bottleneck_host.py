@@ -23,8 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from exporter.config import Target
-from exporter.server_stats import ServerStats, ServerStatsCollector
-from tests.kit.exporters import ROOT, free_port, stop_process, wait_for
+from tests.kit.exporters import ROOT, free_port, server_stats, stop_process, wait_for
 from tests.kit.fake_ollama import Behavior, FakeOllama
 from tests.kit.host_exporters import node_exporter_binary, node_exporter_command
 
@@ -119,9 +118,8 @@ def test_cpu_burners_make_the_verdict_host_cpu(tmp_path):
     burn_s = 90
     with FakeOllama(Behavior(size_vram=0)) as fake:
         fake.loaded.add("tiny:latest")
-        stats = ServerStats([Target(name="cpu-host", url=fake.url, process_match=None)])
         registry = CollectorRegistry()
-        registry.register(ServerStatsCollector(stats))
+        stats = server_stats([Target(name="cpu-host", url=fake.url, process_match=None)], registry)
         port = free_port()
         server, _ = start_http_server(port, "127.0.0.1", registry)
         stop = threading.Event()

@@ -11,7 +11,7 @@ import requests
 from exporter.config import load_file
 from exporter.results import read_results
 from exporter.service import Exporter
-from tests.kit.exporters import ROOT, ExporterProcess, ThreadedExporter, scenario_yaml, wait_for
+from tests.kit.exporters import ROOT, ExporterProcess, ThreadedExporter, sample_value, scenario_yaml, wait_for
 from tests.kit.fake_ollama import Behavior, FakeOllama
 
 # The server-stats families, which the golden exposition (tests/test_golden.py) leaves out.
@@ -28,7 +28,7 @@ def running_exporter(tmp_path, fake):
     ))
     with ThreadedExporter(str(config_path), results_path=str(tmp_path / "results.jsonl")) as running:
         exporter = running.exporter
-        wait_for(lambda: exporter.registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "s"})
+        wait_for(lambda: sample_value(exporter, "llm_probe_success", {"target": "t1", "scenario": "s"})
                  is not None, what="first scenario run")
         yield exporter, running.base, config_path
 
@@ -38,7 +38,12 @@ def test_every_golden_family_is_served(running_exporter, golden_families):
     wait_for(lambda: "llm_server_model_loaded_bytes{" in requests.get(base + "/metrics", timeout=5).text, what="server stats")
     text = requests.get(base + "/metrics", timeout=5).text
     for name in golden_families + SERVER_FAMILIES:
-        assert f"\n{name}" in text or f"\n{name}_" in text, name
+        assert f"\n# TYPE {name} " in text, name
+    # One run: samples of every family that needs no history (baselines need six runs) and no
+    # local server process (the fake server is a thread of this test).
+    for name in golden_families:
+        if not name.startswith(("llm_probe_baseline_", "llm_probe_regression_", "llm_server_process")):
+            assert f"\n{name}" in text, name
     assert 'llm_server_info{target="t1",version="0.11.4"} 1.0' in text
     assert 'llm_probe_success{scenario="s",target="t1"} 1.0' in text
     # Labels never carry prompt text.
@@ -61,25 +66,25 @@ def test_reload_refuses_a_bad_config_and_keeps_the_old_one(running_exporter, fak
     config_path.write_text(good.replace("model: tiny", "model: tiny\n    bogus_key: 1"))
     r = requests.post(base + "/-/reload", timeout=5)
     assert r.status_code == 500 and "scenarios[0].bogus_key: unknown key" in r.text
-    assert exporter.registry.get_sample_value("llm_exporter_config_last_reload_successful") == 0
+    assert sample_value(exporter, "llm_exporter_config_last_reload_successful") == 0
     assert exporter.config.scenarios[0].name == "s"
     assert exporter.scheduler.next_runs()["probe:s@t1"] is not None
 
     config_path.write_text(good.replace("name: s\n", "name: renamed\n"))
     r = requests.post(base + "/-/reload", timeout=5)
     assert r.status_code == 200
-    assert exporter.registry.get_sample_value("llm_exporter_config_last_reload_successful") == 1
-    wait_for(lambda: exporter.registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "renamed"}) == 1,
+    assert sample_value(exporter, "llm_exporter_config_last_reload_successful") == 1
+    wait_for(lambda: sample_value(exporter, "llm_probe_success", {"target": "t1", "scenario": "renamed"}) == 1,
              what="the reloaded scenario to run")
     # The old scenario's series are gone, so an alert on them can resolve.
-    assert exporter.registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "s"}) is None
-    assert exporter.registry.get_sample_value("llm_probe_requests_total", {
+    assert sample_value(exporter, "llm_probe_success", {"target": "t1", "scenario": "s"}) is None
+    assert sample_value(exporter, "llm_probe_requests_total", {
         "target": "t1", "scenario": "s", "model": "tiny", "case": "short", "concurrency": "1"}) is None
 
 
 def test_results_file_gets_every_request(running_exporter):
     exporter, base, config_path = running_exporter
-    wait_for(lambda: exporter.registry.get_sample_value("llm_exporter_results_lines_total") == 12, what="12 lines")
+    wait_for(lambda: sample_value(exporter, "llm_exporter_results_lines_total") == 12, what="12 lines")
     records = list(read_results(config_path.parent / "results.jsonl"))
     assert len(records) == 12  # 2 cases x (2 sequential + 2 batches of 2)
     assert {r.concurrency for r in records} == {1, 2}
@@ -104,7 +109,7 @@ def test_skipped_runs_are_counted(tmp_path):
         exporter = Exporter(str(cfg_path), load_file(str(cfg_path)))
         exporter.start()
         try:
-            wait_for(lambda: (exporter.registry.get_sample_value(
+            wait_for(lambda: (sample_value(exporter, 
                 "llm_probe_skipped_runs_total", {"target": "t1", "scenario": "s"}) or 0) >= 2
                 and len(server.requests) >= 2, what="skipped runs and a second run")
         finally:

@@ -1,6 +1,7 @@
 """Past one host: targets from file_sd files that change without a restart, and replicas that
 split a fleet by hashmod of the target name."""
 
+import functools
 import json
 import os
 import textwrap
@@ -11,7 +12,7 @@ import pytest
 from exporter.config import ConfigError, TargetFile, load_text
 from exporter.discovery import DiscoveryError, parse_file_sd
 from exporter.shard import Shard, hashmod, ordinal_from_hostname
-from tests.kit.exporters import ThreadedExporter, wait_for
+from tests.kit.exporters import ThreadedExporter, all_families, sample_value, wait_for
 from tests.kit.fake_ollama import Behavior, FakeOllama
 
 
@@ -177,13 +178,13 @@ def test_shard_flags():
 
 def probed_targets(exporter) -> set[str]:
     """Targets with at least one request counted."""
-    return {s.labels["target"] for m in exporter.registry.collect() if m.name == "llm_probe_requests"
+    return {s.labels["target"] for m in all_families(exporter) if m.name == "llm_probe_requests"
             for s in m.samples if s.name == "llm_probe_requests_total" and s.value > 0}
 
 
 def series_targets(exporter) -> set[str]:
     """Targets named by any series: probe metrics and server stats."""
-    return {s.labels["target"] for m in exporter.registry.collect() for s in m.samples if "target" in s.labels}
+    return {s.labels["target"] for m in all_families(exporter) for s in m.samples if "target" in s.labels}
 
 
 def test_target_file_changes_without_a_restart(tmp_path, fakes):
@@ -194,7 +195,7 @@ def test_target_file_changes_without_a_restart(tmp_path, fakes):
     config.write_text(fleet_yaml(targets) + "server_stats: {interval: 200ms}\n")
     with ThreadedExporter(str(config)) as running:
         exp = running.exporter
-        value = exp.registry.get_sample_value
+        value = functools.partial(sample_value, exp)
         wait_for(lambda: probed_targets(exp) == {"a"}, what="the first target probed")
         assert value("llm_exporter_discovered_targets", {"group": "fleet"}) == 1
 
@@ -233,7 +234,7 @@ def test_missing_file_at_start_is_counted_and_picked_up_later(tmp_path, fakes):
     config.write_text(fleet_yaml(targets))
     with ThreadedExporter(str(config)) as running:
         exp = running.exporter
-        assert exp.registry.get_sample_value("llm_exporter_targets_file_errors_total", {"group": "fleet"}) == 1
+        assert sample_value(exp, "llm_exporter_targets_file_errors_total", {"group": "fleet"}) == 1
         assert running.exporter.ready()
         write_targets(targets, {"a": fakes[0]})
         wait_for(lambda: probed_targets(exp) == {"a"}, what="the target of a file that appeared")
@@ -247,7 +248,7 @@ def test_discovered_targets_beyond_the_label_budget_are_refused(tmp_path, fakes)
     with ThreadedExporter(str(config)) as running:
         exp = running.exporter
         write_targets(targets, {n: fakes[i] for i, n in enumerate("abc")})
-        wait_for(lambda: exp.registry.get_sample_value("llm_exporter_targets_file_errors_total",
+        wait_for(lambda: sample_value(exp, "llm_exporter_targets_file_errors_total",
                                                        {"group": "fleet"}) == 1, what="the budget refusal")
         assert [t.name for t in exp.config.targets] == ["a"]
 

@@ -1,10 +1,10 @@
 """The exact /metrics text for fixed records, compared with tests/golden/metrics.txt.
 
-The records go through the real sinks (ProbeMetrics, the results-file sink with its
-counters, the cached exposition) into a fresh registry, so any change to a name, help
-text, label, bucket or value shows up as a diff here. After a deliberate change:
-`pytest tests/test_golden.py --update-golden`, then review the diff of the file.
-The server-stats collector is left out: its numbers come from a live server.
+The records go through the real sinks (ProbeMetrics, LiveStats, the results-file sink
+with its counters, the cached exposition) into a fresh state store, and the server-stats
+part polls a fixed stand-in server, so every hand-written family is covered: any change to
+a name, help text, label, bucket or value shows up as a diff here. After a deliberate
+change: `pytest tests/test_golden.py --update-golden`, then review the diff of the file.
 """
 
 import difflib
@@ -14,20 +14,26 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, enable
 
 from exporter.config import load_text
 from exporter.exposition import CachedExposition
+from exporter.keyspace import Keyspace
+from exporter.live_stats import LiveStats
 from exporter.metrics import ExporterMetrics, ProbeMetrics
+from exporter.ollama import RunningModel
 from exporter.results import BatchSummary, ProbeResult, ResultsWriter, RunSummary
+from exporter.server_stats import ServerStats
 from exporter.sinks import FanOut, ResultsFileSink
+from exporter.state import StateStore
 from tests.kit.exporters import scenario_yaml
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z: fixed, so timestamps in the text never vary
 
 
-def _ok(case: str, start: str, concurrency: int = 1, batch: int = 1, offset: float = 0.0) -> ProbeResult:
+def _ok(case: str, start: str, concurrency: int = 1, batch: int = 1, offset: float = 0.0, run_id: str = "run1",
+        ttft: float = 0.25) -> ProbeResult:
     load = 1.25 if start == "cold" else 0.003
     return ProbeResult(
         target="t1", scenario="s", model="tiny", case=case, concurrency=concurrency, start=start, batch=batch,
-        run_id="run1", started_at=T0 + offset, ended_at=T0 + offset + 2.0, ok=True, http_status=200,
-        connect_duration_s=0.0005, ttft_s=0.25 + load, request_duration_s=2.0 + load,
+        run_id=run_id, started_at=T0 + offset, ended_at=T0 + offset + 2.0, ok=True, http_status=200,
+        connect_duration_s=0.0005, ttft_s=ttft + load, request_duration_s=2.0 + load,
         inter_token_gaps_s=[0.05, 0.0625, 0.075], output_chunks=4, response_chars=20,
         load_duration_s=load, prompt_eval_count=12, prompt_eval_duration_s=0.125,
         eval_count=4, eval_duration_s=0.25, total_duration_s=1.875 + load, done_reason="length",
@@ -39,23 +45,43 @@ def _failed(case: str, reason: str) -> ProbeResult:
                        ended_at=T0 + 15, ok=False, reason=reason, error="read timed out after 5s")
 
 
+class FixedServer:
+    """The control calls ServerStats makes, answered with fixed values (one GPU-offloaded model)."""
+
+    port = 11434
+
+    def version(self) -> str:
+        return "0.11.4"
+
+    def running_models(self) -> list:
+        return [RunningModel("tiny:latest", size=200_000_000, size_vram=150_000_000, context_length=4096)]
+
+
 def render(tmp_path) -> str:
     config = load_text(scenario_yaml("http://127.0.0.1:11434", extra="concurrency: [1, 2]\nslo: {ttft: 1s, objective: 99%}\n",
                                      cases={"short": "hi", "long": "a longer prompt"}), "golden")
     disable_created_metrics()  # as the exporter does: `_created` series carry the wall clock
     try:
         registry = CollectorRegistry()
-        probe_metrics = ProbeMetrics(registry)
+        store = StateStore()
+        probe_metrics = ProbeMetrics(store, clock=lambda: T0)
+        live_stats = LiveStats(store)
+        server_stats = ServerStats(store, client_factory=lambda target: FixedServer())
+        store.swap(Keyspace.of(config))
+        server_stats.set_targets(config.targets)
         exporter_metrics = ExporterMetrics(registry)
-        probe_metrics.declare(config, now=T0)
         exporter_metrics.reload_ok.set(1)
         exporter_metrics.reload_time.set(T0)
         exporter_metrics.label_combinations.set(config.label_combinations)
-        exposition = CachedExposition(registry)
+        exposition = CachedExposition(registry, store)
         writer = ResultsWriter(tmp_path / "results.jsonl")
-        sinks = FanOut([probe_metrics, exposition, ResultsFileSink(
+        sinks = FanOut([probe_metrics, live_stats, exposition, ResultsFileSink(
             writer, exporter_metrics.results_lines, exporter_metrics.results_errors)])
         try:
+            # Eight earlier hourly runs: enough history for a baseline, its noise and a threshold.
+            for k in range(8, 0, -1):
+                sinks.on_result(_ok("short", "warm", offset=-3600.0 * k, run_id=f"h{k}", ttft=0.25 + 0.0625 * (k % 3)))
+                sinks.on_run(RunSummary("t1", "s", f"h{k}", T0 - 3600 * k, T0 - 3600 * k + 3, requests=1, failures=0))
             sinks.on_result(_ok("short", "cold"))
             sinks.on_batch(BatchSummary("t1", "s", "tiny", "short", 1, 1, 0, 2.0))
             sinks.on_result(_ok("short", "warm", batch=2, offset=3))
@@ -67,6 +93,7 @@ def render(tmp_path) -> str:
             sinks.on_batch(BatchSummary("t1", "s", "tiny", "short", 2, 2, 0, 3.2))
             sinks.on_run(RunSummary("t1", "s", "run1", T0, T0 + 30, requests=5, failures=1))
             probe_metrics.skipped("t1", "s")
+            server_stats.poll()
             return exposition.render().decode()  # what the next scrape gets
         finally:
             exposition.close()
@@ -90,3 +117,26 @@ def test_metrics_text_matches_the_golden_file(tmp_path, update_golden, golden_me
 
 def test_rendering_is_deterministic(tmp_path):
     assert render(tmp_path / "a") == render(tmp_path / "b")
+
+
+def test_the_text_parses_back_to_the_same_samples(tmp_path):
+    """The store writes the text format itself: prometheus_client's parser must read every line back."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = render(tmp_path)
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(samples) == len(lines) > 1000
+
+
+@pytest.mark.prometheus
+def test_promtool_accepts_the_text(tmp_path):
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by `make system-deps`"
+    res = subprocess.run([promtool, "check", "metrics"], input=render(tmp_path), capture_output=True, text=True,
+                         timeout=60)
+    # promtool's lint warns about names (e.g. a counter's HELP); it fails only on text it cannot parse.
+    assert "error while linting" not in res.stderr and "parse" not in res.stderr.lower(), res.stderr

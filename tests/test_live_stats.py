@@ -8,11 +8,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import load_text
-from exporter.live_stats import LiveStats
 from exporter.live_window import Policy, kth_distance, quantile, threshold
 from exporter.results import ProbeResult, ResultsWriter, RunSummary
 from exporter.service import Exporter
 from tests.conftest import scenario_yaml
+from tests.kit.exporters import open_live_stats, sample_value
+from exporter.keyspace import CASE
 
 T0 = 1_780_000_000.0
 TTFT = "time_to_first_token_seconds"
@@ -35,7 +36,11 @@ def feed(stats, t, values, run_id=None, sinks=(), **kw):
 
 
 def gauge(registry, name, quantity=TTFT, **extra):
-    return registry.get_sample_value(name, {**LABELS, "quantity": quantity, **extra})
+    """A live-statistics sample from a registry, or from an Exporter's /metrics."""
+    labels = {**LABELS, "quantity": quantity, **extra}
+    if isinstance(registry, Exporter):
+        return sample_value(registry, name, labels)
+    return registry.get_sample_value(name, labels)
 
 
 def samples(registry):
@@ -64,7 +69,7 @@ def test_kth_distance_selects_from_the_sorted_distances():
 
 def test_recent_quantiles_are_exact_over_the_requests_of_the_window():
     registry = CollectorRegistry()
-    stats = LiveStats(registry)
+    stats = open_live_stats(registry)
     rng = random.Random(2)
     runs = [[rng.uniform(0.2, 0.6) for _ in range(7)] for _ in range(3)]
     for i, values in enumerate(runs):
@@ -90,7 +95,7 @@ def test_the_exposition_passes_promtool_check_metrics():
     from prometheus_client import generate_latest
 
     registry = CollectorRegistry()
-    stats = LiveStats(registry)
+    stats = open_live_stats(registry)
     for i in range(12):
         feed(stats, T0 + 3600 * i, [0.3, 0.31])
     text = generate_latest(registry).decode()
@@ -104,7 +109,7 @@ def test_the_exposition_passes_promtool_check_metrics():
 
 def test_failures_are_left_out_and_cold_warm_and_quantities_are_apart():
     registry = CollectorRegistry()
-    stats = LiveStats(registry)
+    stats = open_live_stats(registry)
     stats.on_result(record("a", T0, 0.3, eval_count=50, eval_duration_s=1.0, request_duration_s=1.3))
     stats.on_result(record("a", T0 + 1, 5.0, start="cold", load_duration_s=4.0, request_duration_s=6.0))
     stats.on_result(record("a", T0 + 2, 9.9, ok=False))
@@ -119,7 +124,7 @@ def test_failures_are_left_out_and_cold_warm_and_quantities_are_apart():
 
 def test_recent_window_is_max_of_runs_and_minutes_and_the_baseline_is_before_it():
     registry = CollectorRegistry()
-    stats = LiveStats(registry)
+    stats = open_live_stats(registry)
     medians = []
     for i in range(40):  # a run a minute, one request each
         v = 1.0 + 0.01 * (i % 7)
@@ -137,7 +142,7 @@ def test_recent_window_is_max_of_runs_and_minutes_and_the_baseline_is_before_it(
 
 def test_no_baseline_until_six_runs_precede_the_window():
     registry = CollectorRegistry()
-    stats = LiveStats(registry)
+    stats = open_live_stats(registry)
     for i in range(8):
         feed(stats, T0 + 3600 * i, [1.0 + 0.01 * i])  # hourly: window = 3 runs
         if i < 8:
@@ -153,13 +158,13 @@ def test_no_baseline_until_six_runs_precede_the_window():
 def test_baseline_spans_a_day_but_a_slow_schedule_reaches_back_for_enough_runs():
     p = Policy()
     registry = CollectorRegistry()
-    stats = LiveStats(registry)
+    stats = open_live_stats(registry)
     for i in range(2000):  # a run a minute for 33 h: the baseline is the day before the window
         feed(stats, T0 + 60 * i, [1.0])
     # 24 h back from the newest run (1441 runs) minus the 15 of the recent window.
     assert gauge(registry, "llm_probe_baseline_runs") == 24 * 60 + 1 - 15
     registry = CollectorRegistry()
-    stats = LiveStats(registry)
+    stats = open_live_stats(registry)
     for i in range(5 * 24):  # hourly for 5 days: the baseline reaches back 3 days, not 1
         feed(stats, T0 + 3600 * i, [1.0])
     # Runs 47 h .. 116 h: everything within 72 h except the 3 of the recent window.
@@ -169,10 +174,10 @@ def test_baseline_spans_a_day_but_a_slow_schedule_reaches_back_for_enough_runs()
 def test_memory_is_bounded_whatever_the_schedule():
     p = Policy()
     registry = CollectorRegistry()
-    stats = LiveStats(registry)
+    stats = open_live_stats(registry)
     for i in range(6000):  # a run a second with 10 requests
         feed(stats, T0 + i, [1.0 + 0.001 * (i % 11)] * 10)
-    (series,) = stats._series.values()
+    (series,) = stats.store.read(CASE, tuple(LABELS.values())[:5], "live", lambda state, ctx: list(state.series.values()))
     assert len(series.times) <= p.baseline_max_runs + p.recent_max_runs + 64
     assert len(series.raw) <= p.recent_max_runs
     assert sum(len(r) for r in series.raw) <= p.recent_max_runs * 10
@@ -190,7 +195,7 @@ def test_memory_is_bounded_whatever_the_schedule():
 
 def test_sorted_baseline_stays_exact_while_runs_enter_and_leave():
     registry = CollectorRegistry()
-    stats = LiveStats(registry, Policy(baseline_max_runs=50, recent_max_runs=20))
+    stats = open_live_stats(registry, Policy(baseline_max_runs=50, recent_max_runs=20))
     rng = random.Random(3)
     medians = []
     for i in range(400):
@@ -225,7 +230,7 @@ def test_regression_inputs_for_the_alert_cases_of_the_issue():
         (0.30, 0.45, TTFT, True), (0.49, 0.51, TTFT, False), (49.0, 31.0, "output_tokens_per_second", True),
     ):
         registry = CollectorRegistry()
-        stats = LiveStats(registry)
+        stats = open_live_stats(registry)
         rng = random.Random(4)
         for i in range(120):
             v = (before if i < 100 else after) * rng.lognormvariate(0, 0.01)
@@ -241,7 +246,7 @@ def _run_both(tmp_path, runs, interval, writer_kw=None):
     path = tmp_path / "results.jsonl"
     writer = ResultsWriter(path, **(writer_kw or {}))
     registry = CollectorRegistry()
-    live = LiveStats(registry)
+    live = open_live_stats(registry)
     rng = random.Random(5)
     for i in range(runs):
         t = T0 + interval * i
@@ -251,7 +256,7 @@ def _run_both(tmp_path, runs, interval, writer_kw=None):
                  eval_count=64, eval_duration_s=rng.uniform(2, 2.2), request_duration_s=3.0)
     writer.close()
     rebuilt_registry = CollectorRegistry()
-    stats = LiveStats(rebuilt_registry).rebuild(path)
+    stats = open_live_stats(rebuilt_registry).rebuild(path)
     return registry, rebuilt_registry, stats
 
 
@@ -272,10 +277,10 @@ def test_rebuild_reads_the_rotated_file_when_the_span_needs_it(tmp_path):
 
 def test_rebuild_survives_a_missing_or_garbled_file(tmp_path):
     registry = CollectorRegistry()
-    assert LiveStats(registry).rebuild(tmp_path / "nothing.jsonl").records == 0
+    assert open_live_stats(registry).rebuild(tmp_path / "nothing.jsonl").records == 0
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b'{"not": "a record"}\n[1,2]\ngarbage\n{"target": "t1", "scenario"')
-    assert LiveStats(CollectorRegistry()).rebuild(path).records == 0
+    assert open_live_stats(CollectorRegistry()).rebuild(path).records == 0
 
 
 def test_reload_retires_the_series_of_removed_cases(tmp_path):
@@ -285,13 +290,13 @@ def test_reload_retires_the_series_of_removed_cases(tmp_path):
     stats = exporter.live_stats
     for case in ("short", "long"):
         feed(stats, T0, [0.3], run_id=case, case=case)
-    assert gauge(exporter.registry, "llm_probe_recent_requests", case="long") == 1
+    assert gauge(exporter, "llm_probe_recent_requests", case="long") == 1
     cfg_path.write_text(scenario_yaml("http://127.0.0.1:9", model="m", cases={"short": "a"}))
     ok, _ = exporter.reload()
     assert ok
-    assert gauge(exporter.registry, "llm_probe_recent_requests", case="long") is None
-    assert gauge(exporter.registry, "llm_probe_recent_requests") == 1
-    assert len(stats._series) == 1
+    assert gauge(exporter, "llm_probe_recent_requests", case="long") is None
+    assert gauge(exporter, "llm_probe_recent_requests") == 1
+    assert exporter.store.keys(CASE) == [("t1", "s", "m", "short", "1")]
 
 
 def test_the_exporter_rebuilds_its_baseline_at_start_up(tmp_path):
@@ -303,5 +308,5 @@ def test_the_exporter_rebuilds_its_baseline_at_start_up(tmp_path):
     cfg_path = tmp_path / "s.yaml"
     cfg_path.write_text(scenario_yaml("http://127.0.0.1:9", model="m"))
     exporter = Exporter(str(cfg_path), load_text(cfg_path.read_text(), "test"), results_path=str(results))
-    assert gauge(exporter.registry, "llm_probe_baseline_runs") == 27
-    assert gauge(exporter.registry, "llm_probe_baseline_median") == pytest.approx(0.313)
+    assert gauge(exporter, "llm_probe_baseline_runs") == 27
+    assert gauge(exporter, "llm_probe_baseline_median") == pytest.approx(0.313)

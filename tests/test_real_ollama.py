@@ -8,11 +8,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import load_text
-from exporter.metrics import ProbeMetrics
 from exporter.ollama import OllamaClient
 from exporter.runner import ScenarioRunner
-from exporter.server_stats import ServerStats, ServerStatsCollector
-from tests.kit.exporters import CollectingSink, free_port
+from tests.kit.exporters import CollectingSink, ProbeStack, free_port
 from tests.kit.real_ollama import MODEL, OllamaServer
 
 pytestmark = pytest.mark.ollama
@@ -34,10 +32,9 @@ def config(url, *, model=MODEL, cases=None, extra="", name="e2e"):
         """) + textwrap.indent(textwrap.dedent(extra), "    ") + "    cases:\n" + case_lines + "\n")
 
 
-def run(cfg, registry=None):
+def run(cfg, registry=None, stack=None):
     registry = registry or CollectorRegistry()
-    metrics = ProbeMetrics(registry)
-    metrics.declare(cfg)
+    metrics = (stack or ProbeStack(registry, cfg)).metrics
     rec = CollectingSink()
     scenario = cfg.scenarios[0]
     summary = ScenarioRunner(scenario, scenario.targets[0], [metrics, rec]).run()
@@ -55,12 +52,12 @@ def test_default_shape_against_the_real_server(real_ollama):
         "long": "Describe the architecture of a transformer neural network in detail, " * 4,
     })
     registry = CollectorRegistry()
-    stats = ServerStats(cfg.targets)
-    registry.register(ServerStatsCollector(stats))
+    stack = ProbeStack(registry, cfg)
+    stats = stack.servers
     stats.poll()
     before = stats.snapshots()["real"].process
     assert before is not None and before.root_pid == real_ollama.proc.pid
-    summary, rec, _ = run(cfg, registry)
+    summary, rec, _ = run(cfg, registry, stack)
     stats.poll()
     after = stats.snapshots()["real"].process
     assert summary.failures == 0 and summary.requests == 6

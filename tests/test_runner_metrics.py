@@ -2,16 +2,14 @@
 
 import pytest
 
-from exporter.metrics import ProbeMetrics
 from exporter.results import FAILURE_REASONS
 from exporter.runner import ScenarioRunner
-from tests.kit.exporters import CollectingSink
+from tests.kit.exporters import CollectingSink, ProbeStack
 from tests.kit.fake_ollama import Behavior
 
 
 def run(cfg, registry, sinks=()):
-    metrics = ProbeMetrics(registry)
-    metrics.declare(cfg)
+    metrics = ProbeStack(registry, cfg).metrics
     scenario = cfg.scenarios[0]
     collect = CollectingSink()
     summary = ScenarioRunner(scenario, scenario.targets[0], [metrics, collect, *sinks]).run()
@@ -148,22 +146,3 @@ def test_expiry_parsing_and_unloading_models_count_as_cold():
     assert runner.model_is_loaded(Client([running("m:latest", soon)]), "m") is False
     assert runner.model_is_loaded(Client([running("other:latest", later)]), "m") is False
     assert runner.model_is_loaded(Client([running("m", None)]), "m:latest") is True
-
-
-def test_retire_drops_every_series_of_a_removed_scenario(registry, make_config):
-    from prometheus_client import generate_latest
-
-    from exporter.results import ProbeResult, RunSummary
-
-    metrics = ProbeMetrics(registry)
-    old, new = make_config("http://127.0.0.1:1"), make_config("http://127.0.0.1:1", name="renamed")
-    metrics.declare(old)
-    metrics.on_result(ProbeResult("t1", "s", "tiny", "short", ok=True, ttft_s=0.1, request_duration_s=0.5,
-                                  inter_token_gaps_s=[0.01], eval_count=2, eval_duration_s=0.02))
-    metrics.on_run(RunSummary("t1", "s", "r", 0.0, 1.0, 1, 0))
-    metrics.skipped("t1", "s")
-    assert metrics.retire(new) > 0
-    metrics.declare(new)
-    text = generate_latest(registry).decode()
-    assert 'scenario="s"' not in text and 'scenario="renamed"' in text
-    assert metrics.retire(new) == 0  # nothing of the running config is dropped

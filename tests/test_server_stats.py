@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import Target
-from exporter.server_stats import ProcessTree, ServerStats, ServerStatsCollector
-from tests.kit.exporters import free_port, wait_for
+from exporter.server_stats import ProcessTree
+from tests.kit.exporters import free_port, server_stats, wait_for
 from tests.kit.fake_ollama import Behavior, FakeOllama
 
 # A parent that burns CPU in a child it restarts on demand, like `ollama serve` and its runners.
@@ -70,10 +70,9 @@ def test_cpu_counter_never_goes_back_when_a_child_exits(fake_server_tree):
 
 
 def test_no_matching_process_means_no_series():
-    stats = ServerStats([Target(name="remote", url=f"http://127.0.0.1:{free_port()}",
-                                process_match="no-such-process-" + uuid.uuid4().hex)])
     registry = CollectorRegistry()
-    registry.register(ServerStatsCollector(stats))
+    stats = server_stats([Target(name="remote", url=f"http://127.0.0.1:{free_port()}",
+                                 process_match="no-such-process-" + uuid.uuid4().hex)], registry)
     stats.poll()
     assert registry.get_sample_value("llm_server_up", {"target": "remote"}) == 0
     assert registry.get_sample_value("llm_server_process_cpu_seconds_total", {"target": "remote"}) is None
@@ -84,9 +83,8 @@ def test_no_matching_process_means_no_series():
 def test_up_info_and_loaded_models_from_the_api():
     with FakeOllama() as server:
         server.loaded.add("tiny:latest")
-        stats = ServerStats([Target(name="t", url=server.url, process_match=None)])
         registry = CollectorRegistry()
-        registry.register(ServerStatsCollector(stats))
+        stats = server_stats([Target(name="t", url=server.url, process_match=None)], registry)
         stats.poll()
         assert registry.get_sample_value("llm_server_up", {"target": "t"}) == 1
         assert registry.get_sample_value("llm_server_info", {"target": "t", "version": "0.11.4"}) == 1
@@ -100,9 +98,8 @@ def test_up_info_and_loaded_models_from_the_api():
 def _collect(behavior):
     with FakeOllama(behavior) as server:
         server.loaded.add("tiny:latest")
-        stats = ServerStats([Target(name="t", url=server.url, process_match=None)])
         registry = CollectorRegistry()
-        registry.register(ServerStatsCollector(stats))
+        stats = server_stats([Target(name="t", url=server.url, process_match=None)], registry)
         stats.poll()
         return registry
 

@@ -6,9 +6,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import ConfigError, load_text
-from exporter.metrics import ProbeMetrics, slo_good
+from exporter.metrics import slo_good
 from exporter.results import ProbeResult, RunSummary
-from exporter.scheduler import longest_gap_s
+from exporter.schedule import longest_gap_s
+from tests.kit.exporters import ProbeStack
 
 
 def _config(slo_scenario="", slo_case="", schedule="{interval: 30s}", extra_case=""):
@@ -96,8 +97,8 @@ def _value(reg, name, **labels):
 def test_slo_counters_are_declared_at_load_and_count_good_and_bad():
     cfg = _config(slo_case="{ttft: 1s, objective: 99.5%}")
     reg = CollectorRegistry()
-    m = ProbeMetrics(reg)
-    m.declare(cfg)
+    stack = ProbeStack(reg, cfg)
+    m = stack.metrics
     labels = dict(target="t", scenario="s", model="m", case="a@temperature=0", concurrency="2")
     assert _value(reg, "llm_probe_slo_requests_total", **labels) == 0
     assert _value(reg, "llm_probe_slo_good_requests_total", **labels) == 0
@@ -110,7 +111,7 @@ def test_slo_counters_are_declared_at_load_and_count_good_and_bad():
     assert _value(reg, "llm_probe_slo_requests_total", **labels) == 3
     assert _value(reg, "llm_probe_slo_good_requests_total", **labels) == 1
     # Removing the SLO from the config removes its series, so its alerts resolve.
-    m.declare(_config())
+    stack.load(_config())
     assert _value(reg, "llm_probe_slo_requests_total", **labels) is None
     assert _value(reg, "llm_probe_slo_objective_ratio", target="t", scenario="s", model="m", case="a@temperature=0") is None
     m.on_result(_record(concurrency=2))
@@ -119,8 +120,8 @@ def test_slo_counters_are_declared_at_load_and_count_good_and_bad():
 
 def test_histograms_are_declared_cold_and_warm_so_the_first_cold_start_is_an_increase():
     reg = CollectorRegistry()
-    m = ProbeMetrics(reg)
-    m.declare(_config())
+    stack = ProbeStack(reg, _config())
+    m = stack.metrics
     labels = dict(target="t", scenario="s", model="m", case="b@temperature=0.5", concurrency="1")
     for start in ("cold", "warm"):
         assert _value(reg, "llm_probe_time_to_first_token_seconds_count", **labels, start=start) == 0
@@ -134,8 +135,8 @@ def test_histograms_are_declared_cold_and_warm_so_the_first_cold_start_is_an_inc
 
 def test_buckets_fit_a_cpu_host_and_a_fast_gpu():
     reg = CollectorRegistry()
-    m = ProbeMetrics(reg)
-    m.declare(_config())
+    stack = ProbeStack(reg, _config())
+    m = stack.metrics
     m.on_result(_record(case="b@temperature=0", prompt_eval_count=30000, prompt_eval_duration_s=1.0, ttft_s=0.003,
                         request_duration_s=0.03))
     labels = dict(target="t", scenario="s", model="m", case="b@temperature=0", concurrency="1")
@@ -158,8 +159,8 @@ def test_schedule_interval_is_the_longest_gap_between_runs(schedule, gap):
     cfg = _config(schedule=schedule)
     assert longest_gap_s(cfg.scenarios[0], now=datetime(2026, 11, 25, 12, tzinfo=timezone.utc)) == gap
     reg = CollectorRegistry()
-    m = ProbeMetrics(reg)
-    m.declare(cfg)
+    stack = ProbeStack(reg, cfg)
+    m = stack.metrics
     assert _value(reg, "llm_probe_schedule_interval_seconds", target="t", scenario="s") == gap
     assert _value(reg, "llm_probe_schedule_start_timestamp_seconds", target="t", scenario="s") > 1.7e9
     # The last-run gauge appears only when a run has ended; the alert falls back to the schedule start.

@@ -49,10 +49,10 @@ from statistics import median
 
 from prometheus_client import CollectorRegistry
 
-from exporter.live_stats import LiveStats
+
 from exporter.live_window import Policy
 from exporter.results import ProbeResult, RunSummary
-from .exporters import ROOT
+from .exporters import ROOT, open_live_stats
 
 RULES = os.path.join(ROOT, "prometheus", "rules", "regression.yml")
 T0 = 1_780_000_000.0  # simulated wall clock at minute 0
@@ -127,7 +127,7 @@ def simulate(schedule: str, days: int, cases: list[Case], seed: int, policy: Pol
     interval, per_run = SCHEDULES[schedule]
     rng = random.Random(seed)
     registry = CollectorRegistry()
-    stats = LiveStats(registry, policy)
+    stats = open_live_stats(registry, policy)
     minutes = int(days * 1440)
     wanted = ("llm_probe_recent_quantile", "llm_probe_baseline_median", "llm_probe_regression_threshold_ratio",
               "llm_probe_baseline_noise", "llm_probe_baseline_runs")
@@ -365,7 +365,7 @@ def rebuild_timing(workdir: str, days: float = 3.0) -> str:
     writer.close()
     size = os.path.getsize(path)
     began = time.monotonic()
-    stats = LiveStats(CollectorRegistry()).rebuild(path)
+    stats = open_live_stats(CollectorRegistry()).rebuild(path)
     took = time.monotonic() - began
     return (f"rebuild: {size / 1e6:.1f} MB results file ({days:.0f} days of scenarios/default.yaml), "
             f"{stats.records} records, {stats.runs} runs, {stats.series} series in {took:.2f}s")

@@ -16,8 +16,13 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from exporter.keyspace import Keyspace
+from exporter.live_stats import LiveStats
+from exporter.metrics import ProbeMetrics
 from exporter.results import BatchSummary, ProbeResult, RunSummary
+from exporter.server_stats import ServerStats
 from exporter.sinks import Sink
+from exporter.state import StateStore
 
 # The source tree the kit belongs to: a child exporter runs from here, so it is this code.
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -86,6 +91,67 @@ class CollectingSink(Sink):
 
     def on_run(self, run: RunSummary) -> None:
         self.runs.append(run)
+
+
+class ProbeStack:
+    """The exporter's state store and the sinks that feed it, for one config, as the Exporter
+    wires them; readable through `registry.get_sample_value` when a registry is given."""
+
+    def __init__(self, registry=None, config=None, clock=time.time, client_factory=None):
+        self.store = StateStore()
+        self.metrics = ProbeMetrics(self.store, clock=clock)
+        self.live = LiveStats(self.store)
+        self.servers = ServerStats(self.store, **({"client_factory": client_factory} if client_factory else {}))
+        if registry is not None:
+            registry.register(self.store)
+        if config is not None:
+            self.load(config)
+
+    def load(self, config) -> "ProbeStack":
+        """What a config load does: swap the key space, hand the servers their targets."""
+        self.store.swap(Keyspace.of(config))
+        self.servers.set_targets(config.targets)
+        return self
+
+    @property
+    def sinks(self) -> list:
+        return [self.metrics, self.live]
+
+
+def all_families(exporter) -> list:
+    """Every metric family of an in-process Exporter's /metrics: its state store and its own registry."""
+    return [*exporter.store.collect(), *exporter.registry.collect()]
+
+
+def sample_value(exporter, name: str, labels: Optional[dict] = None) -> Optional[float]:
+    """One sample of an in-process Exporter's /metrics, None when absent."""
+    for family in all_families(exporter):
+        for s in family.samples:
+            if s.name == name and s.labels == (labels or {}):
+                return s.value
+    return None
+
+
+def server_stats(targets, registry=None) -> ServerStats:
+    """ServerStats for these targets alone, on its own store (readable through `registry`)."""
+    from exporter.keyspace import KINDS, SERVER
+
+    targets = list(targets)
+    store = StateStore()
+    if registry is not None:
+        registry.register(store)
+    stats = ServerStats(store)
+    store.swap(Keyspace({**{kind: {} for kind in KINDS}, SERVER: {t.name: None for t in targets}}))
+    stats.set_targets(targets)
+    return stats
+
+
+def open_live_stats(registry=None, policy=None) -> LiveStats:
+    """LiveStats on a store that takes any key: for feeding records without a config."""
+    store = StateStore(open_keys=True)
+    if registry is not None:
+        registry.register(store)
+    return LiveStats(store) if policy is None else LiveStats(store, policy)
 
 
 class ThreadedExporter:

@@ -19,10 +19,8 @@ import psutil
 from prometheus_client import CollectorRegistry
 
 from exporter.config import load_text
-from exporter.metrics import ProbeMetrics
 from exporter.runner import ScenarioRunner
-from exporter.server_stats import ServerStats, ServerStatsCollector
-from .exporters import CollectingSink
+from .exporters import CollectingSink, ProbeStack
 from .fake_ollama import Behavior, FakeOllama
 
 MODEL_REAL = "smollm2-135m"
@@ -80,10 +78,8 @@ class Probe:
                 cases: {{short: {{prompt: "What is AI?"}}}}
             """) + textwrap.indent(extra, "    "), "fault")
         self.registry = CollectorRegistry()
-        self.metrics = ProbeMetrics(self.registry)
-        self.metrics.declare(self.config)
-        self.stats = ServerStats(self.config.targets)
-        self.registry.register(ServerStatsCollector(self.stats))
+        stack = ProbeStack(self.registry, self.config)
+        self.metrics, self.stats = stack.metrics, stack.servers
         self.records = []
 
     def run(self):
