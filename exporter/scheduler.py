@@ -144,5 +144,11 @@ class ProbeScheduler:
         with self._active_cond:
             return self._active_cond.wait_for(lambda: self._active == 0, timeout=grace)
 
+    @property
+    def active_runs(self) -> int:
+        """Runs in progress (or waiting for their target's lock)."""
+        with self._active_cond:
+            return self._active
+
     def next_runs(self) -> dict[str, Optional[datetime]]:
         return {job.id: job.next_run_time for job in self._scheduler.get_jobs()}
