@@ -95,8 +95,9 @@ class LiveCase:
 
     def render(self, key: tuple) -> dict[str, str]:
         out: dict[str, list[str]] = {f.name: [] for f in LIVE_FAMILIES}
+        case_labels = Labels(SERIES_LABELS[:5], key)
         for (start, quantity), (s, baseline_runs) in self.published.items():
-            labels = Labels(SERIES_LABELS, key + (start, quantity))
+            labels = case_labels.plus(SERIES_LABELS[5:], (start, quantity))
             text = labels.text
             head, tail = labels.around("quantile")
             q = out[RECENT_QUANTILE.name]
@@ -282,7 +283,10 @@ class RebuildStats:
 
 
 def _qlabel(q: float) -> str:
-    return repr(q)
+    return QUANTILE_TEXT.get(q) or repr(q)
+
+
+QUANTILE_TEXT = {q: repr(q) for q in QUANTILES}
 
 
 def _baseline_runs(series: Series, recent: int) -> int:

@@ -141,13 +141,14 @@ class Hist:
         self.sum += value
 
     def render(self, name: str, labels: Labels) -> str:
-        out = []
-        total = 0
         head, tail = labels.around("le")
         head = name + "_bucket" + head
+        out = []
+        total = 0
         for le, count in zip(le_text(self.bounds), self.counts):
             total += count
-            out.append(f"{head}{le}{tail} {fmt(total)}\n")
+            # Inlined fmt(): bucket lines are most of /metrics.
+            out.append(f"{head}{le}{tail} {total}.0\n" if total < 1_000_000 else f"{head}{le}{tail} {fmt(total)}\n")
         out.append(f"{name}_count{labels.text} {fmt(total)}\n{name}_sum{labels.text} {fmt(self.sum)}\n")
         return "".join(out)
 

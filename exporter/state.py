@@ -99,6 +99,7 @@ class StateStore:
         self._family_kind: dict[str, str] = {}
         self._dirty: set[tuple[str, Any]] = set()
         self.version = 0  # bumped by every change: the exposition renders again when it moves
+        self._rendered: Optional[tuple[int, list[bytes]]] = None
         for part in parts:
             self.add_part(part)
 
@@ -184,7 +185,7 @@ class StateStore:
                     text = texts.get(family.name)
                     frags = self._fragments[family.name]
                     if text:
-                        frags[key] = text
+                        frags[key] = text.encode()
                     else:
                         frags.pop(key, None)
         self._dirty = set()
@@ -192,15 +193,22 @@ class StateStore:
     def render_chunks(self) -> list[bytes]:
         """The text of every family, one byte string per family (see the module docstring)."""
         with self._lock:
+            if self._rendered is not None and self._rendered[0] == self.version:
+                return list(self._rendered[1])
+            version = self.version
             self._render_dirty()
             order = {kind: list(self._slots[kind]) for kind in KINDS}
             families = [
                 (family, self._fragments[family.name], order[part.kind])
                 for part in self._parts for family in part.families
             ]
-            # Fragments are immutable strings: copy the references, join outside the lock.
+            # Fragments are immutable bytes: copy the references, join outside the lock.
             snapshot = [(family, [frags[k] for k in keys if k in frags]) for family, frags, keys in families]
-        return [(family.header + "".join(texts)).encode() for family, texts in snapshot]
+        chunks = [family.header.encode() + b"".join(texts) for family, texts in snapshot]
+        with self._lock:
+            if self.version == version:
+                self._rendered = (version, chunks)
+        return list(chunks)
 
     def render(self) -> bytes:
         return b"".join(self.render_chunks())

@@ -48,6 +48,13 @@ class Labels:
         self.pairs = sorted((n, escape(str(v))) for n, v in zip(names, values))
         self.text = "{" + ",".join(f'{n}="{v}"' for n, v in self.pairs) + "}"
 
+    def plus(self, names: tuple[str, ...], values: tuple[str, ...]) -> "Labels":
+        """These labels and more: only the new values are escaped."""
+        new = Labels.__new__(Labels)
+        new.pairs = sorted(self.pairs + [(n, escape(str(v))) for n, v in zip(names, values)])
+        new.text = "{" + ",".join(f'{n}="{v}"' for n, v in new.pairs) + "}"
+        return new
+
     def around(self, name: str) -> tuple[str, str]:
         before = [f'{n}="{v}"' for n, v in self.pairs if n < name]
         after = [f'{n}="{v}"' for n, v in self.pairs if n > name]
