@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .config import Config
 from .results import FAILURE_REASONS, BatchSummary, ProbeResult, RunSummary
-from .scheduler import longest_gap_s
+from .schedule import longest_gap_s
 from .sinks import Sink
 
 PROBE_LABELS = ("target", "scenario", "model", "case", "concurrency")

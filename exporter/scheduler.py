@@ -6,17 +6,17 @@ import logging
 import threading
 from collections import defaultdict
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config, Scenario, Target
 from .runner import ScenarioRunner
+from .schedule import trigger_for
 from .sinks import Sink
 
 log = logging.getLogger(__name__)
@@ -25,36 +25,6 @@ STATS_JOB = "server-stats"
 
 def job_id(scenario: Scenario, target: Target) -> str:
     return f"probe:{scenario.name}@{target.name}"
-
-
-def trigger_for(scenario: Scenario):
-    if scenario.interval is not None:
-        return IntervalTrigger(seconds=scenario.interval, timezone=timezone.utc)
-    return CronTrigger.from_crontab(scenario.cron, timezone=timezone.utc)
-
-
-def longest_gap_s(scenario: Scenario, now: Optional[datetime] = None, horizon: timedelta = timedelta(days=7)) -> float:
-    """The longest wait between two consecutive runs: the interval, or for a cron schedule the
-    widest gap between its fire times over the next week (a weekday-only cron has a weekend gap).
-
-    The runs-stopped alert waits a couple of these before it calls a scenario stuck.
-    """
-    if scenario.interval is not None:
-        return float(scenario.interval)
-    trigger = trigger_for(scenario)
-    now = now or datetime.now(timezone.utc)
-    end = now + horizon
-    previous = trigger.get_next_fire_time(None, now)
-    longest = 0.0
-    while previous is not None:
-        nxt = trigger.get_next_fire_time(previous, previous + timedelta(microseconds=1))
-        if nxt is None:
-            break
-        longest = max(longest, (nxt - previous).total_seconds())
-        if nxt > end:
-            break
-        previous = nxt
-    return longest or horizon.total_seconds()
 
 
 class ProbeScheduler:

@@ -1,5 +1,7 @@
 """SLO config, judging each request at probe time, and the series declared at config load."""
 
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import pytest
@@ -8,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from exporter.config import ConfigError, load_text
 from exporter.metrics import ProbeMetrics, slo_good
 from exporter.results import ProbeResult, RunSummary
-from exporter.scheduler import longest_gap_s
+from exporter.schedule import longest_gap_s
 
 
 def _config(slo_scenario="", slo_case="", schedule="{interval: 30s}", extra_case=""):
@@ -166,3 +168,11 @@ def test_schedule_interval_is_the_longest_gap_between_runs(schedule, gap):
     assert _value(reg, "llm_probe_last_run_timestamp_seconds", target="t", scenario="s") is None
     m.on_run(RunSummary("t", "s", "r1", 1.8e9, 1.8e9 + 5, 4, 0))
     assert _value(reg, "llm_probe_last_run_timestamp_seconds", target="t", scenario="s") == 1.8e9 + 5
+
+
+def test_metrics_does_not_import_the_scheduler():
+    # metrics needs only the schedule gap; the job machinery (APScheduler, the runner) stays out.
+    code = ("import sys, exporter.metrics; "
+            "print(sorted(m for m in sys.modules if m == 'exporter.scheduler' or m.startswith('apscheduler')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
