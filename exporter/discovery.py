@@ -17,7 +17,8 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .config import LABEL_VALUE_MAX_LEN, Target, TargetFile, valid_name
+from .config import Target, TargetFile
+from .config_types import NAME_RULE, valid_name
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,7 @@ def parse_file_sd(text: str, spec: TargetFile) -> tuple[Target, ...]:
             url = address if "://" in address else f"{spec.scheme}://{address}"
             name = group.labels.get(spec.name_label) or address
             if not valid_name(name):
-                raise DiscoveryError(
-                    f"[{i}].targets[{j}]: target name {name!r} must be 1-{LABEL_VALUE_MAX_LEN} characters "
-                    "of letters, digits and _.:@=/+,-")
+                raise DiscoveryError(f"[{i}].targets[{j}]: target name {name!r} {NAME_RULE}")
             try:
                 target = Target(name=name, url=url, process_match=spec.process_match, auth=spec.auth)
             except ValidationError as exc:

@@ -145,8 +145,10 @@ def test_target_file_schema_problems(body, problem):
 
 
 @pytest.mark.parametrize("body, problem", [
-    ("target_files: [{group: a, path: x}, {group: a, path: y}]", "target_files[1].group: 'a' is already"),
-    ("targets: [{name: a}]\ntarget_files: [{group: a, path: x}]", "target_files[0].group: 'a' is already"),
+    ("target_files: [{group: a, path: x}, {group: a, path: y}]",
+     "target_files[1].group: duplicate target or group name 'a', already given by target_files[0].group"),
+    ("targets: [{name: a}]\ntarget_files: [{group: a, path: x}]",
+     "target_files[0].group: duplicate target or group name 'a', already given by targets[0].name"),
 ])
 def test_group_name_problems_are_collected_with_the_others(body, problem):
     with pytest.raises(ConfigError) as err:
