@@ -65,9 +65,10 @@ class Exporter:
         discovered = self.discovery.current() if discovered is None else discovered
         return resolve_targets(config, discovered, self.shard.owns)
 
-    def _check_targets(self, discovered) -> Optional[str]:
+    def _check_targets(self, discovered, base: Optional[Config] = None) -> Optional[str]:
+        """Why these discovered targets cannot run with `base` (default: the running config), or None."""
         try:
-            self._resolve(self.base_config, discovered)
+            self._resolve(base or self.base_config, discovered)
         except ConfigError as exc:
             return "; ".join(exc.problems)
         return None
@@ -117,11 +118,12 @@ class Exporter:
         with self._reload_lock:
             try:
                 config = load_file(self.config_path)
-                self.discovery.configure(config.target_files)
+                # The target files are judged by the config being loaded (its budget, its names).
+                self.discovery.configure(config.target_files, lambda found: self._check_targets(found, config))
                 try:
                     self._resolve(config)
                 except ConfigError:
-                    self.discovery.configure(self.base_config.target_files)
+                    self.discovery.configure(self.base_config.target_files, self._check_targets)
                     raise
             except ConfigError as exc:
                 self.exporter_metrics.reload_ok.set(0)
