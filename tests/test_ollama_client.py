@@ -155,6 +155,7 @@ def test_control_calls_send_the_targets_credentials(monkeypatch):
         fake.require_auth = "Bearer s3cr3t"
         target = Target(name="t", url=fake.url, auth=Auth(bearer_token_env="PROBE_TOKEN"))
         assert OllamaClient(target).show("tiny").architecture == "llama"
+        assert OllamaClient(target).version() == "0.11.4"
         with pytest.raises(OllamaError) as e:
             OllamaClient(Target(name="t", url=fake.url)).show("tiny")
         assert (e.value.reason, e.value.http_status, e.value.message) == ("http_error", 401, "HTTP 401: unauthorized")
