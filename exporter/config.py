@@ -20,6 +20,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_problems import cross_problems, format_pydantic, valid_entries
 from .config_types import (
     DEFAULT_OLLAMA_URL,
     LABEL_VALUE_MAX_LEN,
@@ -33,7 +34,6 @@ from .config_types import (
     url_port,
     valid_name,
 )
-from .config_problems import cross_problems, format_pydantic, valid_entries
 from .config_types import expand_env as _expand_env
 from .sweeps import Sweep, case_name, points
 

@@ -66,8 +66,11 @@ def cross_problems(raw: Mapping) -> list[str]:
     if not (targets_complete and groups_complete):
         return problems  # an unreadable name could be the one a scenario refers to
     # With target files and no static list, there is no implicit local target.
-    known = list(dict.fromkeys(name for name, _ in targets + groups)) or ([] if raw.get("target_files") else ["local"])
-    for i, scenario in enumerate(raw.get("scenarios") if isinstance(raw.get("scenarios"), list) else []):
+    known = list(dict.fromkeys(name for name, _ in targets + groups))
+    if not known and not raw.get("target_files"):
+        known = ["local"]
+    scenarios = raw.get("scenarios")
+    for i, scenario in enumerate(scenarios if isinstance(scenarios, list) else []):
         selector = scenario.get("targets") if isinstance(scenario, dict) else None
         for j, name in enumerate(selector if isinstance(selector, list) else []):
             if isinstance(name, str) and name not in known:

@@ -115,7 +115,7 @@ class ProbeScheduler:
                 self._scheduler.add_job(
                     self._run, trigger, args=(scenario, target), id=jid, name=jid, next_run_time=now
                 )
-        for jid, job in existing.items():
+        for job in existing.values():
             job.remove()
         self._scheduler.add_job(
             self.poll_stats,

@@ -112,7 +112,8 @@ scenarios:
 """)
     s = cfg.scenarios[0]
     by_name = {c.name: c for c in s.cases}
-    assert set(by_name) == {"short@temperature=0", "short@temperature=0.7", "long@temperature=0", "long@temperature=0.7"}
+    assert set(by_name) == {"short@temperature=0", "short@temperature=0.7", "long@temperature=0",
+                            "long@temperature=0.7"}
     assert by_name["long@temperature=0.7"].options == {"temperature": 0.7, "num_predict": 16}
     assert by_name["long@temperature=0"].prompt == "word word word"
     assert cfg.label_combinations == 4 * 2
@@ -177,7 +178,8 @@ def test_environment_expansion(monkeypatch):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
 
 
 def test_config_check_cli(tmp_path):

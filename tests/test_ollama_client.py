@@ -121,7 +121,8 @@ def test_https_with_an_untrusted_certificate_is_a_connection_failure(tls, monkey
 def test_unknown_transport_is_refused():
     with pytest.raises(ValueError, match="unknown transport"):
         OllamaClient(Target(name="t", url="http://127.0.0.1:1"), transport="carrier-pigeon")
-    assert OllamaClient(Target(name="t", url="https://example.invalid"), transport="raw").transport.name == "http.client"
+    https = OllamaClient(Target(name="t", url="https://example.invalid"), transport="raw")
+    assert https.transport.name == "http.client"
 
 
 def test_control_calls_through_the_ollama_package(monkeypatch):

@@ -116,7 +116,8 @@ def test_unique_prompt_defeats_the_prompt_cache(fake, make_config):
     assert fake.requests[-1].body["prompt"] == "hello there"
 
 
-@pytest.mark.parametrize("mode,reason", [("ok", None), ("http_404", "model_not_found"), ("stream_error", "stream_error"),
+@pytest.mark.parametrize("mode,reason", [("ok", None), ("http_404", "model_not_found"),
+                                         ("stream_error", "stream_error"),
                                          ("malformed", "malformed_response"), ("no_done", "stream_error"),
                                          ("stall", "timeout")])
 def test_http_client_reader_gives_the_same_results(fake, make_config, mode, reason):

@@ -147,7 +147,7 @@ def test_buckets_fit_a_cpu_host_and_a_fast_gpu():
     assert _value(reg, "llm_probe_time_to_first_token_seconds_bucket", **labels, start="warm", le="0.005") == 1
     assert _value(reg, "llm_probe_time_to_first_token_seconds_bucket", **labels, start="warm", le="600.0") == 1
     assert _value(reg, "llm_probe_request_duration_seconds_bucket", **labels, start="warm", le="600.0") == 1
-    from exporter.metrics import PER_REQUEST_HISTOGRAMS, TTFT_BUCKETS, DURATION_BUCKETS
+    from exporter.metrics import DURATION_BUCKETS, PER_REQUEST_HISTOGRAMS, TTFT_BUCKETS
     for buckets in [TTFT_BUCKETS, DURATION_BUCKETS] + [b for _, _, b, _ in PER_REQUEST_HISTOGRAMS]:
         assert len(buckets) <= 20  # each bucket is a series per label set
 
