@@ -18,16 +18,19 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config_problems import cross_problems, format_pydantic, valid_entries
 from .config_types import (
     DEFAULT_OLLAMA_URL,
     LABEL_VALUE_MAX_LEN,
     NAME_RULE,
+    Auth,
     Duration,
     LabelValue,
+    Options,
     Regex,
+    Strict,
     default_ollama_url,
     parse_duration,
     unique,
@@ -59,53 +62,7 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Options(_Strict):
-    """Ollama request options; an explicit list so that typos (temprature) are caught."""
-
-    temperature: Optional[float] = Field(None, ge=0)
-    seed: Optional[int] = None
-    num_predict: Optional[int] = None
-    num_ctx: Optional[int] = Field(None, gt=0)
-    num_batch: Optional[int] = Field(None, gt=0)
-    num_thread: Optional[int] = Field(None, gt=0)
-    num_gpu: Optional[int] = None
-    num_keep: Optional[int] = None
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
-    min_p: Optional[float] = None
-    typical_p: Optional[float] = None
-    repeat_last_n: Optional[int] = None
-    repeat_penalty: Optional[float] = None
-    presence_penalty: Optional[float] = None
-    frequency_penalty: Optional[float] = None
-    stop: Optional[list[str]] = None
-
-    def merged(self, override: Optional["Options"]) -> "Options":
-        if override is None:
-            return self
-        return self.model_copy(update=override.model_dump(exclude_none=True))
-
-    def as_request(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
-
-
-
-
-class Auth(_Strict):
-    """Credentials for a target behind an authenticating proxy, read from the environment or a file."""
-
-    bearer_token_env: Optional[str] = None
-    bearer_token_file: Optional[str] = None
-    basic_user: Optional[str] = None
-    basic_password_env: Optional[str] = None
-    basic_password_file: Optional[str] = None
-
-
-class Target(_Strict):
+class Target(Strict):
     name: LabelValue = "local"
     url: str = Field(default_factory=default_ollama_url)
     # Regex matched against the command line of local processes to find the server's
@@ -125,7 +82,7 @@ class Target(_Strict):
         return url_port(self.url)
 
 
-class TargetFile(_Strict):
+class TargetFile(Strict):
     """Targets read from a Prometheus file_sd file (JSON or YAML), re-read when it changes.
 
     `group` is what a scenario's `targets:` names to run on every target of the file. A target
@@ -144,7 +101,7 @@ class TargetFile(_Strict):
     auth: Optional[Auth] = None
 
 
-class Schedule(_Strict):
+class Schedule(Strict):
     interval: Optional[Duration] = None
     cron: Optional[str] = None
 
@@ -167,7 +124,7 @@ class Schedule(_Strict):
         return self
 
 
-class Slo(_Strict):
+class Slo(Strict):
     """A service-level objective: the share of requests that must be good.
 
     A request is good when it succeeded and met every threshold given (seconds).
@@ -200,7 +157,7 @@ class Slo(_Strict):
         return self
 
 
-class CaseSpec(_Strict):
+class CaseSpec(Strict):
     prompt: str = Field(min_length=1)
     system: Optional[str] = None
     options: Optional[Options] = None
@@ -211,7 +168,7 @@ class CaseSpec(_Strict):
     prompt_repeat: int = Field(1, ge=1, le=10000)
 
 
-class ScenarioSpec(_Strict):
+class ScenarioSpec(Strict):
     name: LabelValue
     model: str = Field(min_length=1, max_length=LABEL_VALUE_MAX_LEN)
     api: Literal["generate", "chat"] = "generate"
@@ -256,15 +213,15 @@ class ScenarioSpec(_Strict):
         return v
 
 
-class Limits(_Strict):
+class Limits(Strict):
     max_label_combinations: int = Field(DEFAULT_MAX_LABEL_COMBINATIONS, ge=1)
 
 
-class ServerStatsSpec(_Strict):
+class ServerStatsSpec(Strict):
     interval: Duration = 15.0
 
 
-class FileSpec(_Strict):
+class FileSpec(Strict):
     targets: Optional[list[Target]] = None
     target_files: list[TargetFile] = Field(default_factory=list)
     scenarios: list[ScenarioSpec] = Field(min_length=1)

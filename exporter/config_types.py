@@ -3,6 +3,7 @@
 Each rule lives once, as an annotated type: a `Duration` field takes '90s', '5m', '1h', '250ms'
 or a number of seconds; a `LabelValue` is a name usable as a Prometheus label value as it is; a
 `Regex` compiles. `unique()` is the one duplicate check, which names both places a name is given.
+Options and Auth are the two plain mappings a scenario file nests.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from typing import Annotated, Any, Iterable, Optional
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 LABEL_VALUE_MAX_LEN = 64
@@ -63,6 +64,52 @@ def _regex(value: str) -> str:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 LabelValue = Annotated[str, AfterValidator(_label_value)]
 Regex = Annotated[str, AfterValidator(_regex)]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors (a typo is caught), and a validated value never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Options(Strict):
+    """Ollama request options; an explicit list so that typos (temprature) are caught."""
+
+    temperature: Optional[float] = Field(None, ge=0)
+    seed: Optional[int] = None
+    num_predict: Optional[int] = None
+    num_ctx: Optional[int] = Field(None, gt=0)
+    num_batch: Optional[int] = Field(None, gt=0)
+    num_thread: Optional[int] = Field(None, gt=0)
+    num_gpu: Optional[int] = None
+    num_keep: Optional[int] = None
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
+    typical_p: Optional[float] = None
+    repeat_last_n: Optional[int] = None
+    repeat_penalty: Optional[float] = None
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    stop: Optional[list[str]] = None
+
+    def merged(self, override: Optional["Options"]) -> "Options":
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_none=True))
+
+    def as_request(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class Auth(Strict):
+    """Credentials for a target behind an authenticating proxy, read from the environment or a file."""
+
+    bearer_token_env: Optional[str] = None
+    bearer_token_file: Optional[str] = None
+    basic_user: Optional[str] = None
+    basic_password_env: Optional[str] = None
+    basic_password_file: Optional[str] = None
 
 
 def unique(entries: Iterable[tuple[str, str]], what: str) -> list[str]:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from .config_types import Strict
 
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[int, Field(gt=0)]
 
 
-class Sweep(BaseModel):
+class Sweep(Strict):
     """Each list multiplies the cases: every case runs at every listed value."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     temperature: Optional[list[NonNegative]] = None
     num_predict: Optional[list[int]] = None
