@@ -167,9 +167,16 @@ def test_control_calls_send_the_targets_credentials(monkeypatch):
 
 
 def test_control_call_to_a_dead_port_is_a_connection_failure():
+    port = free_port()
+    client = OllamaClient(Target(name="t", url=f"http://127.0.0.1:{port}"))
     with pytest.raises(OllamaError) as e:
-        OllamaClient(Target(name="t", url=f"http://127.0.0.1:{free_port()}")).running_models()
+        client.running_models()
+    # The package's own text is advice to install Ollama: it is left out.
+    assert (e.value.reason, e.value.message) == ("connection", f"cannot connect to /api/ps on 127.0.0.1:{port}")
+    with pytest.raises(OllamaError) as e:
+        client.version()  # plain httpx: its connect error is kept
     assert e.value.reason == "connection"
+    assert e.value.message.startswith(f"cannot connect to /api/version on 127.0.0.1:{port}: ")
 
 
 @pytest.mark.parametrize("exc,reason,status", [
