@@ -167,22 +167,27 @@ class TargetDiscovery:
             for spec in specs:
                 self.metrics.errors.labels(spec.group)
                 self._poll_one(spec)
+            self._retry_refused()
+            for spec in specs:
                 self.metrics.discovered.labels(spec.group).set(len(self._targets.get(spec.group, ())))
 
     def poll(self) -> bool:
         """Re-read the files that changed; True if a new version was taken."""
         with self._lock:
             changed = any([self._poll_one(spec) for spec in self._specs])
-            # A version refused for the budget or a name clash may fit now that another file changed.
-            retried = changed
-            while retried and self._refused:
-                retried = any([self._poll_one(spec, again=True) for spec in self._specs
-                               if spec.group in self._refused])
-                changed = changed or retried
+            if changed:
+                self._retry_refused()
         if changed:
             self.on_change()
             return True
         return False
+
+    def _retry_refused(self) -> None:
+        """Ask again about the versions `accept` refused, until no more is taken: one taken
+        version (a file that shrank) can make room for another (the label budget)."""
+        retried = True
+        while retried and self._refused:
+            retried = any([self._poll_one(spec, again=True) for spec in self._specs if spec.group in self._refused])
 
     def _poll_one(self, spec: TargetFile, again: bool = False) -> bool:
         """Read the file if it changed (or, with `again`, in any case); True if a new list was taken.

@@ -68,7 +68,7 @@ class Exporter:
     def _check_targets(self, discovered, base: Optional[Config] = None) -> Optional[str]:
         """Why these discovered targets cannot run with `base` (default: the running config), or None."""
         try:
-            self._resolve(base or self.base_config, discovered)
+            self._resolve(self.base_config if base is None else base, discovered)
         except ConfigError as exc:
             return "; ".join(exc.problems)
         return None

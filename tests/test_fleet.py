@@ -329,6 +329,16 @@ def test_a_refused_version_is_asked_again_when_another_file_makes_room(tmp_path)
     assert registry.get_sample_value("llm_exporter_targets_file_errors_total", errors) == 1
     assert changes == [1]
 
+    # configure reads the files in its order: `small` is refused while `big` still holds its
+    # old two targets, and asked again once big's new version (one target) is taken.
+    big.write_text(json.dumps([{"targets": ["ha:1", "hb:1"], "labels": {}}]))
+    discovery = TargetDiscovery(DiscoveryMetrics(CollectorRegistry()), lambda: None, at_most_two)
+    discovery.configure([TargetFile(group="big", path=str(big)), TargetFile(group="small", path=str(small))])
+    assert list(discovery.current()) == ["big"]
+    big.write_text(json.dumps([{"targets": ["hb:1"], "labels": {}}]))
+    discovery.configure([TargetFile(group="small", path=str(small)), TargetFile(group="big", path=str(big))])
+    assert {g: [t.name for t in ts] for g, ts in discovery.current().items()} == {"big": ["hb:1"], "small": ["hc:1"]}
+
 
 def test_three_replicas_probe_each_of_twelve_targets_once(tmp_path, fakes):
     targets = tmp_path / "targets.json"
