@@ -99,4 +99,4 @@ check: install
 	$(VENV)/bin/ollama-perf-exporter --config.file $(CONFIG) --config.check
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -126,8 +126,9 @@ def table(rows: list[dict]) -> str:
             + (" prometheus_client s |" if "prometheus_client_s" in rows[0] else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        line = (f"| {r['targets']} | {r['keys']} | {r['series']} | {r['bytes'] / 1e6:.1f} | {r['gzip_bytes'] / 1e6:.2f} "
-                f"| {r['first_s']:.2f} | {r['after_run_s']:.3f} | {r['unchanged_s']:.3f} | {r['gzip_s']:.2f} |")
+        line = (f"| {r['targets']} | {r['keys']} | {r['series']} | {r['bytes'] / 1e6:.1f} "
+                f"| {r['gzip_bytes'] / 1e6:.2f} | {r['first_s']:.2f} | {r['after_run_s']:.3f} "
+                f"| {r['unchanged_s']:.3f} | {r['gzip_s']:.2f} |")
         if "prometheus_client_s" in r:
             line += f" {r['prometheus_client_s']:.2f} |"
         lines.append(line)

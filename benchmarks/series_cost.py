@@ -28,7 +28,6 @@ from pathlib import Path
 
 import yaml
 
-from prometheus_client import generate_latest
 
 from exporter.config import load_text
 from exporter.service import Exporter

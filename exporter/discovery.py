@@ -17,7 +17,8 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .config import LABEL_VALUE_MAX_LEN, Target, TargetFile, valid_name
+from .config import Target, TargetFile
+from .config_types import NAME_RULE, valid_name
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,7 @@ def parse_file_sd(text: str, spec: TargetFile) -> tuple[Target, ...]:
             url = address if "://" in address else f"{spec.scheme}://{address}"
             name = group.labels.get(spec.name_label) or address
             if not valid_name(name):
-                raise DiscoveryError(
-                    f"[{i}].targets[{j}]: target name {name!r} must be 1-{LABEL_VALUE_MAX_LEN} characters "
-                    "of letters, digits and _.:@=/+,-")
+                raise DiscoveryError(f"[{i}].targets[{j}]: target name {name!r} {NAME_RULE}")
             try:
                 target = Target(name=name, url=url, process_match=spec.process_match, auth=spec.auth)
             except ValidationError as exc:
@@ -116,6 +115,8 @@ class TargetDiscovery:
 
     `accept(candidate)` is asked before a new version is used (the label budget, name clashes
     with other groups); its error message, if any, rejects the version like a parse error.
+    Its answer depends on the config and on the other files, so a version it refused is asked
+    again when either changes: by `configure`, and after another file's version was taken.
     `on_change()` is called, outside the lock, after a version was taken.
     """
 
@@ -128,6 +129,8 @@ class TargetDiscovery:
         self._specs: tuple[TargetFile, ...] = ()
         self._targets: dict[str, tuple[Target, ...]] = {}
         self._seen: dict[str, Optional[tuple]] = {}
+        # Groups whose current version was read and parsed but refused by `accept`.
+        self._refused: set[str] = set()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -135,13 +138,21 @@ class TargetDiscovery:
         with self._lock:
             return dict(self._targets)
 
-    def configure(self, specs: Iterable[TargetFile]) -> None:
-        """Use these files from now on, reading each at once; groups no longer listed are dropped."""
+    def configure(self, specs: Iterable[TargetFile],
+                  accept: Optional[Callable[[Mapping[str, tuple[Target, ...]]], Optional[str]]] = None) -> None:
+        """Use these files from now on, reading each at once; groups no longer listed are dropped.
+
+        `accept`, when given, is the check from now on: a reload passes the check of the config
+        it is loading, so the files are judged by that config and not by the running one.
+        """
         specs = tuple(specs)
         with self._lock:
+            if accept is not None:
+                self.accept = accept
             groups = {s.group for s in specs}
             # Every file is read again: its spec (scheme, auth, name label) may have changed.
             previous, self._seen = self._seen, {}
+            self._refused.clear()
             for group in list(self._targets):
                 if group not in groups:
                     del self._targets[group]
@@ -156,23 +167,41 @@ class TargetDiscovery:
             for spec in specs:
                 self.metrics.errors.labels(spec.group)
                 self._poll_one(spec)
+            self._retry_refused()
+            for spec in specs:
                 self.metrics.discovered.labels(spec.group).set(len(self._targets.get(spec.group, ())))
 
     def poll(self) -> bool:
         """Re-read the files that changed; True if a new version was taken."""
         with self._lock:
-            changed = [self._poll_one(spec) for spec in self._specs]
-        if any(changed):
+            changed = any([self._poll_one(spec) for spec in self._specs])
+            if changed:
+                self._retry_refused()
+        if changed:
             self.on_change()
             return True
         return False
 
-    def _poll_one(self, spec: TargetFile) -> bool:
+    def _retry_refused(self) -> None:
+        """Ask again about the versions `accept` refused, until no more is taken: one taken
+        version (a file that shrank) can make room for another (the label budget)."""
+        retried = True
+        while retried and self._refused:
+            retried = any([self._poll_one(spec, again=True) for spec in self._specs if spec.group in self._refused])
+
+    def _poll_one(self, spec: TargetFile, again: bool = False) -> bool:
+        """Read the file if it changed (or, with `again`, in any case); True if a new list was taken.
+
+        A version that cannot be read or parsed stays refused until the file changes; one that
+        `accept` refused is asked about again (see the class). Either is counted once.
+        """
         sig = _signature(spec.path)
         key = spec.group
-        if key in self._seen and self._seen[key] == sig:
+        if not again and key in self._seen and self._seen[key] == sig:
             return False
+        new_version = not (key in self._seen and self._seen[key] == sig)
         self._seen[key] = sig
+        self._refused.discard(key)
         try:
             try:
                 with open(spec.path, encoding="utf-8") as f:
@@ -182,13 +211,15 @@ class TargetDiscovery:
             found = parse_file_sd(text, spec)
             problem = self.accept({**self._targets, key: found})
             if problem:
+                self._refused.add(key)
                 raise DiscoveryError(problem)
         except DiscoveryError as exc:
-            self.metrics.errors.labels(key).inc()
             self.metrics.ok.labels(key).set(0)
-            kept = len(self._targets.get(key, ()))
-            log.error("target file %s (group %s): %s; keeping the last good list (%d targets)",
-                      spec.path, key, exc, kept)
+            if new_version:
+                self.metrics.errors.labels(key).inc()
+                kept = len(self._targets.get(key, ()))
+                log.error("target file %s (group %s): %s; keeping the last good list (%d targets)",
+                          spec.path, key, exc, kept)
             return False
         self.metrics.ok.labels(key).set(1)
         if self._targets.get(key) == found:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .keyspace import CASE
-from .live_window import Policy, quantile, Series, Snapshot, threshold
+from .live_window import Policy, Series, Snapshot, quantile, threshold
 from .results import ProbeResult, RunSummary, parse_results_line, read_tail_lines, results_file_parts
 from .sinks import Sink
 from .state import Part, StateStore
@@ -104,7 +104,8 @@ class LiveCase:
             q.extend(f"{RECENT_QUANTILE.name}{head}{_qlabel(p)}{tail} {fmt(v)}\n" for p, v in s.quantiles.items())
             q.append(f"{RECENT_QUANTILE.name}_count{text} {fmt(s.recent_requests)}\n")
             q.append(f"{RECENT_QUANTILE.name}_sum{text} {fmt(s.recent_sum)}\n")
-            values = [(RECENT_REQUESTS, s.recent_requests), (RECENT_RUNS, s.recent_runs), (BASELINE_RUNS, baseline_runs)]
+            values = [(RECENT_REQUESTS, s.recent_requests), (RECENT_RUNS, s.recent_runs),
+                      (BASELINE_RUNS, baseline_runs)]
             # Too few runs to judge against: no baseline is better than a wrong one.
             if s.baseline:
                 values += [(BASELINE_MEDIAN, s.baseline.median), (BASELINE_NOISE, s.baseline.noise)]

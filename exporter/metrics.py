@@ -113,7 +113,8 @@ CASE_FAMILIES = (TTFT, DURATION, INTER_TOKEN) + tuple(f for f, _, _ in PER_REQUE
     PROMPT_TOKENS, OUTPUT_TOKENS, REQUESTS, FAILURES, BATCH_TPS, SLO_REQUESTS, SLO_GOOD, SLO_OBJECTIVE)
 
 SUCCESS = _family("llm_probe_success", "gauge", "1 if the scenario's last run had no failed request, else 0." + BG)
-LAST_RUN = _family("llm_probe_last_run_timestamp_seconds", "gauge", "Unix time when the scenario's last run ended." + BG)
+LAST_RUN = _family("llm_probe_last_run_timestamp_seconds", "gauge",
+                   "Unix time when the scenario's last run ended." + BG)
 RUN_DURATION = _family("llm_probe_run_duration_seconds", "gauge", "How long the scenario's last run took." + BG)
 SCHEDULE_INTERVAL = _family(
     "llm_probe_schedule_interval_seconds", "gauge",

@@ -1,27 +1,30 @@
-"""When a scenario runs: its APScheduler trigger, and the longest wait between two runs.
+"""When a scenario runs: its APScheduler trigger and the longest wait between two runs.
 
-Apart from scheduler.py so that what only needs the gap (the key space, the metrics) does
-not start a scheduler or import its executors.
+Kept apart from scheduler.py so that metrics (which needs the gap for the runs-stopped alert)
+does not import the job machinery; APScheduler's triggers are imported only when asked for.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-
-from .config import Scenario
+if TYPE_CHECKING:
+    from .config import Scenario
 
 
-def trigger_for(scenario: Scenario):
+def trigger_for(scenario: Scenario) -> Any:
+    """The APScheduler trigger of a scenario's interval or crontab (in UTC)."""
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
     if scenario.interval is not None:
         return IntervalTrigger(seconds=scenario.interval, timezone=timezone.utc)
     return CronTrigger.from_crontab(scenario.cron, timezone=timezone.utc)
 
 
-def longest_gap_s(scenario: Scenario, now: Optional[datetime] = None, horizon: timedelta = timedelta(days=7)) -> float:
+def longest_gap_s(scenario: Scenario, now: Optional[datetime] = None,
+                  horizon: timedelta = timedelta(days=7)) -> float:
     """The longest wait between two consecutive runs: the interval, or for a cron schedule the
     widest gap between its fire times over the next week (a weekday-only cron has a weekend gap).
 

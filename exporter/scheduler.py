@@ -15,8 +15,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config, Scenario, Target
-from .schedule import trigger_for
 from .runner import ScenarioRunner
+from .schedule import trigger_for
 from .sinks import Sink
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class ProbeScheduler:
                 self._scheduler.add_job(
                     self._run, trigger, args=(scenario, target), id=jid, name=jid, next_run_time=now
                 )
-        for jid, job in existing.items():
+        for job in existing.values():
             job.remove()
         self._scheduler.add_job(
             self.poll_all,

@@ -11,8 +11,8 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import psutil

@@ -50,7 +50,8 @@ class Exporter:
         self.probe_metrics = ProbeMetrics(self.store)
         self.live_stats = LiveStats(self.store)
         self.server_stats = ServerStats(self.store)
-        self.writer = ResultsWriter(results_path, max_bytes=results_max_bytes, keep=results_keep) if results_path else None
+        self.writer = (ResultsWriter(results_path, max_bytes=results_max_bytes, keep=results_keep)
+                       if results_path else None)
         self.exposition = CachedExposition(self.registry, self.store)
         sinks: list[Sink] = [self.probe_metrics, self.live_stats, self.exposition]
         if self.writer:
@@ -70,9 +71,10 @@ class Exporter:
         discovered = self.discovery.current() if discovered is None else discovered
         return resolve_targets(config, discovered, self.shard.owns)
 
-    def _check_targets(self, discovered) -> Optional[str]:
+    def _check_targets(self, discovered, base: Optional[Config] = None) -> Optional[str]:
+        """Why these discovered targets cannot run with `base` (default: the running config), or None."""
         try:
-            self._resolve(self.base_config, discovered)
+            self._resolve(self.base_config if base is None else base, discovered)
         except ConfigError as exc:
             return "; ".join(exc.problems)
         return None
@@ -126,11 +128,12 @@ class Exporter:
         with self._reload_lock:
             try:
                 config = load_file(self.config_path)
-                self.discovery.configure(config.target_files)
+                # The target files are judged by the config being loaded (its budget, its names).
+                self.discovery.configure(config.target_files, lambda found: self._check_targets(found, config))
                 try:
                     self._resolve(config)
                 except ConfigError:
-                    self.discovery.configure(self.base_config.target_files)
+                    self.discovery.configure(self.base_config.target_files, self._check_targets)
                     raise
             except ConfigError as exc:
                 self.exporter_metrics.reload_ok.set(0)
@@ -155,7 +158,8 @@ class Exporter:
         self.discovery.stop()
         finished = self.scheduler.shutdown(grace)
         if not finished:
-            log.warning("some probe runs were still going after %.0fs; their unfinished requests are not recorded", grace)
+            log.warning("some probe runs were still going after %.0fs; their unfinished requests are not recorded",
+                        grace)
         if self.writer:
             self.writer.close()
         self.exposition.close()

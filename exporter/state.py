@@ -160,7 +160,8 @@ class StateStore:
 
     def _open(self, kind: str, key) -> Slot:
         context = DEFAULT_CONTEXT[kind]
-        slot = self._slots[kind][key] = Slot(context, {p.name: p.new(key, context) for p in self._parts if p.kind == kind})
+        parts = {p.name: p.new(key, context) for p in self._parts if p.kind == kind}
+        slot = self._slots[kind][key] = Slot(context, parts)
         return slot
 
     def read(self, kind: str, key, part: str, read: Callable[[Any, Any], Any]):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 import tempfile
+from pathlib import Path
 
 # tests/kit is the test and benchmark kit; it is not shipped, so run from the checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402

@@ -37,7 +37,8 @@ def test_basic_auth_from_file(make_config, registry, tmp_path):
     expected = "Basic " + base64.b64encode(f"probe:{SECRET}".encode()).decode()
     with FakeOllama() as server:
         server.require_auth = expected
-        cfg = make_config(server.url, target_extra=f"    auth: {{basic_user: probe, basic_password_file: '{secret_file}'}}")
+        cfg = make_config(server.url,
+                          target_extra=f"    auth: {{basic_user: probe, basic_password_file: '{secret_file}'}}")
         run(cfg, registry)
         assert server.requests[-1].headers["Authorization"] == expected
     assert registry.get_sample_value("llm_probe_success", {"target": "t1", "scenario": "s"}) == 1

@@ -65,8 +65,10 @@ class LivePrometheus:
         }
         path = self.tmp_path / "prometheus.yml"
         path.write_text(yaml.safe_dump(cfg))
-        self.procs.append(_spawn([prometheus_bin, f"--config.file={path}", f"--storage.tsdb.path={self.tmp_path / 'data'}",
-                                  f"--web.listen-address={prom_addr}", "--log.level=warn"], self.tmp_path / "prometheus.log"))
+        self.procs.append(_spawn([prometheus_bin, f"--config.file={path}",
+                                  f"--storage.tsdb.path={self.tmp_path / 'data'}",
+                                  f"--web.listen-address={prom_addr}", "--log.level=warn"],
+                                 self.tmp_path / "prometheus.log"))
         self.base = f"http://{prom_addr}"
         wait_for(lambda: _ok(self.base + "/-/ready"), timeout=30, what="Prometheus")
         return self
@@ -85,8 +87,10 @@ class LivePrometheus:
         out = {r["metric"]["bottleneck"]: float(r["value"][1])
                for r in self.query(f'target_model:llm_bottleneck:active{{target="{self.target}"}}')}
         for name in ("target:node_cpu_busy:ratio_rate1m", "target:node_pressure_cpu_waiting:ratio_rate1m",
-                     "target:node_pressure_memory_waiting:ratio_rate1m", "target_model:llm_server_model_vram:ratio_last10m",
-                     "target_model:llm_probe_wait_duration:share_rate10m", "target_model:llm_probe_queue_duration:share_rate10m",
+                     "target:node_pressure_memory_waiting:ratio_rate1m",
+                     "target_model:llm_server_model_vram:ratio_last10m",
+                     "target_model:llm_probe_wait_duration:share_rate10m",
+                     "target_model:llm_probe_queue_duration:share_rate10m",
                      "target_model:llm_probe_load_duration:share_rate10m"):
             for r in self.query(f'{name}{{target="{self.target}"}}'):
                 out[name] = round(float(r["value"][1]), 3)
@@ -135,7 +139,8 @@ def test_cpu_burners_make_the_verdict_host_cpu(tmp_path):
         try:
             with LivePrometheus(tmp_path, f"127.0.0.1:{port}", "cpu-host") as prom:
                 seen = _wait_for_verdict(prom, {"host_cpu": 1, "cpu_offload": 0, "none": 0}, timeout=60)
-                assert seen["target:node_cpu_busy:ratio_rate1m"] >= 0.9 or seen["target:node_pressure_cpu_waiting:ratio_rate1m"] >= 0.25
+                assert (seen["target:node_cpu_busy:ratio_rate1m"] >= 0.9
+                        or seen["target:node_pressure_cpu_waiting:ratio_rate1m"] >= 0.25)
                 # No GPU exporter is scraped: the GPU verdicts cannot be known, so they are absent.
                 assert "gpu_memory_bandwidth" not in seen and "gpu_compute" not in seen
                 assert seen["target_model:llm_server_model_vram:ratio_last10m"] == 0
@@ -183,7 +188,8 @@ def _start_exporter(tmp_path, server, model):
               short: {{prompt: "What is AI?"}}
         """))
     env = {k: v for k, v in os.environ.items() if k != "OLLAMA_HOST"}
-    exporter = _spawn([sys.executable, "-m", "exporter", "--config.file", str(cfg), "--web.listen-address", exporter_addr,
+    exporter = _spawn([sys.executable, "-m", "exporter", "--config.file", str(cfg),
+                       "--web.listen-address", exporter_addr,
                        "--results.file", str(tmp_path / "results.jsonl")], tmp_path / "exporter.log", env=env)
     return exporter, exporter_addr
 

@@ -81,10 +81,10 @@ scenarios:
   - {name: s, model: m, cases: {x: {prompt: p}}}
 """
     found = problems(text)
-    assert "targets[1].name: duplicate target name 'a'" in found
+    assert "targets[1].name: duplicate target or group name 'a', already given by targets[0].name" in found
     assert any(p.startswith("scenarios[0].targets[0]: no target named 'nope'") for p in found)
     assert "scenarios[0].schedule: give exactly one of interval or cron" in found
-    assert "scenarios[1].name: duplicate scenario name 's'" in found
+    assert "scenarios[1].name: duplicate scenario name 's', already given by scenarios[0].name" in found
 
 
 def test_yaml_syntax_error_names_the_line():
@@ -112,7 +112,8 @@ scenarios:
 """)
     s = cfg.scenarios[0]
     by_name = {c.name: c for c in s.cases}
-    assert set(by_name) == {"short@temperature=0", "short@temperature=0.7", "long@temperature=0", "long@temperature=0.7"}
+    assert set(by_name) == {"short@temperature=0", "short@temperature=0.7", "long@temperature=0",
+                            "long@temperature=0.7"}
     assert by_name["long@temperature=0.7"].options == {"temperature": 0.7, "num_predict": 16}
     assert by_name["long@temperature=0"].prompt == "word word word"
     assert cfg.label_combinations == 4 * 2
@@ -177,7 +178,8 @@ def test_environment_expansion(monkeypatch):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
 
 
 def test_config_check_cli(tmp_path):
@@ -203,3 +205,63 @@ scenarios:
     names = sorted(c.name for c in cfg.scenarios[0].cases)
     assert names == ["text@temperature=0,prompt_repeat=1", "text@temperature=0,prompt_repeat=4",
                      "text@temperature=0.7,prompt_repeat=1", "text@temperature=0.7,prompt_repeat=4"]
+
+
+def test_distinct_sweep_values_give_distinct_case_names():
+    # %g printed both as 0.1, so the two cases shared one name, one set of series and one live window.
+    cfg = load_text("""
+scenarios:
+  - {name: s, model: m, cases: {a: {prompt: p}}, sweep: {temperature: [0.1, 0.1000001, 0, 2.5e-07]}}
+""")
+    cases = cfg.scenarios[0].cases
+    assert [c.name for c in cases] == ["a@temperature=0.1", "a@temperature=0.1000001", "a@temperature=0",
+                                       "a@temperature=2.5e-07"]
+    assert [c.options["temperature"] for c in cases] == [0.1, 0.1000001, 0.0, 2.5e-07]
+
+
+@pytest.mark.parametrize("sweep, name", [
+    ("{temperature: [0.5, 0.5]}", "a@temperature=0.5"),
+    ("{temperature: [1, 1.0]}", "a@temperature=1"),  # one value, written two ways
+    ("{seed: [1, true], top_k: [2]}", "a@top_k=2,seed=1"),  # keys in the order of Sweep's fields
+])
+def test_a_value_given_twice_is_refused_naming_both_places(sweep, name):
+    found = problems(f"scenarios: [{{name: s, model: m, cases: {{a: {{prompt: p}}}}, sweep: {sweep}}}]")
+    source = f"scenarios[0].cases.a swept at {name[2:]}"
+    assert found == [f"{source}: duplicate case name {name!r}, already given by {source}"]
+
+
+def test_a_literal_case_spelled_like_a_swept_one_keeps_its_own_name():
+    # The sweep suffixes every case, so the suffix after the last @ tells the two apart.
+    cfg = load_text("""
+scenarios:
+  - {name: s, model: m, cases: {a: {prompt: p}, "a@temperature=0.1": {prompt: q}}, sweep: {temperature: [0.1]}}
+""")
+    assert [c.name for c in cfg.scenarios[0].cases] == ["a@temperature=0.1", "a@temperature=0.1@temperature=0.1"]
+
+
+def test_name_problems_come_with_every_other_problem():
+    found = problems("""
+targets: [{name: "bad name", url: "ftp://x"}, {name: b, url: "http://h:1"}, {name: b, url: "http://h:2"}]
+scenarios:
+  - {name: s, model: m, targets: [nope], cases: {"x y": {prompt: p}}, timeout: -1}
+  - {name: s, model: m, cases: {long: {prompt: p}}, sweep: {temperature: [0.5, 0.5], num_ctx: [0]}}
+  - {name: t, model: m, cases: {aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa: {prompt: p}},
+     sweep: {temperature: [0.25]}}
+""")
+    rule = "must be 1-64 characters of letters, digits and _.:@=/+,-"
+    assert found == [
+        f"targets[0].name: {rule}",
+        "targets[0].url: must be an http:// or https:// URL",
+        "scenarios[0].timeout: duration must be positive and finite",
+        "scenarios[1].sweep.num_ctx[0]: Input should be greater than 0",
+        "targets[2].name: duplicate target or group name 'b', already given by targets[1].name",
+        "scenarios[1].name: duplicate scenario name 's', already given by scenarios[0].name",
+        "scenarios[0].targets[0]: no target named 'nope' (nor target_files group) (known: bad name, b)",
+        f"scenarios[2].cases.{'a' * 55} swept at temperature=0.25: case name '{'a' * 55}@temperature=0.25' {rule}",
+    ]
+
+
+def test_one_case_name_rule_for_literal_and_swept_names():
+    found = problems("scenarios: [{name: s, model: m, cases: {'x y': {prompt: p}}, sweep: {top_k: [1]}}]")
+    assert found == ["scenarios[0].cases.x y swept at top_k=1: case name 'x y@top_k=1' "
+                     "must be 1-64 characters of letters, digits and _.:@=/+,-"]

@@ -28,8 +28,10 @@ documents = st.recursive(
 def _scenario():
     return st.fixed_dictionaries(
         {"name": st.text(max_size=10), "model": st.one_of(st.text(max_size=10), st.integers()),
-         "cases": st.dictionaries(st.text(max_size=6), st.one_of(scalars, st.fixed_dictionaries({"prompt": scalars})), max_size=3)},
-        optional={k: st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.sampled_from(KEYS), scalars, max_size=3))
+         "cases": st.dictionaries(st.text(max_size=6),
+                                  st.one_of(scalars, st.fixed_dictionaries({"prompt": scalars})), max_size=3)},
+        optional={k: st.one_of(scalars, st.lists(scalars, max_size=3),
+                               st.dictionaries(st.sampled_from(KEYS), scalars, max_size=3))
                   for k in ("schedule", "concurrency", "repeats", "timeout", "keep_alive", "options", "sweep", "api")},
     )
 

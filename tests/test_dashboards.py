@@ -196,7 +196,8 @@ def test_bar_charts_count_one_window_per_bar():
 
 
 def test_numeric_bars_sort_as_numbers():
-    titles = {"Time to first token by case (warm, p50)": "prompt_repeat", "Prompt tokens per request by case": "prompt_repeat",
+    titles = {"Time to first token by case (warm, p50)": "prompt_repeat",
+              "Prompt tokens per request by case": "prompt_repeat",
               "Aggregate throughput vs concurrency": "concurrency"}
     panels = {p["title"]: p for p in _panels(_load("experiments.json"))}
     for title, field in titles.items():
@@ -229,7 +230,8 @@ def test_every_dashboard_shows_alerts():
 
 def test_dashboards_cover_the_issue():
     titles = {name: " | ".join(p["title"] for p in _panels(d)).lower() for name, d in _dashboards().items()}
-    for word in ("time to first token", "time per output token", "end-to-end", "decode", "prefill", "failures by reason",
+    for word in ("time to first token", "time per output token", "end-to-end", "decode", "prefill",
+                 "failures by reason",
                  "probe success", "cold vs warm"):
         assert word in titles["overview.json"], word
     for word in ("by case", "temperature", "concurrency"):
@@ -244,7 +246,8 @@ def test_bottlenecks_dashboard_opens_with_the_verdict():
     panels = [p for p in _load("bottlenecks.json")["panels"] if p["type"] not in ("row", "alertlist")]
     first = panels[0]
     assert first["title"] == "Bottleneck now" and first["gridPos"]["y"] <= 5
-    assert first["targets"][0]["expr"].startswith("target_model:llm_bottleneck:active{") and first["targets"][0]["instant"]
+    assert first["targets"][0]["expr"].startswith("target_model:llm_bottleneck:active{")
+    assert first["targets"][0]["instant"]
 
 
 def test_provisioning_points_at_the_dashboards_and_a_fixed_datasource_uid():
@@ -536,7 +539,8 @@ def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
         queries += [(f"recorded series {r['record']}", r["record"]) for r in recording]
         # The fake drops its models every few seconds: cold starts must be seen as such.
         queries += [
-            ("cold TTFT p95", 'target_model_scenario_start:llm_probe_time_to_first_token_seconds:p95_rate10m{start="cold"}'),
+            ("cold TTFT p95",
+             'target_model_scenario_start:llm_probe_time_to_first_token_seconds:p95_rate10m{start="cold"}'),
             ("cold starts counted", "target_model:llm_probe_cold_starts:increase1h > 0"),
             ("exact cold TTFT", 'llm_probe_recent_quantile{start="cold",quantity="time_to_first_token_seconds",'
                                 'quantile="0.95"} > 0'),
@@ -548,14 +552,18 @@ def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
             ("good SLO requests counted", 'llm_probe_slo_good_requests_total{case="short"} > 0'),
             ("load histogram of each case", 'count(llm_probe_load_duration_seconds_count{scenario="default"}) == 2'),
             # Host and GPU exporters: scraped, joined by target, and judged.
-            ("every host and GPU job scraped", 'count(up{job=~"node-exporter|dcgm-exporter|amd-device-metrics-exporter"} == 1) == 3'),
+            ("every host and GPU job scraped",
+             'count(up{job=~"node-exporter|dcgm-exporter|amd-device-metrics-exporter"} == 1) == 3'),
             ("AMD series reach the evidence", 'target:gpu_utilisation:ratio{target="amd-host"} == 0.88'),
-            ("DCGM profiling field preferred", 'target:gpu_memory_bandwidth_activity:ratio{target="local"} == 0.781002'),
+            ("DCGM profiling field preferred",
+             'target:gpu_memory_bandwidth_activity:ratio{target="local"} == 0.781002'),
             ("a VRAM share and a context length", 'llm_server_model_vram_ratio{target="local"} == 0 '
                                                   'and on (target, model) llm_server_model_context_length == 4096'),
             # The fake puts the model all in system memory next to a (sampled) GPU: offloaded.
-            ("every verdict for the model", 'count(target_model:llm_bottleneck:active{target="local", model="tiny"}) == 8'),
-            ("the offload verdict", 'target_model:llm_bottleneck:active{target="local", model="tiny", bottleneck="cpu_offload"} == 1'),
+            ("every verdict for the model",
+             'count(target_model:llm_bottleneck:active{target="local", model="tiny"}) == 8'),
+            ("the offload verdict",
+             'target_model:llm_bottleneck:active{target="local", model="tiny", bottleneck="cpu_offload"} == 1'),
         ]
 
         def missing():
@@ -605,4 +613,5 @@ def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
         for log in ("fake.log", "exporter.log", "prometheus.log", "node-exporter.log"):
             path = tmp_path / log
             if path.exists() and path.stat().st_size:
-                sys.stderr.write(f"--- {log} (last lines)\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]) + "\n")
+                tail = "\n".join(path.read_text(errors="replace").splitlines()[-15:])
+                sys.stderr.write(f"--- {log} (last lines)\n" + tail + "\n")

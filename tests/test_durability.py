@@ -23,11 +23,12 @@ def test_sigkill_while_writing_never_breaks_the_results_file(tmp_path):
     with FakeOllama(Behavior(tokens=2, load_time=0)) as server:
         cfg = tmp_path / "c.yaml"
         # Back-to-back runs of a 4-wide batch: result lines are written almost all the time.
-        cfg.write_text(scenario_yaml(server.url, extra="repeats: 50\nconcurrency: [4]\n").replace("interval: 1h", "interval: 0.1s"))
+        text = scenario_yaml(server.url, extra="repeats: 50\nconcurrency: [4]\n")
+        cfg.write_text(text.replace("interval: 1h", "interval: 0.1s"))
         seen = 0
-        for i in range(8):
+        for _ in range(8):
             exp = ExporterProcess(["--config.file", str(cfg), "--results.file", str(results), "--log.level", "info"])
-            wait_for(lambda: results.exists() and results.stat().st_size > 0 and
+            wait_for(lambda seen=seen: results.exists() and results.stat().st_size > 0 and
                      sum(1 for _ in open(results, "rb")) > seen + 20, timeout=60, what="new result lines")
             exp.stop(signal.SIGKILL)
             records = list(read_results(results))  # never raises

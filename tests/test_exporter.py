@@ -23,7 +23,8 @@ def running_exporter(tmp_path, fake):
     """An exporter with its HTTP server on a free port, probing the fake server; stopped afterwards."""
     config_path = tmp_path / "scenarios.yaml"
     config_path.write_text(scenario_yaml(
-        fake.url, extra="repeats: 2\nconcurrency: [1, 2]\nslo: {ttft: 5s, objective: 99%}\n", top_extra="server_stats: {interval: 1s}\n",
+        fake.url, extra="repeats: 2\nconcurrency: [1, 2]\nslo: {ttft: 5s, objective: 99%}\n",
+        top_extra="server_stats: {interval: 1s}\n",
         cases={"short": "hi", "long": "a much longer prompt " * 10},
     ))
     with ThreadedExporter(str(config_path), results_path=str(tmp_path / "results.jsonl")) as running:
@@ -35,7 +36,8 @@ def running_exporter(tmp_path, fake):
 
 def test_every_golden_family_is_served(running_exporter, golden_families):
     exporter, base, _ = running_exporter
-    wait_for(lambda: "llm_server_model_loaded_bytes{" in requests.get(base + "/metrics", timeout=5).text, what="server stats")
+    wait_for(lambda: "llm_server_model_loaded_bytes{" in requests.get(base + "/metrics", timeout=5).text,
+             what="server stats")
     text = requests.get(base + "/metrics", timeout=5).text
     for name in golden_families + SERVER_FAMILIES:
         assert f"\n# TYPE {name} " in text, name
@@ -91,7 +93,8 @@ def test_results_file_gets_every_request(running_exporter):
     assert all(r.ok and r.ttft_s > 0 for r in records)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with Debian's prometheus package (make test installs it)")
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool comes with Debian's prometheus package (make test installs it)")
 def test_promtool_finds_no_problem_in_a_scrape(running_exporter):
     exporter, base, _ = running_exporter
     wait_for(lambda: "llm_server_up" in requests.get(base + "/metrics", timeout=5).text, what="server stats")
@@ -109,14 +112,14 @@ def test_skipped_runs_are_counted(tmp_path):
         exporter = Exporter(str(cfg_path), load_file(str(cfg_path)))
         exporter.start()
         try:
-            wait_for(lambda: (sample_value(exporter, 
+            wait_for(lambda: (sample_value(exporter,
                 "llm_probe_skipped_runs_total", {"target": "t1", "scenario": "s"}) or 0) >= 2
                 and len(server.requests) >= 2, what="skipped runs and a second run")
         finally:
             exporter.shutdown(5)
-        received = [r.received for r in server.requests]
-    # Each request streams for 0.8 s; a stacked run would have sent its request sooner.
-    assert all(b - a >= 0.75 for a, b in zip(received, received[1:])), received
+        spans = [(r.received, r.token_writes[-1]) for r in server.requests if r.token_writes]
+    # Never stacked: each run's request arrives after the previous one's last token was written.
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
 
 
 def test_process_reloads_on_sighup_and_stops_cleanly_on_sigterm(tmp_path):

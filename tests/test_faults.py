@@ -14,7 +14,8 @@ def check(outcome):
     assert outcome.threads_after <= outcome.threads_before, outcome
 
 
-@pytest.mark.parametrize("fault", [faults.stall_after_headers, faults.burst_of_503, faults.unresolvable_host, faults.black_hole])
+@pytest.mark.parametrize("fault", [faults.stall_after_headers, faults.burst_of_503, faults.unresolvable_host,
+                                   faults.black_hole])
 def test_fake_server_faults(fault):
     outcome = fault()
     check(outcome)
@@ -27,7 +28,8 @@ def test_fake_server_faults(fault):
 @pytest.fixture
 def make_server(real_ollama, tmp_path):
     def make():
-        return OllamaServer(real_ollama.binary, real_ollama.models_dir, free_port(), str(tmp_path / "serve.log")).start()
+        return OllamaServer(real_ollama.binary, real_ollama.models_dir, free_port(),
+                            str(tmp_path / "serve.log")).start()
     return make
 
 

@@ -146,8 +146,10 @@ def test_target_file_schema_problems(body, problem):
 
 
 @pytest.mark.parametrize("body, problem", [
-    ("target_files: [{group: a, path: x}, {group: a, path: y}]", "target_files[1].group: 'a' is already"),
-    ("targets: [{name: a}]\ntarget_files: [{group: a, path: x}]", "target_files[0].group: 'a' is already"),
+    ("target_files: [{group: a, path: x}, {group: a, path: y}]",
+     "target_files[1].group: duplicate target or group name 'a', already given by target_files[0].group"),
+    ("targets: [{name: a}]\ntarget_files: [{group: a, path: x}]",
+     "target_files[0].group: duplicate target or group name 'a', already given by targets[0].name"),
 ])
 def test_group_name_problems_are_collected_with_the_others(body, problem):
     with pytest.raises(ConfigError) as err:
@@ -265,6 +267,78 @@ def test_reload_reads_the_target_files_again(tmp_path, fakes):
         config.write_text(fleet_yaml(new, refresh="1h"))
         assert exp.reload()[0]
         wait_for(lambda: probed_targets(exp) == {"b"}, what="the file named by the reloaded config")
+
+
+def test_reload_judges_the_target_files_by_the_new_config(tmp_path, fakes):
+    # D3: the files were checked against the running config, and the refused version was never
+    # read again, so raising the budget by reload left the exporter without targets.
+    targets = tmp_path / "targets.json"
+    write_targets(targets, {"a": fakes[0], "b": fakes[1]})
+    config = tmp_path / "scenarios.yaml"
+    config.write_text(fleet_yaml(targets, refresh="1h") + "limits: {max_label_combinations: 1}\n")
+    with ThreadedExporter(str(config)) as running:
+        exp = running.exporter
+        value = exp.registry.get_sample_value
+        assert exp.config.targets == ()
+        assert value("llm_exporter_targets_file_last_read_successful", {"group": "fleet"}) == 0
+        config.write_text(fleet_yaml(targets, refresh="1h") + "limits: {max_label_combinations: 10}\n")
+        ok, message = exp.reload()
+        assert ok, message
+        assert sorted(t.name for t in exp.config.targets) == ["a", "b"]
+        assert value("llm_exporter_targets_file_last_read_successful", {"group": "fleet"}) == 1
+        assert value("llm_exporter_discovered_targets", {"group": "fleet"}) == 2
+        exp.discovery.poll()
+        assert sorted(t.name for t in exp.config.targets) == ["a", "b"]
+        wait_for(lambda: probed_targets(exp) == {"a", "b"}, what="both targets probed")
+
+        # Lowering the budget again is refused as a whole: the running config and targets stay.
+        config.write_text(fleet_yaml(targets, refresh="1h") + "limits: {max_label_combinations: 1}\n")
+        ok, message = exp.reload()
+        assert not ok and "max_label_combinations" in message
+        assert exp.config.max_label_combinations == 10
+        assert sorted(t.name for t in exp.config.targets) == ["a", "b"]
+
+
+def test_a_refused_version_is_asked_again_when_another_file_makes_room(tmp_path):
+    from prometheus_client import CollectorRegistry
+
+    from exporter.config import Target
+    from exporter.discovery import DiscoveryMetrics, TargetDiscovery
+
+    def at_most_two(found):
+        count = sum(len(ts) for ts in found.values())
+        return f"{count} targets, more than 2" if count > 2 else None
+
+    big, small = tmp_path / "big.json", tmp_path / "small.json"
+    for path, names in ((big, "ab"), (small, "c")):
+        path.write_text(json.dumps([{"targets": [f"h{n}:1" for n in names], "labels": {}}]))
+    registry = CollectorRegistry()
+    changes = []
+    discovery = TargetDiscovery(DiscoveryMetrics(registry), lambda: changes.append(1), at_most_two)
+    discovery.configure([TargetFile(group="big", path=str(big)), TargetFile(group="small", path=str(small))])
+    assert {g: [t.name for t in ts] for g, ts in discovery.current().items()} == {"big": ["ha:1", "hb:1"]}
+    errors = {"group": "small"}
+    assert registry.get_sample_value("llm_exporter_targets_file_errors_total", errors) == 1
+
+    big.write_text(json.dumps([{"targets": ["ha:1"], "labels": {}}]))
+    assert discovery.poll()
+    found = discovery.current()
+    assert found["big"] == (Target(name="ha:1", url="http://ha:1", process_match=None),)
+    assert [t.name for t in found["small"]] == ["hc:1"]
+    assert registry.get_sample_value("llm_exporter_targets_file_last_read_successful", errors) == 1
+    # The refused version was one version: counted once, however often it was asked about.
+    assert registry.get_sample_value("llm_exporter_targets_file_errors_total", errors) == 1
+    assert changes == [1]
+
+    # configure reads the files in its order: `small` is refused while `big` still holds its
+    # old two targets, and asked again once big's new version (one target) is taken.
+    big.write_text(json.dumps([{"targets": ["ha:1", "hb:1"], "labels": {}}]))
+    discovery = TargetDiscovery(DiscoveryMetrics(CollectorRegistry()), lambda: None, at_most_two)
+    discovery.configure([TargetFile(group="big", path=str(big)), TargetFile(group="small", path=str(small))])
+    assert list(discovery.current()) == ["big"]
+    big.write_text(json.dumps([{"targets": ["hb:1"], "labels": {}}]))
+    discovery.configure([TargetFile(group="small", path=str(small)), TargetFile(group="big", path=str(big))])
+    assert {g: [t.name for t in ts] for g, ts in discovery.current().items()} == {"big": ["hb:1"], "small": ["hc:1"]}
 
 
 def test_three_replicas_probe_each_of_twelve_targets_once(tmp_path, fakes):

@@ -58,7 +58,8 @@ class FixedServer:
 
 
 def render(tmp_path) -> str:
-    config = load_text(scenario_yaml("http://127.0.0.1:11434", extra="concurrency: [1, 2]\nslo: {ttft: 1s, objective: 99%}\n",
+    config = load_text(scenario_yaml("http://127.0.0.1:11434",
+                                     extra="concurrency: [1, 2]\nslo: {ttft: 1s, objective: 99%}\n",
                                      cases={"short": "hi", "long": "a longer prompt"}), "golden")
     disable_created_metrics()  # as the exporter does: `_created` series carry the wall clock
     try:

@@ -72,7 +72,8 @@ def test_chart_copies_of_rules_and_dashboards_are_the_sources():
     for source, copy, pattern in ((RULES, CHART / "files" / "rules", "*.yml"),
                                   (DASHBOARDS, CHART / "files" / "dashboards", "*.json")):
         names = sorted(p.name for p in source.glob(pattern))
-        assert sorted(p.name for p in copy.glob(pattern)) == names, f"run `make helm-files`: {copy} differs from {source}"
+        assert sorted(p.name for p in copy.glob(pattern)) == names, \
+            f"run `make helm-files`: {copy} differs from {source}"
         match, mismatch, errors = filecmp.cmpfiles(source, copy, names, shallow=False)
         assert not mismatch and not errors, f"run `make helm-files`: {mismatch + errors} differ"
 
@@ -124,7 +125,8 @@ def test_sharded_render_is_a_statefulset_with_auto_shard_index(tools):
     mounts = {m["mountPath"] for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert {"/etc/ollama-perf-exporter/targets", "/var/run/secrets/ollama-perf-exporter/gateway-token"} <= mounts
     (targets,) = [d for d in of_kind(docs, "ConfigMap") if "targets.json" in d["data"]]
-    assert json.loads(targets["data"]["targets.json"]) == [{"targets": ["gpu-01.lan:11434"], "labels": {"name": "gpu-01"}}]
+    assert json.loads(targets["data"]["targets.json"]) == [
+        {"targets": ["gpu-01.lan:11434"], "labels": {"name": "gpu-01"}}]
     # The exporter reads the rendered file as it is.
     (target,) = parse_file_sd(targets["data"]["targets.json"], TargetFile(group="g", path="targets.json"))
     assert (target.name, target.url) == ("gpu-01", "http://gpu-01.lan:11434")

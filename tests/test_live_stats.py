@@ -8,12 +8,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import load_text
+from exporter.keyspace import CASE
 from exporter.live_window import Policy, kth_distance, quantile, threshold
 from exporter.results import ProbeResult, ResultsWriter, RunSummary
 from exporter.service import Exporter
 from tests.conftest import scenario_yaml
 from tests.kit.exporters import open_live_stats, sample_value
-from exporter.keyspace import CASE
 
 T0 = 1_780_000_000.0
 TTFT = "time_to_first_token_seconds"
@@ -76,7 +76,8 @@ def test_recent_quantiles_are_exact_over_the_requests_of_the_window():
         feed(stats, T0 + 3600 * i, values)  # hourly: the window is the last 3 runs
     pooled = [v for run in runs for v in run]
     for q in ("0.5", "0.9", "0.95", "0.99"):
-        assert gauge(registry, "llm_probe_recent_quantile", quantile=q) == pytest.approx(np.quantile(pooled, float(q)), rel=1e-12)
+        expected = np.quantile(pooled, float(q))
+        assert gauge(registry, "llm_probe_recent_quantile", quantile=q) == pytest.approx(expected, rel=1e-12)
     assert gauge(registry, "llm_probe_recent_requests") == 21
     assert gauge(registry, "llm_probe_recent_quantile_count") == 21
     assert gauge(registry, "llm_probe_recent_quantile_sum") == pytest.approx(sum(pooled))
@@ -156,7 +157,6 @@ def test_no_baseline_until_six_runs_precede_the_window():
 
 
 def test_baseline_spans_a_day_but_a_slow_schedule_reaches_back_for_enough_runs():
-    p = Policy()
     registry = CollectorRegistry()
     stats = open_live_stats(registry)
     for i in range(2000):  # a run a minute for 33 h: the baseline is the day before the window
@@ -177,7 +177,8 @@ def test_memory_is_bounded_whatever_the_schedule():
     stats = open_live_stats(registry)
     for i in range(6000):  # a run a second with 10 requests
         feed(stats, T0 + i, [1.0 + 0.001 * (i % 11)] * 10)
-    (series,) = stats.store.read(CASE, tuple(LABELS.values())[:5], "live", lambda state, ctx: list(state.series.values()))
+    (series,) = stats.store.read(CASE, tuple(LABELS.values())[:5], "live",
+                                 lambda state, ctx: list(state.series.values()))
     assert len(series.times) <= p.baseline_max_runs + p.recent_max_runs + 64
     assert len(series.raw) <= p.recent_max_runs
     assert sum(len(r) for r in series.raw) <= p.recent_max_runs * 10

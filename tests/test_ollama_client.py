@@ -121,7 +121,8 @@ def test_https_with_an_untrusted_certificate_is_a_connection_failure(tls, monkey
 def test_unknown_transport_is_refused():
     with pytest.raises(ValueError, match="unknown transport"):
         OllamaClient(Target(name="t", url="http://127.0.0.1:1"), transport="carrier-pigeon")
-    assert OllamaClient(Target(name="t", url="https://example.invalid"), transport="raw").transport.name == "http.client"
+    https = OllamaClient(Target(name="t", url="https://example.invalid"), transport="raw")
+    assert https.transport.name == "http.client"
 
 
 def test_control_calls_through_the_ollama_package(monkeypatch):
@@ -155,6 +156,7 @@ def test_control_calls_send_the_targets_credentials(monkeypatch):
         fake.require_auth = "Bearer s3cr3t"
         target = Target(name="t", url=fake.url, auth=Auth(bearer_token_env="PROBE_TOKEN"))
         assert OllamaClient(target).show("tiny").architecture == "llama"
+        assert OllamaClient(target).version() == "0.11.4"
         with pytest.raises(OllamaError) as e:
             OllamaClient(Target(name="t", url=fake.url)).show("tiny")
         assert (e.value.reason, e.value.http_status, e.value.message) == ("http_error", 401, "HTTP 401: unauthorized")
@@ -165,9 +167,16 @@ def test_control_calls_send_the_targets_credentials(monkeypatch):
 
 
 def test_control_call_to_a_dead_port_is_a_connection_failure():
+    port = free_port()
+    client = OllamaClient(Target(name="t", url=f"http://127.0.0.1:{port}"))
     with pytest.raises(OllamaError) as e:
-        OllamaClient(Target(name="t", url=f"http://127.0.0.1:{free_port()}")).running_models()
+        client.running_models()
+    # The package's own text is advice to install Ollama: it is left out.
+    assert (e.value.reason, e.value.message) == ("connection", f"cannot connect to /api/ps on 127.0.0.1:{port}")
+    with pytest.raises(OllamaError) as e:
+        client.version()  # plain httpx: its connect error is kept
     assert e.value.reason == "connection"
+    assert e.value.message.startswith(f"cannot connect to /api/version on 127.0.0.1:{port}: ")
 
 
 @pytest.mark.parametrize("exc,reason,status", [

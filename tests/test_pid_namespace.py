@@ -42,7 +42,8 @@ def test_holder_reaps_orphans_and_exits_on_sigterm():
         init = wait_for(lambda: _ns_init_pid(holder.pid), timeout=10, what="the namespace's PID 1")
         time.sleep(0.3)  # signals blocked before it waits
         # A shell in the namespace starts a short job and exits: the job is orphaned to PID 1.
-        subprocess.run(["nsenter", "-t", str(init), "-p", "--", "sh", "-c", "sleep 0.3 & exit 0"], check=True, timeout=10)
+        subprocess.run(["nsenter", "-t", str(init), "-p", "--", "sh", "-c", "sleep 0.3 & exit 0"],
+                       check=True, timeout=10)
         orphan_seen = wait_for(lambda: [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == init],
                                timeout=5, what="the orphan reparented to the holder")
         assert orphan_seen

@@ -46,7 +46,8 @@ def _rules(path):
 
 def _tool(name):
     path = shutil.which(name)
-    assert path, f"{name} is not installed: `make test` installs Debian's prometheus package (apt-get install prometheus)"
+    assert path, (f"{name} is not installed: `make test` installs Debian's prometheus package "
+                  "(apt-get install prometheus)")
     return path
 
 
@@ -64,7 +65,8 @@ def test_promtool_check_config():
     out = _run([_tool("promtool"), "check", "config", PROM_CONFIG])
     assert "SUCCESS" in out
     # check config also parses every rule file that rule_files matches.
-    assert all(name in out for name in ("recording.yml", "alerts.yml", "regression.yml", "slo.yml", "bottleneck.yml")), out
+    rule_file_names = ("recording.yml", "alerts.yml", "regression.yml", "slo.yml", "bottleneck.yml")
+    assert all(name in out for name in rule_file_names), out
 
 
 @pytest.mark.prometheus

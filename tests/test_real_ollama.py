@@ -78,7 +78,8 @@ def test_default_shape_against_the_real_server(real_ollama):
     assert after.processes >= 2 and after.resident_bytes > 100e6
     # The long prompt really is longer for the server.
     by_case = {r.case: r for r in rec.results}
-    assert by_case["long"].prompt_eval_count is None or by_case["long"].prompt_eval_count > by_case["short"].prompt_eval_count
+    long_prompt, short_prompt = by_case["long"].prompt_eval_count, by_case["short"].prompt_eval_count
+    assert long_prompt is None or long_prompt > short_prompt
 
 
 def test_client_and_server_decode_rates_agree(real_ollama):
@@ -116,7 +117,8 @@ def test_keep_alive_zero_makes_every_request_cold(real_ollama):
 
 
 def test_concurrency_batches(real_ollama):
-    cfg = config(real_ollama.url, extra="repeats: 1\nconcurrency: [2, 4]\noptions: {temperature: 0, seed: 1, num_predict: 12}\n")
+    cfg = config(real_ollama.url,
+                 extra="repeats: 1\nconcurrency: [2, 4]\noptions: {temperature: 0, seed: 1, num_predict: 12}\n")
     summary, rec, registry = run(cfg)
     assert summary.failures == 0 and summary.requests == 6
     for level in ("2", "4"):
@@ -181,11 +183,13 @@ def test_cli_with_default_scenarios_serves_every_contract_metric(real_ollama, tm
     import os
     import shutil
     import subprocess
+
     from tests.kit.exporters import ExporterProcess, wait_for
     from tests.test_exporter import SERVER_FAMILIES
 
     env = dict(os.environ, OLLAMA_HOST=f"127.0.0.1:{real_ollama.port}", OLLAMA_PERF_MODEL=MODEL)
-    exp = ExporterProcess(["--config.file", "scenarios/default.yaml", "--results.file", str(tmp_path / "r.jsonl")], env=env)
+    exp = ExporterProcess(["--config.file", "scenarios/default.yaml", "--results.file", str(tmp_path / "r.jsonl")],
+                          env=env)
     try:
         wait_for(lambda: 'llm_probe_success{scenario="default",target="local"} 1.0' in exp.scrape(), timeout=300,
                  interval=1, what="one run of the default scenarios")
@@ -195,7 +199,8 @@ def test_cli_with_default_scenarios_serves_every_contract_metric(real_ollama, tm
                                                          "llm_server_process_resident_memory_bytes"]:
             assert f"\n{name}" in text, name
         if shutil.which("promtool"):
-            res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+            res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                                 timeout=60)
             assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr
     finally:
         code = exp.stop()

@@ -83,7 +83,7 @@ def test_agent_remote_writes_the_exporters_series_with_the_site_label(tmp_path, 
                 found = wait_for(lambda: _query(receiver, 'llm_probe_success{site="lab-1"}'), timeout=60,
                                  interval=0.5, what="the exporter's series on the receiver")
             except AssertionError:
-                raise AssertionError("agent log:\n" + (tmp_path / "agent.log").read_text()[-3000:])
+                raise AssertionError("agent log:\n" + (tmp_path / "agent.log").read_text()[-3000:]) from None
             (series,) = found
             assert series["metric"]["target"] == "t1" and series["metric"]["job"] == "ollama-perf-exporter"
             assert series["value"][1] == "1"
@@ -108,7 +108,8 @@ def _compose_config(env_text: str, tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text(env_text)
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GRAFANA_", "OLLAMA_", "PROMETHEUS_", "ALERTMANAGER_", "EXPORTER_", "COMPOSE_", "DOCKER_"))}
+           if not k.startswith(("GRAFANA_", "OLLAMA_", "PROMETHEUS_", "ALERTMANAGER_", "EXPORTER_", "COMPOSE_",
+                                "DOCKER_"))}
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose is not installed: `make test` installs Debian's docker-compose package"
     return subprocess.run([exe, "--project-directory", ROOT, "--env-file", str(env_file), "-f", COMPOSE,

@@ -88,7 +88,8 @@ def test_up_info_and_loaded_models_from_the_api():
         stats.poll()
         assert registry.get_sample_value("llm_server_up", {"target": "t"}) == 1
         assert registry.get_sample_value("llm_server_info", {"target": "t", "version": "0.11.4"}) == 1
-        assert registry.get_sample_value("llm_server_model_loaded_bytes", {"target": "t", "model": "tiny:latest"}) == 1e8
+        loaded = registry.get_sample_value("llm_server_model_loaded_bytes", {"target": "t", "model": "tiny:latest"})
+        assert loaded == 1e8
         assert registry.get_sample_value("llm_server_model_vram_bytes", {"target": "t", "model": "tiny:latest"}) == 0
     stats.poll()  # the server is gone now
     assert registry.get_sample_value("llm_server_up", {"target": "t"}) == 0

@@ -1,5 +1,7 @@
 """SLO config, judging each request at probe time, and the series declared at config load."""
 
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import pytest
@@ -34,7 +36,8 @@ def _slos(config):
 
 
 def test_slo_on_the_scenario_applies_to_every_case_and_a_case_overrides_it():
-    cfg = _config("{ttft: 1s, objective: 99%}", "{request_duration: 20s, time_per_output_token: 100ms, objective: 0.999}")
+    cfg = _config("{ttft: 1s, objective: 99%}",
+                  "{request_duration: 20s, time_per_output_token: 100ms, objective: 0.999}")
     slos = _slos(cfg)
     for sweep in ("temperature=0", "temperature=0.5"):
         assert (slos[f"b@{sweep}"].ttft, slos[f"b@{sweep}"].objective) == (1.0, 0.99)
@@ -102,10 +105,12 @@ def test_slo_counters_are_declared_at_load_and_count_good_and_bad():
     labels = dict(target="t", scenario="s", model="m", case="a@temperature=0", concurrency="2")
     assert _value(reg, "llm_probe_slo_requests_total", **labels) == 0
     assert _value(reg, "llm_probe_slo_good_requests_total", **labels) == 0
-    assert _value(reg, "llm_probe_slo_objective_ratio", target="t", scenario="s", model="m", case="a@temperature=0") == 0.995
+    objective = dict(target="t", scenario="s", model="m", case="a@temperature=0")
+    assert _value(reg, "llm_probe_slo_objective_ratio", **objective) == 0.995
     # Cases without an SLO get no SLO series.
     assert _value(reg, "llm_probe_slo_requests_total", **{**labels, "case": "b@temperature=0"}) is None
-    for r in (_record(concurrency=2), _record(concurrency=2, ttft_s=3.0), _record(concurrency=2, ok=False, reason="timeout"),
+    for r in (_record(concurrency=2), _record(concurrency=2, ttft_s=3.0),
+              _record(concurrency=2, ok=False, reason="timeout"),
               _record(concurrency=2, case="b@temperature=0", ttft_s=9.0)):
         m.on_result(r)
     assert _value(reg, "llm_probe_slo_requests_total", **labels) == 3
@@ -113,15 +118,14 @@ def test_slo_counters_are_declared_at_load_and_count_good_and_bad():
     # Removing the SLO from the config removes its series, so its alerts resolve.
     stack.load(_config())
     assert _value(reg, "llm_probe_slo_requests_total", **labels) is None
-    assert _value(reg, "llm_probe_slo_objective_ratio", target="t", scenario="s", model="m", case="a@temperature=0") is None
+    assert _value(reg, "llm_probe_slo_objective_ratio", **objective) is None
     m.on_result(_record(concurrency=2))
     assert _value(reg, "llm_probe_slo_requests_total", **labels) is None
 
 
 def test_histograms_are_declared_cold_and_warm_so_the_first_cold_start_is_an_increase():
     reg = CollectorRegistry()
-    stack = ProbeStack(reg, _config())
-    m = stack.metrics
+    ProbeStack(reg, _config())
     labels = dict(target="t", scenario="s", model="m", case="b@temperature=0.5", concurrency="1")
     for start in ("cold", "warm"):
         assert _value(reg, "llm_probe_time_to_first_token_seconds_count", **labels, start=start) == 0
@@ -146,7 +150,7 @@ def test_buckets_fit_a_cpu_host_and_a_fast_gpu():
     assert _value(reg, "llm_probe_time_to_first_token_seconds_bucket", **labels, start="warm", le="0.005") == 1
     assert _value(reg, "llm_probe_time_to_first_token_seconds_bucket", **labels, start="warm", le="600.0") == 1
     assert _value(reg, "llm_probe_request_duration_seconds_bucket", **labels, start="warm", le="600.0") == 1
-    from exporter.metrics import PER_REQUEST_HISTOGRAMS, TTFT_BUCKETS, DURATION_BUCKETS
+    from exporter.metrics import DURATION_BUCKETS, PER_REQUEST_HISTOGRAMS, TTFT_BUCKETS
     for buckets in [TTFT_BUCKETS, DURATION_BUCKETS] + [b for _, _, b, _ in PER_REQUEST_HISTOGRAMS]:
         assert len(buckets) <= 20  # each bucket is a series per label set
 
@@ -167,3 +171,11 @@ def test_schedule_interval_is_the_longest_gap_between_runs(schedule, gap):
     assert _value(reg, "llm_probe_last_run_timestamp_seconds", target="t", scenario="s") is None
     m.on_run(RunSummary("t", "s", "r1", 1.8e9, 1.8e9 + 5, 4, 0))
     assert _value(reg, "llm_probe_last_run_timestamp_seconds", target="t", scenario="s") == 1.8e9 + 5
+
+
+def test_metrics_does_not_import_the_scheduler():
+    # metrics needs only the schedule gap; the job machinery (APScheduler, the runner) stays out.
+    code = ("import sys, exporter.metrics; "
+            "print(sorted(m for m in sys.modules if m == 'exporter.scheduler' or m.startswith('apscheduler')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

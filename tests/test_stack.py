@@ -56,7 +56,8 @@ def _compose(args, env_file=None, timeout=120):
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose is not installed: `make test` installs Debian's docker-compose package"
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GRAFANA_", "OLLAMA_", "PROMETHEUS_", "ALERTMANAGER_", "EXPORTER_", "COMPOSE_", "DOCKER_"))}
+           if not k.startswith(("GRAFANA_", "OLLAMA_", "PROMETHEUS_", "ALERTMANAGER_", "EXPORTER_", "COMPOSE_",
+                                "DOCKER_"))}
     cmd = [exe, "--project-directory", ROOT]
     if env_file is not None:
         cmd += ["--env-file", str(env_file)]
@@ -78,7 +79,8 @@ def resolved(tmp_path):
 def test_compose_config_is_valid_with_the_example_env(resolved):
     assert set(resolved["services"]) == SERVICES
     assert resolved["services"]["grafana-init"]["environment"]["GRAFANA_ADMIN_PASSWORD"] == "s3cret-for-tests"
-    assert resolved["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/var/lib/grafana/admin_password"
+    grafana_env = resolved["services"]["grafana"]["environment"]
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/var/lib/grafana/admin_password"
     assert "GF_SECURITY_ADMIN_PASSWORD" not in resolved["services"]["grafana"]["environment"]
     assert resolved["services"]["exporter"]["environment"]["OLLAMA_PERF_MODEL"] == "llama3.2:1b"
 
@@ -195,7 +197,7 @@ def test_every_image_is_pinned():
         assert tag not in FLOATING_TAGS, f"{name}: {image}"
     for override in OVERRIDES:
         with open(override, encoding="utf-8") as f:
-            for name, svc in yaml.safe_load(f)["services"].items():
+            for svc in yaml.safe_load(f)["services"].values():
                 if "image" in svc:
                     assert PINNED.match(svc["image"]) and ":" in svc["image"], f"{override}: {svc['image']}"
     with open(os.path.join(ROOT, "Dockerfile"), encoding="utf-8") as f:

@@ -163,7 +163,8 @@ def test_first_start_reports_while_the_model_is_prepared(stack):
     wait_for(lambda: stack.values("llm_probe_request_failures_total", target="local", reason="model_not_found")
              and max(stack.values("llm_probe_request_failures_total", target="local", reason="model_not_found")) > 0,
              timeout=120, interval=1, what="model_not_found failures of the local target")
-    assert stack.values("llm_probe_success", target="local") and max(stack.values("llm_probe_success", target="local")) == 0
+    probe_success = stack.values("llm_probe_success", target="local")
+    assert probe_success and max(probe_success) == 0
     # model-pull cannot reach a registry here: it fails on its own, nothing waits for it, and
     # it never tries the second server.
     wait_for(lambda: stack.compose.state("model-pull").get("Status") == "exited", timeout=180, interval=1,

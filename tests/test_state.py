@@ -19,9 +19,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import Target, load_text
-from exporter.keyspace import CASE
 from exporter.results import BatchSummary, ProbeResult, RunSummary
-from tests.kit.exporters import ProbeStack, ThreadedExporter, scenario_yaml, wait_for
+from tests.kit.exporters import ProbeStack, ThreadedExporter, wait_for
 from tests.kit.fake_ollama import Behavior, FakeOllama
 
 T0 = 1_780_000_000.0

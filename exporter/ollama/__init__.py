@@ -6,5 +6,6 @@ from .client import HTTP_CLIENT, RAW, TRANSPORTS, OllamaClient
 from .errors import OllamaError
 from .wire import FinalStats, ModelFacts, RunningModel, StreamChunk, normalize_model_name, same_model
 
-__all__ = ["HTTP_CLIENT", "RAW", "TRANSPORTS", "OllamaClient", "OllamaError", "FinalStats", "ModelFacts", "RunningModel",
+__all__ = ["HTTP_CLIENT", "RAW", "TRANSPORTS", "OllamaClient", "OllamaError", "FinalStats", "ModelFacts",
+           "RunningModel",
            "StreamChunk", "normalize_model_name", "same_model"]

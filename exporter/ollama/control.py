@@ -7,8 +7,9 @@ pull progress. Every exception it raises becomes an OllamaError (errors.py).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Generator, Iterator, Optional
 
+import httpx
 import ollama
 
 from .endpoint import Endpoint, tls_context
@@ -19,37 +20,49 @@ CONTROL_TIMEOUT_S = 10.0
 UNLOAD_TIMEOUT_S = 60.0
 
 
+class _TargetCredentials(httpx.Auth):
+    """Exactly the target's own credentials on every request. The package adds $OLLAMA_API_KEY
+    (an ollama.com key) when it is given no authorization header; that key is not the target's."""
+
+    def __init__(self, headers: dict[str, str]):
+        self.headers = headers
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers.pop("authorization", None)
+        request.headers.update(self.headers)
+        yield request
+
+
 class ControlClient:
     def __init__(self, endpoint: Endpoint):
         self.endpoint = endpoint
 
-    @contextmanager
-    def _client(self, what: str, timeout: Optional[float] = CONTROL_TIMEOUT_S) -> Iterator[ollama.Client]:
-        """An ollama.Client for one call; its exceptions leave as OllamaError.
+    def _settings(self, timeout: Optional[float]) -> dict:
+        """What every control call's HTTP client shares. trust_env=False: the measured stream
+        ignores proxy variables, so these calls do too."""
+        return dict(timeout=timeout, verify=tls_context(), trust_env=False,
+                    auth=_TargetCredentials(self.endpoint.headers()))
 
-        One per call, like the connections before it: cheap with the shared TLS context.
-        trust_env=False: the measured stream ignores proxy variables, so these calls do too.
-        The package would add $OLLAMA_API_KEY (an ollama.com key) to a target that has no
-        credentials configured; only the target's own credentials are sent.
-        """
-        where = f"{what} on {self.endpoint.where}"
-        headers = self.endpoint.headers()
+    @contextmanager
+    def _calling(self, what: str) -> Iterator[None]:
+        """Every exception of the call leaves as an OllamaError (or as it is, when unknown)."""
         try:
-            with ollama.Client(host=self.endpoint.base_url, timeout=timeout, headers=headers,
-                               verify=tls_context(), trust_env=False) as client:
-                if not headers:
-                    client._client.headers.pop("authorization", None)
-                yield client
+            yield
         except OllamaError:
             raise
-        except Exception as exc:  # classified, or re-raised as it is when unknown
-            raise from_exception(exc, where) from None
+        except Exception as exc:
+            raise from_exception(exc, f"{what} on {self.endpoint.where}") from None
+
+    @contextmanager
+    def _client(self, what: str, timeout: Optional[float] = CONTROL_TIMEOUT_S) -> Iterator[ollama.Client]:
+        """An ollama.Client for one call: one per call, cheap with the shared TLS context."""
+        with self._calling(what), ollama.Client(host=self.endpoint.base_url, **self._settings(timeout)) as client:
+            yield client
 
     def version(self) -> str:
-        # The package has no version call: one GET through its own httpx client, so that
-        # host, headers, timeout and the exception mapping stay those of the other calls.
-        with self._client("/api/version") as client:
-            r = client._client.get("/api/version")
+        # The package has no version call: plain httpx, with the settings of the other calls.
+        with self._calling("/api/version"), httpx.Client(**self._settings(CONTROL_TIMEOUT_S)) as http:
+            r = http.get(self.endpoint.base_url + "/api/version")
             if r.status_code >= 400:
                 raise http_failure(r.status_code, error_message(r.content))
             data = r.json()

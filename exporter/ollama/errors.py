@@ -14,11 +14,6 @@ from typing import Optional
 import httpx
 import ollama
 
-try:  # the package's advice to install Ollama says nothing about this target
-    from ollama._client import CONNECTION_ERROR_MESSAGE as _PACKAGE_CONNECT_MESSAGE
-except ImportError:
-    _PACKAGE_CONNECT_MESSAGE = None
-
 # Non-2xx status -> reason; every other status is "http_error".
 STATUS_REASONS = {404: "model_not_found", 503: "server_busy", 408: "timeout", 504: "timeout"}
 # Words of an error line inside a 200 stream (all must appear) -> reason; else "stream_error".
@@ -72,9 +67,14 @@ def from_exception(exc: BaseException, where: str) -> OllamaError:
         return http_failure(exc.status_code, str(exc.error).strip()[:500] or "(empty body)")
     if isinstance(exc, (httpx.TimeoutException, socket.timeout)):
         return OllamaError("timeout", f"no response from {where} within the timeout")
-    if isinstance(exc, ConnectionError):  # the package's connect failure (a fixed text), or a socket's
-        detail = "" if str(exc) == _PACKAGE_CONNECT_MESSAGE else f": {exc}"
+    if isinstance(exc, ConnectionError):
+        # The package turns httpx's connect failure into a bare ConnectionError whose text is
+        # advice to install Ollama, which says nothing about this target; a socket's failure is
+        # a subclass (refused, reset) and keeps its text.
+        detail = "" if type(exc) is ConnectionError else f": {exc}"
         return OllamaError("connection", f"cannot connect to {where}{detail}")
+    if isinstance(exc, httpx.ConnectError):
+        return OllamaError("connection", f"cannot connect to {where}: {exc}")
     if isinstance(exc, (httpx.TransportError, httpx.StreamError, OSError)):
         return OllamaError("connection", f"request to {where} failed: {exc!r}")
     if isinstance(exc, (ValueError, TypeError, AttributeError, KeyError)):

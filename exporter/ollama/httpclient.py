@@ -54,6 +54,7 @@ class HttpClientResponse:
             if remaining <= 0:
                 raise OllamaError("timeout", timeout_message)
             self.sock.settimeout(remaining)
+            assert self.resp is not None, "body() is called after the head was read"
             try:
                 data = self.resp.read1(READ_SIZE)
             except socket.timeout:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 from . import stamps_linux as stamps
 from .endpoint import Endpoint
@@ -62,7 +62,7 @@ class RawResponse:
         # Nothing of the answer can arrive before the request starts to go out: stamps
         # earlier than this (the request's send, the previous read) are not believed.
         self.floor = time.monotonic()
-        self.decoder: BodyDecoder = None  # set by read_head
+        self.decoder: Optional[BodyDecoder] = None  # set by read_head
         self.pending = b""  # body bytes that came with the head
         self.pending_received = 0.0
         self._slice = WAIT_SLICE  # the SO_RCVTIMEO in force, in blocking mode
@@ -105,7 +105,7 @@ class RawResponse:
                 if self.stamped:
                     data, ancillary, _flags, _addr = sock.recvmsg(READ_SIZE, stamps.ANCILLARY_SIZE)
                 else:
-                    data, ancillary = sock.recv(READ_SIZE), ()
+                    data, ancillary = sock.recv(READ_SIZE), []
                 now_ns = time.monotonic_ns()
             except BlockingIOError:  # a slice of SO_RCVTIMEO passed without data
                 continue
@@ -129,7 +129,8 @@ class RawResponse:
             if not data:
                 raise OllamaError(
                     "connection",
-                    f"request to {self.where} failed: RemoteDisconnected('Remote end closed connection without response')",
+                    f"request to {self.where} failed: "
+                    "RemoteDisconnected('Remote end closed connection without response')",
                 )
             try:
                 done = reader.feed(data)
@@ -142,6 +143,7 @@ class RawResponse:
 
     def body(self, timeout_message: str) -> Iterator[tuple[bytes, float]]:
         decoder = self.decoder
+        assert decoder is not None, "body() is called after read_head"
         data, received = self.pending, self.pending_received
         self.pending = b""
         while not decoder.done:

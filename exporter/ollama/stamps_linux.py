@@ -78,13 +78,14 @@ def measure_wall_to_monotonic_offset(tries: int = 3) -> int:
     Reading the two clocks is bracketed so that a thread preempted between two reads
     does not skew it.
     """
-    best = None
+    best: Optional[tuple[int, int]] = None
     for _ in range(tries):
         a = time.monotonic_ns()
         wall = time.time_ns()
         b = time.monotonic_ns()
         if best is None or b - a < best[0]:
             best = (b - a, wall - (a + b) // 2)
+    assert best is not None, "tries must be at least 1"
     return best[1]
 
 

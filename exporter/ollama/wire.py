@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Generator, Iterable, Optional
 
 from .errors import OllamaError, stream_failure
 
@@ -109,7 +109,7 @@ def chunk_from_line(line: bytes, received: float, chat: bool) -> Optional[Stream
     return StreamChunk(received, text_len, FinalStats.from_line(obj) if obj.get("done") is True else None, thinking_len)
 
 
-def chunks_from_lines(lines: Iterable[bytes], received: float, chat: bool) -> Iterator[StreamChunk]:
+def chunks_from_lines(lines: Iterable[bytes], received: float, chat: bool) -> Generator[StreamChunk, None, bool]:
     """Yield the chunks of complete lines; return True once the final (done) chunk was yielded."""
     for line in lines:
         chunk = chunk_from_line(line, received, chat)

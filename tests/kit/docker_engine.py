@@ -104,7 +104,8 @@ class DockerEngine:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise EngineError(f"dockerd exited with {self.proc.returncode}: {self.log_tail()}")
-            if self.socket.exists() and self.docker(["version", "--format", "{{.Server.Version}}"], check=False).returncode == 0:
+            version_call = ["version", "--format", "{{.Server.Version}}"]
+            if self.socket.exists() and self.docker(version_call, check=False).returncode == 0:
                 return self
             time.sleep(0.3)
         self.stop()
@@ -116,7 +117,8 @@ class DockerEngine:
         except OSError:
             return ""
 
-    def docker(self, args: Sequence[str], check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    def docker(self, args: Sequence[str], check: bool = True, timeout: float = 120,
+               **kw) -> subprocess.CompletedProcess:
         res = subprocess.run([docker_cli(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, **kw)
         if check and res.returncode != 0:
             raise EngineError(f"docker {' '.join(args)}: {res.stderr.strip() or res.stdout.strip()}")

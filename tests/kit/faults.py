@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.config import load_text
 from exporter.runner import ScenarioRunner
+
 from .exporters import CollectingSink, ProbeStack
 from .fake_ollama import Behavior, FakeOllama
 
@@ -190,7 +191,8 @@ def fake_faults() -> list[FaultOutcome]:
 
 def _runner_children(server) -> list[psutil.Process]:
     try:
-        return [p for p in psutil.Process(server.proc.pid).children(recursive=True) if "runner" in " ".join(p.cmdline())]
+        return [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+                if "runner" in " ".join(p.cmdline())]
     except psutil.Error:
         return []
 
@@ -289,7 +291,8 @@ def table(outcomes: list[FaultOutcome]) -> str:
     rows = [("fault", "reason reported", "expected", "success gauge", "logged", "requests lost", "time to recover",
              "threads before/after", "verdict")]
     for o in outcomes:
-        rows.append((o.fault, o.reason, "/".join(o.expected), "-" if o.success_gauge is None else f"{o.success_gauge:g}",
+        rows.append((o.fault, o.reason, "/".join(o.expected),
+                     "-" if o.success_gauge is None else f"{o.success_gauge:g}",
                      "yes" if o.logged else "no", str(o.lost), "-" if o.recover_s is None else f"{o.recover_s:.2f} s",
                      f"{o.threads_before}/{o.threads_after}", "ok" if o.ok else "FAIL"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

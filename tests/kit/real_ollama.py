@@ -20,7 +20,8 @@ def ollama_binary() -> str:
     path = os.environ.get("OLLAMA_BIN")
     if path and os.access(path, os.X_OK):
         return path
-    res = subprocess.run([os.path.join(ROOT, "scripts", "install-ollama.sh")], capture_output=True, text=True, timeout=3600)
+    res = subprocess.run([os.path.join(ROOT, "scripts", "install-ollama.sh")], capture_output=True, text=True,
+                         timeout=3600)
     if res.returncode != 0:
         raise RuntimeError(f"cannot build Ollama:\n{res.stderr[-3000:]}")
     return res.stdout.strip().splitlines()[-1]
@@ -60,7 +61,8 @@ class OllamaServer:
     def start(self) -> "OllamaServer":
         log = open(self.log_path, "ab")
         # Its own session, so that stop() reaches the model-runner children too.
-        self.proc = subprocess.Popen([self.binary, "serve"], env=self.env, stdout=log, stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen([self.binary, "serve"], env=self.env, stdout=log, stderr=log,
+                                     start_new_session=True)
         log.close()
         deadline = time.monotonic() + START_DEADLINE_S
         while time.monotonic() < deadline:

@@ -41,7 +41,8 @@ scenarios:
 
 def sample(proc: psutil.Process) -> dict:
     with proc.oneshot():
-        return {"t": time.time(), "rss_bytes": proc.memory_info().rss, "fds": proc.num_fds(), "threads": proc.num_threads()}
+        return {"t": time.time(), "rss_bytes": proc.memory_info().rss, "fds": proc.num_fds(),
+                "threads": proc.num_threads()}
 
 
 def requests_made(exp: ExporterProcess) -> float:
@@ -75,7 +76,8 @@ def soak(duration: float, interval: float, report_every: float, out=sys.stdout) 
             start = idle_sample(proc, exp, interval)
             rows = [{"elapsed_s": 0, "requests": requests_made(exp), **start}]
             print(f"{'elapsed':>8} {'requests':>9} {'RSS MiB':>8} {'fds':>5} {'threads':>7}", file=out)
-            print(f"{0:>8.0f} {rows[0]['requests']:>9.0f} {start['rss_bytes'] / 2**20:>8.1f} {start['fds']:>5} {start['threads']:>7}",
+            print(f"{0:>8.0f} {rows[0]['requests']:>9.0f} {start['rss_bytes'] / 2**20:>8.1f} "
+                  f"{start['fds']:>5} {start['threads']:>7}",
                   file=out, flush=True)
             t0 = time.monotonic()
             while time.monotonic() - t0 < duration:
@@ -83,7 +85,8 @@ def soak(duration: float, interval: float, report_every: float, out=sys.stdout) 
                 s = idle_sample(proc, exp, interval)
                 row = {"elapsed_s": time.monotonic() - t0, "requests": requests_made(exp), **s}
                 rows.append(row)
-                print(f"{row['elapsed_s']:>8.0f} {row['requests']:>9.0f} {s['rss_bytes'] / 2**20:>8.1f} {s['fds']:>5} {s['threads']:>7}",
+                print(f"{row['elapsed_s']:>8.0f} {row['requests']:>9.0f} {s['rss_bytes'] / 2**20:>8.1f} "
+                      f"{s['fds']:>5} {s['threads']:>7}",
                       file=out, flush=True)
         finally:
             code = exp.stop()

@@ -1,0 +1,170 @@
+"""Value types of the scenario file, shared by its models and the target-file reader.
+
+Each rule lives once, as an annotated type: a `Duration` field takes '90s', '5m', '1h', '250ms'
+or a number of seconds; a `LabelValue` is a name usable as a Prometheus label value as it is; a
+`Regex` compiles. `unique()` is the one duplicate check, which names both places a name is given.
+Options and Auth are the two plain mappings a scenario file nests.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Annotated, Any, Iterable, Optional
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+LABEL_VALUE_MAX_LEN = 64
+MAX_DURATION_S = 366 * 86400
+NAME_RULE = f"must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+,-"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:@=/+,-]{1,%d}$" % LABEL_VALUE_MAX_LEN)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def valid_name(value: str) -> bool:
+    """A target, scenario, case or group name: usable as a label value as it is."""
+    return bool(_NAME_RE.match(value))
+
+
+def parse_duration(value: Any) -> float:
+    """'90s', '5m', '1h', '250ms' or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("duration must be positive and finite")
+    if seconds > MAX_DURATION_S:
+        raise ValueError("duration must be at most 366 days")
+    return seconds
+
+
+def _label_value(value: str) -> str:
+    if not valid_name(value):
+        raise ValueError(NAME_RULE)
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+LabelValue = Annotated[str, AfterValidator(_label_value)]
+Regex = Annotated[str, AfterValidator(_regex)]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors (a typo is caught), and a validated value never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Options(Strict):
+    """Ollama request options; an explicit list so that typos (temprature) are caught."""
+
+    temperature: Optional[float] = Field(None, ge=0)
+    seed: Optional[int] = None
+    num_predict: Optional[int] = None
+    num_ctx: Optional[int] = Field(None, gt=0)
+    num_batch: Optional[int] = Field(None, gt=0)
+    num_thread: Optional[int] = Field(None, gt=0)
+    num_gpu: Optional[int] = None
+    num_keep: Optional[int] = None
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
+    typical_p: Optional[float] = None
+    repeat_last_n: Optional[int] = None
+    repeat_penalty: Optional[float] = None
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    stop: Optional[list[str]] = None
+
+    def merged(self, override: Optional["Options"]) -> "Options":
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_none=True))
+
+    def as_request(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class Auth(Strict):
+    """Credentials for a target behind an authenticating proxy, read from the environment or a file."""
+
+    bearer_token_env: Optional[str] = None
+    bearer_token_file: Optional[str] = None
+    basic_user: Optional[str] = None
+    basic_password_env: Optional[str] = None
+    basic_password_file: Optional[str] = None
+
+
+def unique(entries: Iterable[tuple[str, str]], what: str) -> list[str]:
+    """(name, where it is given) pairs -> one problem per repeat, naming where the name came first."""
+    first: dict[str, str] = {}
+    problems = []
+    for name, where in entries:
+        if name in first:
+            problems.append(f"{where}: duplicate {what} {name!r}, already given by {first[name]}")
+        else:
+            first[name] = where
+    return problems
+
+
+def url_port(url: str) -> int:
+    """The TCP port of a URL, the scheme's default when the URL names none."""
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def default_ollama_url() -> str:
+    """$OLLAMA_HOST as Ollama's own tools read it (host, host:port or a URL), else the default."""
+    host = os.environ.get("OLLAMA_HOST", "").strip()
+    if not host:
+        return DEFAULT_OLLAMA_URL
+    if "://" not in host:
+        host = "http://" + host
+    scheme, rest = host.split("://", 1)
+    hostport = rest.split("/", 1)[0]
+    if hostport.startswith("["):
+        has_port = "]:" in hostport
+    else:
+        has_port = ":" in hostport
+    if not has_port:
+        hostport += ":11434"
+    if hostport.startswith("0.0.0.0"):
+        hostport = "127.0.0.1" + hostport[len("0.0.0.0"):]
+    return f"{scheme}://{hostport}"
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> tuple[str, list[str]]:
+    """${NAME} and ${NAME:-default} replaced from the environment (compose passes the model this
+    way); also the names that are unset and have no default."""
+    missing: list[str] = []
+
+    def sub(m: re.Match) -> str:
+        value: Optional[str] = os.environ.get(m.group(1))
+        if value is None or (value == "" and m.group(2) is not None):
+            if m.group(2) is None:
+                missing.append(m.group(1))
+                return ""
+            return m.group(2)
+        return value
+
+    return _ENV_RE.sub(sub, text), list(dict.fromkeys(missing))
