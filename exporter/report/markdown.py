@@ -6,7 +6,8 @@ import datetime as dt
 import os
 from typing import Any, Optional
 
-from .stats import NOISE_SIGMAS
+from .plots import plot_name, resource_plot_name
+from .stats import NOISE_SIGMAS, sections
 
 
 def _n(v: Optional[float], digits: int = 3) -> str:
@@ -73,14 +74,17 @@ def _summary_table(m: dict[str, Any]) -> str:
 def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], out_dir: str,
            comparison: Optional[dict[str, Any]] = None) -> str:
     L = _header(summary, system)
-    for model, m in summary["models"].items():
-        L += [f"## Model `{model}`", ""]
+    several = len(summary["targets"]) > 1
+    for target, model, m in sections(summary):
+        # Each target is its own section: a report over several servers never pools them.
+        L += [f"## Model `{model}` on target `{target}`" if several else f"## Model `{model}`", ""]
+        names = _SectionPlots(plots, target, model, several)
         L += _summary_section(m)
         L += _tokens_section(m)
-        L += _prompt_length_section(m, plots)
-        L += _temperature_section(m, plots)
-        L += _concurrency_section(m, plots)
-        L += _resources_section(m, plots)
+        L += _prompt_length_section(m, names)
+        L += _temperature_section(m, names)
+        L += _concurrency_section(m, names)
+        L += _resources_section(m, names)
         L += _phases_section(m)
         L += _bottleneck_section(m)
         L += _advice_section(m, summary.get("suggested_scenarios"))
@@ -117,13 +121,14 @@ def _header(summary: dict[str, Any], system: dict[str, Any]) -> list[str]:
         ["Machine load (1/5/15 min)", _load(system)],
         ["Memory bandwidth", f"{(system.get('memory_bandwidth_bytes_per_s') or 0) / 1e9:.1f} GB/s ({system.get('memory_bandwidth_source')})"],
     ]
+    several = len(system.get("targets", {})) > 1
     for name, t in system.get("targets", {}).items():
         env_rows.append([f"Ollama ({name})", f"{t.get('ollama_version', t.get('error', '?'))} at {t.get('url')}"])
         for model, facts in t.get("models", {}).items():
             desc = ", ".join(f"{k} {facts[k]}" for k in ("family", "parameter_size", "quantization_level") if k in facts)
-            env_rows.append([f"Model {model}", desc or facts.get("error", "-")])
-    gpu = [f"{m.get('name')}: {_mib(m.get('size_vram'))} in VRAM" for ms in system.get("running_models", {}).values()
-           for m in ms if m.get("size_vram")]
+            env_rows.append([f"Model {model}" + (f" ({name})" if several else ""), desc or facts.get("error", "-")])
+    gpu = [f"{m.get('name')}" + (f" ({name})" if several else "") + f": {_mib(m.get('size_vram'))} in VRAM"
+           for name, ms in system.get("running_models", {}).items() for m in ms if m.get("size_vram")]
     env_rows.append(["GPU", "; ".join(gpu) if gpu else "none used (the server reports no VRAM use)"])
     L += [_table(["", ""], env_rows), ""]
     L += [f"Requests: {summary['requests']}, failures: {summary['failures']}.", ""]
@@ -169,12 +174,27 @@ def _tokens_section(m: dict[str, Any]) -> list[str]:
     return L
 
 
+class _SectionPlots:
+    """The plots written for one target and model, by kind: a section shows its own, never another's."""
+
+    def __init__(self, plots: list[str], target: str, model: str, several_targets: bool):
+        self.plots, self.target, self.model, self.several = plots, target, model, several_targets
+
+    def show(self, kind: str, title: str, scenarios: tuple[Optional[str], ...] = (None,)) -> list[str]:
+        names = [plot_name(kind, self.target, self.model, self.several, s) for s in scenarios]
+        return [line for n in names if n in self.plots for line in ("", f"![{title}]({n})")]
+
+    def resources(self) -> Optional[str]:
+        name = resource_plot_name(self.target, self.several)
+        return name if name in self.plots else None
+
+
 def _plot(plots: list[str], stem: str, title: str) -> list[str]:
     plot = _find(plots, stem)
     return ["", f"![{title}]({plot})"] if plot else []
 
 
-def _prompt_length_section(m: dict[str, Any], plots: list[str]) -> list[str]:
+def _prompt_length_section(m: dict[str, Any], plots: _SectionPlots) -> list[str]:
     pl = m.get("prompt_length")
     L = ["### Experiment 1: prompt length impact", ""]
     if not pl:
@@ -196,7 +216,7 @@ def _prompt_length_section(m: dict[str, Any], plots: list[str]) -> list[str]:
     if cv is not None:
         L.append(f"- Decode speed across lengths varies by CV {cv:.3f}: "
                  + ("stable regardless of prompt length." if pl["decode_stable"] else "it changes with prompt length."))
-    return L + _plot(plots, "prompt_length_impact", "Prompt length impact") + [""]
+    return L + plots.show("prompt_length_impact", "Prompt length impact") + [""]
 
 
 def _experiment(title: str, items: Optional[list[dict[str, Any]]], missing: str, item_lines, note: str,
@@ -220,14 +240,15 @@ def _temperature_lines(t: dict[str, Any]) -> list[str]:
                     "beyond noise", "mean output tokens"], rows), ""]
 
 
-def _temperature_section(m: dict[str, Any], plots: list[str]) -> list[str]:
+def _temperature_section(m: dict[str, Any], plots: _SectionPlots) -> list[str]:
     return _experiment(
         "### Experiment 2: temperature impact", m.get("temperature"),
         "Not measured: no scenario ran several temperatures.", _temperature_lines,
         f"\"Beyond noise\" means the difference of means exceeds {NOISE_SIGMAS:g} standard errors of the difference. "
         "Temperature changes which tokens are sampled, not how fast: a latency change usually comes from "
         "a different answer length (see mean output tokens).",
-        _plot(plots, "temperature_impact", "Temperature impact"))
+        plots.show("temperature_impact", "Temperature impact",
+                   tuple(t["scenario"] for t in m.get("temperature") or ())))
 
 
 def _concurrency_lines(c: dict[str, Any]) -> list[str]:
@@ -241,21 +262,22 @@ def _concurrency_lines(c: dict[str, Any]) -> list[str]:
             f"Verdict: {c['mode']}.", ""]
 
 
-def _concurrency_section(m: dict[str, Any], plots: list[str]) -> list[str]:
+def _concurrency_section(m: dict[str, Any], plots: _SectionPlots) -> list[str]:
     return _experiment(
         "### Experiment 3: concurrent requests", m.get("concurrency"),
         "Not measured: no scenario ran several concurrency levels.", _concurrency_lines,
         "Server parallelism is the server's busy time (prefill + decode of every request) over the batch's "
         "wall time: about 1 when requests are served one at a time, about N when N run at once.",
-        _plot(plots, "concurrency_impact", "Concurrency impact"))
+        plots.show("concurrency_impact", "Concurrency impact",
+                   tuple(c["scenario"] for c in m.get("concurrency") or ())))
 
 
-def _resources_section(m: dict[str, Any], plots: list[str]) -> list[str]:
+def _resources_section(m: dict[str, Any], plots: _SectionPlots) -> list[str]:
     L = ["### Experiment 4: resource use under sustained load", ""]
     res = m.get("resources")
     if not res:
         return L + ["Not measured: the server's process tree was not visible from here (remote server, "
-                    "or several models in one run).", ""]
+                    "or several models on one server in one run).", ""]
     L += [_table(["Metric", "Value"], [
         ["Duration", f"{res['duration_s']:.0f} s ({res['samples']} samples)"],
         ["Server CPU mean / peak", f"{_n(res['cpu_percent_mean'], 0)}% / {_n(res['cpu_percent_peak'], 0)}% of one core"],
@@ -263,7 +285,7 @@ def _resources_section(m: dict[str, Any], plots: list[str]) -> list[str]:
         ["Server memory start / end", f"{_mib(res['rss_bytes_start'])} / {_mib(res['rss_bytes_end'])}"],
         ["Throughput", f"{_n(res['requests_per_s'], 3)} requests/s, {_n(res['output_tokens_per_s'], 1)} output tokens/s"],
     ]), ""]
-    plot = _find(plots, "resource_usage")
+    plot = plots.resources()
     return L + ([f"![Resource usage]({plot})", ""] if plot else [])
 
 
@@ -396,13 +418,18 @@ def _comparison_section(comparison: dict[str, Any]) -> list[str]:
     else:
         L += ["Nothing recorded differs: same host, Ollama version, model digests, quantization and options.", ""]
     L += ["### Changes per case", ""]
+    several = len(comparison.get("targets", ())) > 1
+    for u in comparison.get("unmatched_targets", ()):
+        L += [f"Target `{u['target']}` ran only in the {'old' if u['only_in'] == 'old' else 'this'} run: "
+              "nothing of it is compared.", ""]
     if not comparison["cases"]:
-        return L + ["No model/scenario/case/concurrency combination appears in both runs.", ""]
+        return L + [f"No {'target/' if several else ''}model/scenario/case/concurrency combination appears "
+                    "in both runs.", ""]
     rows = []
     for c in comparison["cases"]:
         for q in c["quantities"]:
             judged = "change_pct" in q
-            rows.append([
+            rows.append(([c["target"]] if several else []) + [
                 c["model"], c["scenario"], c["case"], str(c["concurrency"]), QUANTITY_NAMES[q["quantity"]],
                 f"{q['n_old']} / {q['n_new']}", _value(q["old_median"], q["unit"]), _value(q["new_median"], q["unit"]),
                 _pct(q["change_pct"]) if judged else "-",
@@ -410,10 +437,13 @@ def _comparison_section(comparison: dict[str, Any]) -> list[str]:
                 f"{q['p_new_greater']:.2f}" if judged else "-",
                 ("**REGRESSION** " if q["regressed"] else "") + VERDICT_MARKS.get(q["verdict"], q["verdict"]),
             ])
-    L += [_table(["model", "scenario", "case", "conc", "quantity", "n old / new", "old median", "new median",
-                  "change", f"{comparison['confidence']:.0%} CI", "P(new > old)", "verdict"], rows), ""]
+    L += [_table((["target"] if several else []) + [
+        "model", "scenario", "case", "conc", "quantity", "n old / new", "old median", "new median",
+        "change", f"{comparison['confidence']:.0%} CI", "P(new > old)", "verdict"], rows), ""]
     L += [f"Each change is the relative change of the median over the successful warm requests of both runs. "
-          f"Its interval is a percentile bootstrap ({comparison['resamples']} resamples, seeded per case, so a "
+          + ("Each target is compared with the same target of the old run, never pooled with another. "
+             if several else "")
+          + f"Its interval is a percentile bootstrap ({comparison['resamples']} resamples, seeded per case, so a "
           f"rebuilt report shows the same numbers). A change is beyond noise (worse or better) when the interval "
           f"excludes zero. P(new > old) is the Mann-Whitney probability of superiority: 0.5 means no shift, "
           f"1.0 means every new value is above every old one (for decode tok/s, higher is better).", ""]
@@ -423,7 +453,8 @@ def _comparison_section(comparison: dict[str, Any]) -> list[str]:
         if regs:
             L += [f"**Regression gate failed**: {len(regs)} quantit{'y' if len(regs) == 1 else 'ies'} got worse by "
                   f"more than {pct:g}% with {comparison['confidence']:.0%} confidence (exit code 4):", ""]
-            L += [f"- {r['scenario']}/{r['case']} (concurrency {r['concurrency']}): {QUANTITY_NAMES[r['quantity']]} "
+            L += [f"- {r['scenario']}/{r['case']} (concurrency {r['concurrency']}"
+                  + (f", target {r['target']}" if several else "") + f"): {QUANTITY_NAMES[r['quantity']]} "
                   f"{r['worse_pct']:+.1f}% worse, interval {r['worse_ci_low_pct']:+.1f}% .. "
                   f"{r['worse_ci_high_pct']:+.1f}%" for r in regs] + [""]
         else:
