@@ -440,7 +440,7 @@ def _comparison_section(comparison: dict[str, Any]) -> list[str]:
     L += [_table((["target"] if several else []) + [
         "model", "scenario", "case", "conc", "quantity", "n old / new", "old median", "new median",
         "change", f"{comparison['confidence']:.0%} CI", "P(new > old)", "verdict"], rows), ""]
-    L += [f"Each change is the relative change of the median over the successful warm requests of both runs. "
+    L += ["Each change is the relative change of the median over the successful warm requests of both runs. "
           + ("Each target is compared with the same target of the old run, never pooled with another. "
              if several else "")
           + f"Its interval is a percentile bootstrap ({comparison['resamples']} resamples, seeded per case, so a "
