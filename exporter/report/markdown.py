@@ -277,7 +277,7 @@ def _resources_section(m: dict[str, Any], plots: _SectionPlots) -> list[str]:
     res = m.get("resources")
     if not res:
         return L + ["Not measured: the server's process tree was not visible from here (remote server, "
-                    "or several models on one server in one run).", ""]
+                    "or several models in one run).", ""]
     L += [_table(["Metric", "Value"], [
         ["Duration", f"{res['duration_s']:.0f} s ({res['samples']} samples)"],
         ["Server CPU mean / peak", f"{_n(res['cpu_percent_mean'], 0)}% / {_n(res['cpu_percent_peak'], 0)}% of one core"],
