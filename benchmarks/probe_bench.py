@@ -12,6 +12,13 @@ This file is the driver. The parts, by role:
   footprint.py    the exporter process's own cost: /metrics scrape, memory
   bench_stats.py  what is measured (definitions), distributions, the goals
   render.py       RESULTS.md, one function per section (SECTIONS)
+
+Adding a workload: write `section_x(server, clients, quick) -> list of row dicts` (in
+workloads.py, or footprint.py when it measures the exporter process rather than the probes;
+rows are what results.json keeps), and list it in workloads.WORKLOADS where it should run.
+Then write `x(report) -> list of lines` in render.py, returning [] when report has no "x"
+rows (an older results.json), and list it in render.SECTIONS where it should appear. A goal
+to judge it by goes into bench_stats.TARGETS and evaluate's checks. --sections x runs it alone.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from exporter.exit_codes import EXIT_OK, EXIT_REGRESSION
 from exporter.report.advice import suggested_scenarios
 from exporter.report.bench import run_bench
 from exporter.report.compare import compare_records, regression_lines
+from exporter.report.plots import _by_case
 from exporter.report.stats import sections, summarize
 from exporter.results import ProbeResult, read_results
 from tests.kit.fake_ollama import Behavior, FakeOllama
@@ -70,9 +71,12 @@ def test_report_keeps_two_targets_apart(tmp_path):
     rows = [cells for cells in rows if len(cells) == 13]  # the summary table's, not the token table's
     means = {f"{m['cases'][0]['latency']['mean']:.3f}" for _, _, m in sections(summary)}
     assert len(rows) == 2 and {cells[5] for cells in rows} == means and len(means) == 2
-    # Every plot, per-target ones included, is shown in the report.
+    # Every plot, per-target ones included, is shown in the report; the distributions have a
+    # box per target and case.
     pngs = sorted(f for f in os.listdir(out) if f.endswith(".png"))
     assert all(f"]({p})" in report for p in pngs)
+    assert set(_by_case(records, "request_duration_s")) == {"fast: seq/short", "slow: seq/short"}
+    assert set(_by_case([r for r in records if r.target == "fast"], "request_duration_s")) == {"seq/short"}
 
 
 def test_a_regression_on_one_target_fails_the_gate_where_pooling_hid_it(tmp_path, capsys):
