@@ -12,6 +12,7 @@ import pytest
 
 from exporter.config import load_text
 from exporter.report.bench import run_bench
+from exporter.report.stats import sections
 from exporter.results import read_results
 from tests.kit.exporters import ROOT
 from tests.kit.fake_ollama import Behavior, FakeOllama
@@ -60,10 +61,12 @@ def check_report(out, expect_resources):
     report = open(os.path.join(out, "REPORT.md")).read()
     assert system["cpu_count"] and system["total_ram_bytes"] and system["python"]
     assert all(t.get("ollama_version") for t in system["targets"].values())
-    for model, m in summary["models"].items():
+    assert summary["targets"]
+    for target, model, m in sections(summary):
+        assert (m["target"], m["model"]) == (target, model)
         for row in m["cases"]:
-            rs = [r for r in records if (r.model, r.scenario, r.case, r.concurrency) ==
-                  (model, row["scenario"], row["case"], row["concurrency"]) and r.ok]
+            rs = [r for r in records if (r.target, r.model, r.scenario, r.case, r.concurrency) ==
+                  (target, model, row["scenario"], row["case"], row["concurrency"]) and r.ok]
             assert row["requests"] >= len(rs) > 0
             lat = [r.request_duration_s for r in rs]
             assert row["latency"]["mean"] == pytest.approx(statistics.fmean(lat))
@@ -142,6 +145,6 @@ def test_day_one_bench_against_real_ollama(real_ollama, tmp_path, monkeypatch):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "requests, 0 failed" in res.stderr
     summary = check_report(out, expect_resources=True)
-    m = summary["models"]["smollm2-135m"]
+    [(_, _, m)] = [s for s in sections(summary) if s[1] == "smollm2-135m"]
     assert m["theory"]["decode_tps_bound"] > 0 and m["theory"]["kv_cache_bytes"] > 0
     assert m["resources"]["cpu_percent_mean"] > 10 and m["resources"]["rss_bytes_peak"] > 100e6

@@ -51,7 +51,7 @@ def test_each_finding_names_its_settings_and_evidence(tmp_path):
     with FakeOllama(Behavior(**TROUBLED)) as server:
         assert run_bench(load_text(advice_yaml(server.url)), out, quiet=True, memory_bandwidth=BANDWIDTH) == 0
     summary = json.load(open(os.path.join(out, "summary.json")))
-    advice = by_setting(summary["models"]["tiny"]["advice"])
+    advice = by_setting(summary["targets"]["t1"]["models"]["tiny"]["advice"])
     parallel = advice["OLLAMA_NUM_PARALLEL"]
     assert parallel["kind"] == "server" and parallel["suggested"] == "2"
     assert re.search(r"at concurrency 2 the server worked on (0\.[89]|1\.[01]) request at a time", parallel["evidence"][0])
@@ -99,7 +99,7 @@ def model_summary(**over):
     case = {"scenario": "s", "case": "c", "concurrency": 1, "requests": 5, "failures": 0, "cold": 0,
             "prompt_tokens": {"median": 900, "max": 1000}, "produced_tokens": {"median": 100, "max": 100},
             "prefill_tps": {"median": 200}}
-    m = {"targets": ["t1"], "cases": [case], "phases_overall": {"load": 0, "prefill": 0.1, "decode": 0.9, "queue": 0},
+    m = {"target": "t1", "cases": [case], "phases_overall": {"load": 0, "prefill": 0.1, "decode": 0.9, "queue": 0},
          "concurrency": [], "resources": None, "theory": {}, "facts": {"quantization_level": "Q4_K_M"},
          "bottleneck": {"cpu_saturated": False, "evidence": []}}
     m.update(over)

@@ -76,7 +76,7 @@ def test_report_shows_requested_vs_produced_and_flags_early_stops(tmp_path):
     records = list(read_results(os.path.join(out, "results.jsonl")))
     assert {r.case: r.done_reason for r in records} == {"full": "length", "short": "stop", "unlimited": "stop"}
     summary = json.load(open(os.path.join(out, "summary.json")))
-    rows = {row["case"]: row for row in summary["models"]["tiny"]["cases"]}
+    rows = {row["case"]: row for row in summary["targets"]["t1"]["models"]["tiny"]["cases"]}
     assert rows["full"]["requested_tokens"] == 4 and rows["full"]["produced_tokens"]["median"] == 4
     assert rows["full"]["stopped_early"] == 0 and rows["full"]["done_reasons"] == {"length": 3}
     assert rows["short"]["requested_tokens"] == 8 and rows["short"]["produced_tokens"]["median"] == 6

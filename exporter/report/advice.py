@@ -49,13 +49,13 @@ def _case_option(scenarios: list[dict[str, Any]], scenario: str, case: str, opti
 
 def advise(model: str, m: dict[str, Any], system: dict[str, Any],
            scenarios: Optional[list[dict[str, Any]]] = None) -> list[dict[str, Any]]:
-    """The recommendations for one model, most important first.
+    """The recommendations for one model on one target, most important first.
 
     Each is {kind: "server"|"request", setting, current, suggested, reason, evidence: [..]};
     request options also carry the case to measure it on ("scenario", "case").
     """
     out: list[dict[str, Any]] = []
-    target = m["targets"][0]
+    target = m["target"]
     shares = m.get("phases_overall") or {}
     cases = [c for c in m["cases"] if c["requests"] > c["failures"]]
     running = _running(system, target, model)
@@ -172,19 +172,26 @@ def advise(model: str, m: dict[str, Any], system: dict[str, Any],
     return out
 
 
-def suggested_scenarios(recommendations: dict[str, list[dict[str, Any]]], scenarios: list[dict[str, Any]]) -> Optional[str]:
-    """A scenario file: per request-option suggestion, its case at the current and the suggested value."""
+def suggested_scenarios(recommendations: list[tuple[str, str, list[dict[str, Any]]]],
+                        scenarios: list[dict[str, Any]]) -> Optional[str]:
+    """A scenario file: per request-option suggestion, its case at the current and the suggested value.
+
+    `recommendations` holds (target, model, advice). A suggestion was found on one server, so
+    its scenario runs on that target only; with several targets the name says which.
+    """
     by_name = {s["name"]: s for s in scenarios}
-    out_scenarios, targets = [], {}
-    for model, recs in recommendations.items():
+    several_targets = len({target for target, _, _ in recommendations}) > 1
+    out_scenarios, targets, names = [], {}, set()
+    for target, _model, recs in recommendations:
         for rec in recs:
             if not rec.get("sweep") or rec.get("scenario") not in by_name:
                 continue
             src = by_name[rec["scenario"]]
             case = next((c for c in src["cases"] if c["name"] == rec["case"]), None)
-            if case is None:
+            on = [t for t in src["targets"] if t["name"] == target]
+            if case is None or not on:
                 continue
-            for t in src["targets"]:
+            for t in on:
                 targets[t["name"]] = t
             cases = {}
             for value in (rec["current"], rec["suggested"]):
@@ -193,9 +200,15 @@ def suggested_scenarios(recommendations: dict[str, list[dict[str, Any]]], scenar
                 if case.get("system"):
                     spec["system"] = case["system"]
                 cases[f"{rec['setting']}_{value}"] = spec
+            name = f"try-{rec['setting']}" + (f"-{target}" if several_targets else "")
+            # Two models on one target can suggest the same setting: scenario names must stay unique.
+            base, n = name, 2
+            while name in names:
+                name, n = f"{base}-{n}", n + 1
+            names.add(name)
             scenario: dict[str, Any] = {
-                "name": f"try-{rec['setting']}",
-                "model": src["model"], "api": src["api"], "targets": [t["name"] for t in src["targets"]],
+                "name": name,
+                "model": src["model"], "api": src["api"], "targets": [t["name"] for t in on],
                 "repeats": max(SUGGESTED_REPEATS, src["repeats"]), "warmup": 1, "timeout": f"{src['timeout']:g}s",
                 "unique_prompt": src["unique_prompt"], "cases": cases,
             }

@@ -22,7 +22,7 @@ from .advice import advise, scenarios_record, suggested_scenarios
 from .compare import compare_runs, is_run_dir, regression_lines
 from .ladder import ContextLadder, ladder_fit, run_context_ladder
 from .ratesweep import RateSweep, run_rate_sweep, saturation
-from .stats import summarize
+from .stats import sections, summarize
 
 log = logging.getLogger(__name__)
 SAMPLE_INTERVAL_S = 0.5
@@ -117,11 +117,12 @@ def _load_json(path: str, default: Any) -> Any:
 
 
 def _write_advice(out_dir: str, summary: dict[str, Any], system: dict[str, Any]) -> None:
-    """What to change, per model, and the scenario file that measures the request-option suggestions."""
+    """What to change, per target and model, and the scenario file that measures the request-option suggestions."""
     scenarios = _load_json(os.path.join(out_dir, "scenarios.json"), [])
-    for model, m in summary["models"].items():
+    for _target, model, m in sections(summary):
         m["advice"] = advise(model, m, system, scenarios)
-    suggestions = suggested_scenarios({model: m["advice"] for model, m in summary["models"].items()}, scenarios)
+    suggestions = suggested_scenarios([(target, model, m["advice"]) for target, model, m in sections(summary)],
+                                      scenarios)
     path = os.path.join(out_dir, SUGGESTED_SCENARIOS)
     if suggestions:
         with open(path, "w", encoding="utf-8") as f:

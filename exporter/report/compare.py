@@ -97,12 +97,16 @@ def compare_quantity(key: tuple, quantity: str, old: list[ProbeResult], new: lis
     return row
 
 
-def _case_key(r: ProbeResult) -> tuple[str, str, str, int]:
-    return (r.model, r.scenario, r.case, r.concurrency)
+def _case_key(r: ProbeResult) -> tuple[str, str, str, str, int]:
+    return (r.target, r.model, r.scenario, r.case, r.concurrency)
 
 
 def compare_records(old: list[ProbeResult], new: list[ProbeResult], fail_pct: Optional[float] = None) -> list[dict[str, Any]]:
-    """One entry per case present in both runs, with every quantity compared."""
+    """One entry per target and case present in both runs, with every quantity compared.
+
+    A case is compared only against the same target in the other run: pooling two servers
+    would let a fast one hide a slow one's regression.
+    """
     old_by, new_by = defaultdict(list), defaultdict(list)
     for r in old:
         old_by[_case_key(r)].append(r)
@@ -110,10 +114,20 @@ def compare_records(old: list[ProbeResult], new: list[ProbeResult], fail_pct: Op
         new_by[_case_key(r)].append(r)
     rows = []
     for key in sorted(set(old_by) & set(new_by)):
-        quantities = [compare_quantity(key, q, old_by[key], new_by[key], fail_pct) for q in QUANTITIES]
-        rows.append({"model": key[0], "scenario": key[1], "case": key[2], "concurrency": key[3],
+        # Seeded without the target, as before targets were keyed: a rebuilt single-target report
+        # keeps its intervals. Two targets share the resampling stream but not their values.
+        seed_key = key[1:]
+        quantities = [compare_quantity(seed_key, q, old_by[key], new_by[key], fail_pct) for q in QUANTITIES]
+        rows.append({"target": key[0], "model": key[1], "scenario": key[2], "case": key[3], "concurrency": key[4],
                      "quantities": quantities, "regressed": any(q["regressed"] for q in quantities)})
     return rows
+
+
+def unmatched_targets(old: list[ProbeResult], new: list[ProbeResult]) -> list[dict[str, str]]:
+    """Targets with records in one run only: nothing of theirs is compared, and the report says so."""
+    old_t, new_t = {r.target for r in old}, {r.target for r in new}
+    return ([{"target": t, "only_in": "old"} for t in sorted(old_t - new_t)]
+            + [{"target": t, "only_in": "new"} for t in sorted(new_t - old_t)])
 
 
 def _options_by_case(records: list[ProbeResult]) -> dict[tuple, str]:
@@ -188,13 +202,16 @@ def compare_runs(old_dir: str, new_records: list[ProbeResult], new_system: dict[
     old_records, old_system = load_run(old_dir)
     cases = compare_records(old_records, new_records, fail_pct)
     return {
+        "targets": sorted({r.target for r in old_records} | {r.target for r in new_records}),
+        "unmatched_targets": unmatched_targets(old_records, new_records),
         "old_dir": old_dir,
         "confidence": CONFIDENCE,
         "resamples": BOOTSTRAP_RESAMPLES,
         "fail_on_regression_pct": fail_pct,
         "cases": cases,
         "regressions": [
-            {"model": c["model"], "scenario": c["scenario"], "case": c["case"], "concurrency": c["concurrency"],
+            {"target": c["target"], "model": c["model"], "scenario": c["scenario"], "case": c["case"],
+             "concurrency": c["concurrency"],
              "quantity": q["quantity"], "worse_pct": q["worse_pct"], "worse_ci_low_pct": q["worse_ci_low_pct"],
              "worse_ci_high_pct": q["worse_ci_high_pct"]}
             for c in cases for q in c["quantities"] if q["regressed"]
@@ -204,7 +221,9 @@ def compare_runs(old_dir: str, new_records: list[ProbeResult], new_system: dict[
 
 
 def regression_lines(comparison: dict[str, Any]) -> list[str]:
-    """One line per regressed case and quantity, for the terminal."""
-    return [f"{r['scenario']}/{r['case']} c={r['concurrency']} ({r['model']}): {r['quantity']} "
+    """One line per regressed case and quantity, for the terminal; the target is named when there are several."""
+    several = len(comparison.get("targets", ())) > 1
+    return [f"{r['scenario']}/{r['case']} c={r['concurrency']} ({r['model']}"
+            + (f" on {r['target']}" if several else "") + f"): {r['quantity']} "
             f"{r['worse_pct']:+.1f}% worse (95% CI {r['worse_ci_low_pct']:+.1f}% .. {r['worse_ci_high_pct']:+.1f}%)"
             for r in comparison["regressions"]]

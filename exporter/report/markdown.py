@@ -6,31 +6,14 @@ import datetime as dt
 import os
 from typing import Any, Optional
 
-from .stats import NOISE_SIGMAS
-
-
-def _n(v: Optional[float], digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.{digits}f}"
-
-
-def _pct(v: Optional[float]) -> str:
-    return "-" if v is None else f"{v:+.1f}%"
-
-
-def _mib(v: Optional[float]) -> str:
-    return "-" if v is None else f"{v / 2**20:.0f} MiB"
-
-
-def _noise(flag: Optional[bool]) -> str:
-    return {True: "yes", False: "no (within noise)", None: "n/a"}[flag]
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+from .markdown_compare import comparison_section
+from .mdtable import mib as _mib
+from .mdtable import noise as _noise
+from .mdtable import num as _n
+from .mdtable import pct as _pct
+from .mdtable import table as _table
+from .plots import plot_name, resource_plot_name
+from .stats import NOISE_SIGMAS, sections
 
 
 def _case_tables(m: dict[str, Any]) -> list[str]:
@@ -73,14 +56,17 @@ def _summary_table(m: dict[str, Any]) -> str:
 def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], out_dir: str,
            comparison: Optional[dict[str, Any]] = None) -> str:
     L = _header(summary, system)
-    for model, m in summary["models"].items():
-        L += [f"## Model `{model}`", ""]
+    several = len(summary["targets"]) > 1
+    for target, model, m in sections(summary):
+        # Each target is its own section: a report over several servers never pools them.
+        L += [f"## Model `{model}` on target `{target}`" if several else f"## Model `{model}`", ""]
+        names = _SectionPlots(plots, target, model, several)
         L += _summary_section(m)
         L += _tokens_section(m)
-        L += _prompt_length_section(m, plots)
-        L += _temperature_section(m, plots)
-        L += _concurrency_section(m, plots)
-        L += _resources_section(m, plots)
+        L += _prompt_length_section(m, names)
+        L += _temperature_section(m, names)
+        L += _concurrency_section(m, names)
+        L += _resources_section(m, names)
         L += _phases_section(m)
         L += _bottleneck_section(m)
         L += _advice_section(m, summary.get("suggested_scenarios"))
@@ -90,7 +76,7 @@ def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], ou
     if summary.get("context_ladder"):
         L += _ladder_section(summary["context_ladder"])
     if comparison is not None:
-        L += _comparison_section(comparison)
+        L += comparison_section(comparison)
     L += _distributions_section(plots)
     return "\n".join(L)
 
@@ -117,13 +103,14 @@ def _header(summary: dict[str, Any], system: dict[str, Any]) -> list[str]:
         ["Machine load (1/5/15 min)", _load(system)],
         ["Memory bandwidth", f"{(system.get('memory_bandwidth_bytes_per_s') or 0) / 1e9:.1f} GB/s ({system.get('memory_bandwidth_source')})"],
     ]
+    several = len(system.get("targets", {})) > 1
     for name, t in system.get("targets", {}).items():
         env_rows.append([f"Ollama ({name})", f"{t.get('ollama_version', t.get('error', '?'))} at {t.get('url')}"])
         for model, facts in t.get("models", {}).items():
             desc = ", ".join(f"{k} {facts[k]}" for k in ("family", "parameter_size", "quantization_level") if k in facts)
-            env_rows.append([f"Model {model}", desc or facts.get("error", "-")])
-    gpu = [f"{m.get('name')}: {_mib(m.get('size_vram'))} in VRAM" for ms in system.get("running_models", {}).values()
-           for m in ms if m.get("size_vram")]
+            env_rows.append([f"Model {model}" + (f" ({name})" if several else ""), desc or facts.get("error", "-")])
+    gpu = [f"{m.get('name')}" + (f" ({name})" if several else "") + f": {_mib(m.get('size_vram'))} in VRAM"
+           for name, ms in system.get("running_models", {}).items() for m in ms if m.get("size_vram")]
     env_rows.append(["GPU", "; ".join(gpu) if gpu else "none used (the server reports no VRAM use)"])
     L += [_table(["", ""], env_rows), ""]
     L += [f"Requests: {summary['requests']}, failures: {summary['failures']}.", ""]
@@ -169,12 +156,27 @@ def _tokens_section(m: dict[str, Any]) -> list[str]:
     return L
 
 
+class _SectionPlots:
+    """The plots written for one target and model, by kind: a section shows its own, never another's."""
+
+    def __init__(self, plots: list[str], target: str, model: str, several_targets: bool):
+        self.plots, self.target, self.model, self.several = plots, target, model, several_targets
+
+    def show(self, kind: str, title: str, scenarios: tuple[Optional[str], ...] = (None,)) -> list[str]:
+        names = [plot_name(kind, self.target, self.model, self.several, s) for s in scenarios]
+        return [line for n in names if n in self.plots for line in ("", f"![{title}]({n})")]
+
+    def resources(self) -> Optional[str]:
+        name = resource_plot_name(self.target, self.several)
+        return name if name in self.plots else None
+
+
 def _plot(plots: list[str], stem: str, title: str) -> list[str]:
     plot = _find(plots, stem)
     return ["", f"![{title}]({plot})"] if plot else []
 
 
-def _prompt_length_section(m: dict[str, Any], plots: list[str]) -> list[str]:
+def _prompt_length_section(m: dict[str, Any], plots: _SectionPlots) -> list[str]:
     pl = m.get("prompt_length")
     L = ["### Experiment 1: prompt length impact", ""]
     if not pl:
@@ -196,7 +198,7 @@ def _prompt_length_section(m: dict[str, Any], plots: list[str]) -> list[str]:
     if cv is not None:
         L.append(f"- Decode speed across lengths varies by CV {cv:.3f}: "
                  + ("stable regardless of prompt length." if pl["decode_stable"] else "it changes with prompt length."))
-    return L + _plot(plots, "prompt_length_impact", "Prompt length impact") + [""]
+    return L + plots.show("prompt_length_impact", "Prompt length impact") + [""]
 
 
 def _experiment(title: str, items: Optional[list[dict[str, Any]]], missing: str, item_lines, note: str,
@@ -220,14 +222,15 @@ def _temperature_lines(t: dict[str, Any]) -> list[str]:
                     "beyond noise", "mean output tokens"], rows), ""]
 
 
-def _temperature_section(m: dict[str, Any], plots: list[str]) -> list[str]:
+def _temperature_section(m: dict[str, Any], plots: _SectionPlots) -> list[str]:
     return _experiment(
         "### Experiment 2: temperature impact", m.get("temperature"),
         "Not measured: no scenario ran several temperatures.", _temperature_lines,
         f"\"Beyond noise\" means the difference of means exceeds {NOISE_SIGMAS:g} standard errors of the difference. "
         "Temperature changes which tokens are sampled, not how fast: a latency change usually comes from "
         "a different answer length (see mean output tokens).",
-        _plot(plots, "temperature_impact", "Temperature impact"))
+        plots.show("temperature_impact", "Temperature impact",
+                   tuple(t["scenario"] for t in m.get("temperature") or ())))
 
 
 def _concurrency_lines(c: dict[str, Any]) -> list[str]:
@@ -241,16 +244,17 @@ def _concurrency_lines(c: dict[str, Any]) -> list[str]:
             f"Verdict: {c['mode']}.", ""]
 
 
-def _concurrency_section(m: dict[str, Any], plots: list[str]) -> list[str]:
+def _concurrency_section(m: dict[str, Any], plots: _SectionPlots) -> list[str]:
     return _experiment(
         "### Experiment 3: concurrent requests", m.get("concurrency"),
         "Not measured: no scenario ran several concurrency levels.", _concurrency_lines,
         "Server parallelism is the server's busy time (prefill + decode of every request) over the batch's "
         "wall time: about 1 when requests are served one at a time, about N when N run at once.",
-        _plot(plots, "concurrency_impact", "Concurrency impact"))
+        plots.show("concurrency_impact", "Concurrency impact",
+                   tuple(c["scenario"] for c in m.get("concurrency") or ())))
 
 
-def _resources_section(m: dict[str, Any], plots: list[str]) -> list[str]:
+def _resources_section(m: dict[str, Any], plots: _SectionPlots) -> list[str]:
     L = ["### Experiment 4: resource use under sustained load", ""]
     res = m.get("resources")
     if not res:
@@ -263,7 +267,7 @@ def _resources_section(m: dict[str, Any], plots: list[str]) -> list[str]:
         ["Server memory start / end", f"{_mib(res['rss_bytes_start'])} / {_mib(res['rss_bytes_end'])}"],
         ["Throughput", f"{_n(res['requests_per_s'], 3)} requests/s, {_n(res['output_tokens_per_s'], 1)} output tokens/s"],
     ]), ""]
-    plot = _find(plots, "resource_usage")
+    plot = plots.resources()
     return L + ([f"![Resource usage]({plot})", ""] if plot else [])
 
 
@@ -374,61 +378,6 @@ def _ladder_section(ladders: list[dict[str, Any]]) -> list[str]:
             fit_rows.append(["theory (f16 cache)", f"{theory / 1024:.1f} KiB", "-", "-", lad["theory_formula"]])
         if fit_rows:
             L += [_table(["memory", "per context token", "R²", "at zero context", "against theory"], fit_rows), ""]
-    return L
-
-
-QUANTITY_NAMES = {"ttft": "TTFT", "latency": "latency", "tpot": "time per output token", "decode_tps": "decode tok/s"}
-VERDICT_MARKS = {"worse": "**worse**", "better": "better", "within noise": "within noise"}
-
-
-def _value(v: Optional[float], unit: str) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.1f}" if unit == "tok/s" else f"{v * 1000:.1f} ms" if v < 1 else f"{v:.3f} s"
-
-
-def _comparison_section(comparison: dict[str, Any]) -> list[str]:
-    L = [f"## Comparison with `{comparison['old_dir']}`", ""]
-    diffs = comparison["differences"]
-    L += ["### What differs between the runs", ""]
-    if diffs:
-        L += [_table(["what", "old run", "this run"], [[d["what"], f"`{d['old']}`", f"`{d['new']}`"] for d in diffs]), ""]
-    else:
-        L += ["Nothing recorded differs: same host, Ollama version, model digests, quantization and options.", ""]
-    L += ["### Changes per case", ""]
-    if not comparison["cases"]:
-        return L + ["No model/scenario/case/concurrency combination appears in both runs.", ""]
-    rows = []
-    for c in comparison["cases"]:
-        for q in c["quantities"]:
-            judged = "change_pct" in q
-            rows.append([
-                c["model"], c["scenario"], c["case"], str(c["concurrency"]), QUANTITY_NAMES[q["quantity"]],
-                f"{q['n_old']} / {q['n_new']}", _value(q["old_median"], q["unit"]), _value(q["new_median"], q["unit"]),
-                _pct(q["change_pct"]) if judged else "-",
-                f"{q['ci_low_pct']:+.1f}% .. {q['ci_high_pct']:+.1f}%" if judged else "-",
-                f"{q['p_new_greater']:.2f}" if judged else "-",
-                ("**REGRESSION** " if q["regressed"] else "") + VERDICT_MARKS.get(q["verdict"], q["verdict"]),
-            ])
-    L += [_table(["model", "scenario", "case", "conc", "quantity", "n old / new", "old median", "new median",
-                  "change", f"{comparison['confidence']:.0%} CI", "P(new > old)", "verdict"], rows), ""]
-    L += [f"Each change is the relative change of the median over the successful warm requests of both runs. "
-          f"Its interval is a percentile bootstrap ({comparison['resamples']} resamples, seeded per case, so a "
-          f"rebuilt report shows the same numbers). A change is beyond noise (worse or better) when the interval "
-          f"excludes zero. P(new > old) is the Mann-Whitney probability of superiority: 0.5 means no shift, "
-          f"1.0 means every new value is above every old one (for decode tok/s, higher is better).", ""]
-    pct = comparison.get("fail_on_regression_pct")
-    if pct is not None:
-        regs = comparison["regressions"]
-        if regs:
-            L += [f"**Regression gate failed**: {len(regs)} quantit{'y' if len(regs) == 1 else 'ies'} got worse by "
-                  f"more than {pct:g}% with {comparison['confidence']:.0%} confidence (exit code 4):", ""]
-            L += [f"- {r['scenario']}/{r['case']} (concurrency {r['concurrency']}): {QUANTITY_NAMES[r['quantity']]} "
-                  f"{r['worse_pct']:+.1f}% worse, interval {r['worse_ci_low_pct']:+.1f}% .. "
-                  f"{r['worse_ci_high_pct']:+.1f}%" for r in regs] + [""]
-        else:
-            L += [f"Regression gate passed: nothing got worse by more than {pct:g}% with "
-                  f"{comparison['confidence']:.0%} confidence.", ""]
     return L
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Any
+from typing import Any, Optional
 
 import matplotlib
 
@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..results import ProbeResult  # noqa: E402
+from .stats import sections  # noqa: E402
 
 
 def _save(fig, path: str) -> str:
@@ -21,13 +22,30 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def _slug(text: str) -> str:
+    return text.replace("/", "_").replace(":", "_")
+
+
+def plot_name(kind: str, target: str, model: str, several_targets: bool, scenario: Optional[str] = None) -> str:
+    """The file of one section's plot; the target is in the name only when the run had several."""
+    parts = [kind] + ([_slug(target)] if several_targets else []) + [_slug(model)] + ([scenario] if scenario else [])
+    return "_".join(parts) + ".png"
+
+
+def resource_plot_name(target: str, several_targets: bool) -> str:
+    return f"resource_usage_{_slug(target)}.png" if several_targets else "resource_usage.png"
+
+
 def _by_case(records: list[ProbeResult], attr: str) -> dict[str, list[float]]:
+    """Values per case, one box or histogram per target and case: targets are never pooled."""
+    several_targets = len({r.target for r in records}) > 1
     groups: dict[str, list[float]] = defaultdict(list)
     for r in records:
         v = getattr(r, attr)
         if r.ok and v is not None:
             label = r.case if r.concurrency == 1 else f"{r.case} c={r.concurrency}"
-            groups[f"{r.scenario}/{label}"].append(v)
+            where = f"{r.target}: " if several_targets else ""
+            groups[f"{where}{r.scenario}/{label}"].append(v)
     return dict(sorted(groups.items()))
 
 
@@ -62,8 +80,9 @@ def write_plots(out_dir: str, records: list[ProbeResult], summary: dict[str, Any
     if ttft:
         written.append(_boxplot(ttft, "Time to first token by case", "seconds", os.path.join(out_dir, "ttft_by_case.png")))
 
-    for model, m in summary["models"].items():
-        slug = model.replace("/", "_").replace(":", "_")
+    several = len(summary["targets"]) > 1
+    for target, model, m in sections(summary):
+        title = f"{model} on {target}" if several else model
         pl = m.get("prompt_length")
         if pl:
             fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -73,10 +92,10 @@ def write_plots(out_dir: str, records: list[ProbeResult], summary: dict[str, Any
             ax.plot(x, [p["latency"] for p in pl["points"]], "^:", label="end-to-end latency")
             ax.set_xlabel("prompt tokens")
             ax.set_ylabel("seconds (median)")
-            ax.set_title(f"Prompt length impact: {model}")
+            ax.set_title(f"Prompt length impact: {title}")
             ax.legend()
             ax.grid(alpha=0.3)
-            written.append(_save(fig, os.path.join(out_dir, f"prompt_length_impact_{slug}.png")))
+            written.append(_save(fig, os.path.join(out_dir, plot_name("prompt_length_impact", target, model, several))))
         for t in m.get("temperature", []):
             rows = t["rows"]
             fig, ax1 = plt.subplots(figsize=(7, 4.5))
@@ -90,9 +109,10 @@ def write_plots(out_dir: str, records: list[ProbeResult], summary: dict[str, Any
             ax2.plot(pos, [r["decode_tps"].get("mean") for r in rows], "o-", color="tab:red", label="decode tokens/s")
             ax1.set_xticks(pos, labels)
             ax2.set_ylabel("decode tokens/s")
-            ax1.set_title(f"Temperature impact: {model} ({t['scenario']})")
+            ax1.set_title(f"Temperature impact: {title} ({t['scenario']})")
             fig.legend(loc="upper right", bbox_to_anchor=(0.88, 0.88), fontsize=8)
-            written.append(_save(fig, os.path.join(out_dir, f"temperature_impact_{slug}_{t['scenario']}.png")))
+            name = plot_name("temperature_impact", target, model, several, t["scenario"])
+            written.append(_save(fig, os.path.join(out_dir, name)))
         for c in m.get("concurrency", []):
             rows = c["rows"]
             levels = [r["concurrency"] for r in rows]
@@ -104,27 +124,41 @@ def write_plots(out_dir: str, records: list[ProbeResult], summary: dict[str, Any
             ax2.plot(levels, [r["latency"].get("mean") for r in rows], "s--", color="tab:orange", label="mean latency")
             ax2.set_ylabel("mean latency per request (s)")
             ax1.set_xticks(levels)
-            ax1.set_title(f"Concurrency impact: {model} ({c['scenario']})")
+            ax1.set_title(f"Concurrency impact: {title} ({c['scenario']})")
             fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.88), fontsize=8)
-            written.append(_save(fig, os.path.join(out_dir, f"concurrency_impact_{slug}_{c['scenario']}.png")))
+            name = plot_name("concurrency_impact", target, model, several, c["scenario"])
+            written.append(_save(fig, os.path.join(out_dir, name)))
 
-    if len(samples) >= 2:
-        samples = sorted(samples, key=lambda s: s["t"])
-        t0 = samples[0]["t"]
-        t = [s["t"] - t0 for s in samples[1:]]
-        cpu = [max(b["cpu_seconds_total"] - a["cpu_seconds_total"], 0) / max(b["t"] - a["t"], 1e-9) * 100
-               for a, b in zip(samples, samples[1:])]
-        fig, ax1 = plt.subplots(figsize=(8, 4.5))
-        ax1.plot(t, cpu, color="tab:red", label="CPU %")
-        ax1.set_xlabel("seconds since start")
-        ax1.set_ylabel("server CPU (% of one core)")
-        ax2 = ax1.twinx()
-        ax2.plot([s["t"] - t0 for s in samples], [s["resident_bytes"] / 2**20 for s in samples], color="tab:blue", label="RSS")
-        ax2.set_ylabel("server resident memory (MiB)")
-        ax1.set_title("Server resource use during the benchmark")
-        fig.legend(loc="upper left", bbox_to_anchor=(0.1, 0.88), fontsize=8)
-        written.append(_save(fig, os.path.join(out_dir, "resource_usage.png")))
+    # One plot per server: samples of two process trees on one time line would read as one.
+    # Targets no scenario ran on are sampled too; they have no section to show a plot in.
+    by_target: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for sample in samples:
+        if sample.get("target") in summary["targets"]:
+            by_target[sample["target"]].append(sample)
+    for target, target_samples in sorted(by_target.items()):
+        if len(target_samples) >= 2:
+            written.append(_resource_plot(target_samples, target if several else None,
+                                          os.path.join(out_dir, resource_plot_name(target, several))))
     return written
+
+
+def _resource_plot(samples: list[dict[str, Any]], target: Optional[str], path: str) -> str:
+    samples = sorted(samples, key=lambda s: s["t"])
+    t0 = samples[0]["t"]
+    t = [s["t"] - t0 for s in samples[1:]]
+    cpu = [max(b["cpu_seconds_total"] - a["cpu_seconds_total"], 0) / max(b["t"] - a["t"], 1e-9) * 100
+           for a, b in zip(samples, samples[1:])]
+    fig, ax1 = plt.subplots(figsize=(8, 4.5))
+    ax1.plot(t, cpu, color="tab:red", label="CPU %")
+    ax1.set_xlabel("seconds since start")
+    ax1.set_ylabel("server CPU (% of one core)")
+    ax2 = ax1.twinx()
+    ax2.plot([s["t"] - t0 for s in samples], [s["resident_bytes"] / 2**20 for s in samples],
+             color="tab:blue", label="RSS")
+    ax2.set_ylabel("server resident memory (MiB)")
+    ax1.set_title("Server resource use during the benchmark" + (f" ({target})" if target else ""))
+    fig.legend(loc="upper left", bbox_to_anchor=(0.1, 0.88), fontsize=8)
+    return _save(fig, path)
 
 
 def write_saturation_plot(out_dir: str, saturation: list[dict[str, Any]], ttft_limit: float, tpot_limit: float) -> list[str]:

@@ -63,18 +63,20 @@ def pct_change(old: Optional[float], new: Optional[float]) -> Optional[float]:
     return (new - old) / old * 100
 
 
-def case_key(r: ProbeResult) -> tuple[str, str, int]:
-    return (r.scenario, r.case, r.concurrency)
+def case_key(r: ProbeResult) -> tuple[str, str, str, int]:
+    return (r.target, r.scenario, r.case, r.concurrency)
 
 
 def case_table(records: list[ProbeResult]) -> list[dict[str, Any]]:
+    """One row per target, scenario, case and concurrency: two servers never share a row."""
     groups: dict[tuple, list[ProbeResult]] = defaultdict(list)
     for r in records:
         groups[case_key(r)].append(r)
     rows = []
-    for (scenario, case, conc), rs in groups.items():
+    for (target, scenario, case, conc), rs in groups.items():
         ok = [r for r in rs if r.ok]
         rows.append({
+            "target": target,
             "scenario": scenario,
             "case": case,
             "concurrency": conc,
@@ -383,37 +385,58 @@ def bottleneck(shares: dict[str, float], resources: Optional[dict[str, Any]], cp
 
 def summarize(records: list[ProbeResult], samples: list[dict[str, Any]], system: dict[str, Any],
               running: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The whole report's numbers, per model."""
-    by_model: dict[str, list[ProbeResult]] = defaultdict(list)
+    """The whole report's numbers, per target and model.
+
+    Targets are never pooled: two servers of one model are two distributions, and their
+    facts (version, quantization, loaded size) and process samples are each their own.
+    """
+    by_target: dict[str, dict[str, list[ProbeResult]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        by_model[r.model].append(r)
-    models = {}
-    for model, rs in by_model.items():
-        targets = sorted({r.target for r in rs})
-        target = targets[0]
-        facts = (system.get("targets", {}).get(target, {}).get("models", {}) or {}).get(model, {})
-        model_samples = [s for s in samples if s.get("target") == target]
-        resources = resource_use(model_samples, rs) if len(by_model) == 1 else None
-        shares = phase_shares([r for r in rs if r.concurrency == 1])
-        conc = concurrency_impact(rs)
-        run_info = next((m for m in running.get(target, []) if same_model(str(m.get("name", "")), model)), None)
-        decode = describe(r.output_tokens_per_s for r in rs if r.ok and r.concurrency == 1)
-        theory_facts = theory(facts, run_info, system.get("memory_bandwidth_bytes_per_s"), decode.get("median"),
-                              resources["rss_bytes_peak"] if resources else None)
-        models[model] = {
-            "targets": targets,
-            "facts": facts,
-            "cases": case_table(rs),
-            "phases": {f"{s}/{c}": phase_shares([r for r in rs if (r.scenario, r.case) == (s, c) and r.concurrency == 1])
-                       for s, c in sorted({(r.scenario, r.case) for r in rs if r.concurrency == 1})},
-            "phases_overall": shares,
-            "prompt_length": prompt_length_impact(rs),
-            "temperature": temperature_impact(rs),
-            "concurrency": conc,
-            "resources": resources,
-            "decode_tps": decode,
-            "theory": theory_facts,
-            "bottleneck": bottleneck(shares, resources, system.get("cpu_count") or 1, system.get("total_ram_bytes"), conc,
-                                     theory_facts),
-        }
-    return {"models": models, "requests": len(records), "failures": sum(1 for r in records if not r.ok)}
+        by_target[r.target][r.model].append(r)
+    targets = {}
+    for target in sorted(by_target):
+        by_model = by_target[target]
+        target_samples = [s for s in samples if s.get("target") == target]
+        models = {}
+        for model, rs in by_model.items():
+            # A server's process tree serves all its models: its samples describe one model only
+            # when that target ran nothing else.
+            resources = resource_use(target_samples, rs) if len(by_model) == 1 else None
+            models[model] = summarize_model(target, model, rs, resources, system, running)
+        all_rs = [r for rs in by_model.values() for r in rs]
+        targets[target] = {"models": models, "requests": len(all_rs), "failures": sum(1 for r in all_rs if not r.ok)}
+    return {"targets": targets, "requests": len(records), "failures": sum(1 for r in records if not r.ok)}
+
+
+def summarize_model(target: str, model: str, rs: list[ProbeResult], resources: Optional[dict[str, Any]],
+                    system: dict[str, Any], running: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One model on one target: every table, experiment and verdict of its report section."""
+    facts = (system.get("targets", {}).get(target, {}).get("models", {}) or {}).get(model, {})
+    shares = phase_shares([r for r in rs if r.concurrency == 1])
+    conc = concurrency_impact(rs)
+    run_info = next((m for m in running.get(target, []) if same_model(str(m.get("name", "")), model)), None)
+    decode = describe(r.output_tokens_per_s for r in rs if r.ok and r.concurrency == 1)
+    theory_facts = theory(facts, run_info, system.get("memory_bandwidth_bytes_per_s"), decode.get("median"),
+                          resources["rss_bytes_peak"] if resources else None)
+    return {
+        "target": target,
+        "model": model,
+        "facts": facts,
+        "cases": case_table(rs),
+        "phases": {f"{s}/{c}": phase_shares([r for r in rs if (r.scenario, r.case) == (s, c) and r.concurrency == 1])
+                   for s, c in sorted({(r.scenario, r.case) for r in rs if r.concurrency == 1})},
+        "phases_overall": shares,
+        "prompt_length": prompt_length_impact(rs),
+        "temperature": temperature_impact(rs),
+        "concurrency": conc,
+        "resources": resources,
+        "decode_tps": decode,
+        "theory": theory_facts,
+        "bottleneck": bottleneck(shares, resources, system.get("cpu_count") or 1, system.get("total_ram_bytes"), conc,
+                                 theory_facts),
+    }
+
+
+def sections(summary: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(target, model, numbers) of every report section, in report order."""
+    return [(target, model, m) for target, t in summary["targets"].items() for model, m in t["models"].items()]
