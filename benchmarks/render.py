@@ -105,11 +105,24 @@ def scrape(report: dict) -> list:
              fmt(r.get("served_ms_p50"), 2), fmt(r.get("served_gzip_ms_p50"), 2)]
             for r in report["scrape"]]
     return ["\n\n### 4. Scrape cost: /metrics\n",
-            "render: generate_latest; background: the exporter's render after a run, with gzip (off the scrape "
-            "path); uncached: prometheus_client's WSGI app, rendering per scrape; served: the exporter's /metrics, "
-            "the last background rendering.\n",
+            "render: the exporter's rendering after a run ended (its keys render again, the rest is cached); "
+            "background: the first gzip scrape after it; uncached: prometheus_client's WSGI app rendering the same "
+            "samples on every scrape; served: the exporter's /metrics, the last background rendering.\n",
             table(["combinations", "series", "bytes", "gzip bytes", "render ms", "background ms",
                    "uncached ms", "uncached gzip ms", "served ms", "served gzip ms"], rows)]
+
+
+def fleet(report: dict) -> list:
+    rows = [[r["targets"], r["keys"], r["series"], fmt(r["bytes"] / 1e6, 1), fmt(r["gzip_bytes"] / 1e6, 2),
+             fmt(r["first_s"], 2), fmt(r["after_run_s"], 3), fmt(r["unchanged_s"], 3), fmt(r["gzip_s"], 2)]
+            for r in report.get("fleet", [])]
+    if not rows:
+        return []
+    return ["\n\n### 4b. /metrics at fleet scale: targets x the default scenario (3 cases, SLO)\n",
+            "first: every key new (start-up); after a run: one target's run ended, its keys render again; "
+            "unchanged: nothing changed; gzip: the body compressed once. Seconds on one thread.\n",
+            table(["targets", "case keys", "series", "MB", "gzip MB", "first s", "after a run s", "unchanged s",
+                   "gzip s"], rows)]
 
 
 def memory(report: dict) -> list:
@@ -135,7 +148,7 @@ def goals(report: dict) -> list:
 
 
 # RESULTS.md in order. A section reads its workload's rows as report[key] (see workloads.WORKLOADS).
-SECTIONS = (header, ttft, interference, gaps, cost, capacity, scrape, memory, goals)
+SECTIONS = (header, ttft, interference, gaps, cost, capacity, scrape, fleet, memory, goals)
 
 
 def render(report: dict) -> str:

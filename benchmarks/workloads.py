@@ -226,6 +226,14 @@ class Workload:
 
 
 # In run order: the stream workloads first, then the two that measure the exporter process.
+def section_fleet(server, clients, quick: bool) -> list:
+    """/metrics at fleet scale: the state store's rendering for 100 and 1,000 targets x the default
+    scenario (benchmarks/render_scale.py), on this process's one thread."""
+    from benchmarks.render_scale import measure
+
+    return [{"section": "fleet", **measure(n, 6 if quick else 24, before=False)} for n in (100, 1000)]
+
+
 WORKLOADS = (
     Workload("ttft", section_ttft),
     Workload("interference", section_interference),
@@ -233,5 +241,6 @@ WORKLOADS = (
     Workload("cost", section_cost),
     Workload("capacity", section_capacity),
     Workload("scrape", section_scrape),
+    Workload("fleet", section_fleet),
     Workload("memory", section_memory),
 )

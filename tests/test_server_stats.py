@@ -9,9 +9,9 @@ import psutil
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.config import Target
+from exporter.config import Target, load_text
 from exporter.server_stats import ProcessTree
-from tests.kit.exporters import free_port, server_stats, wait_for
+from tests.kit.exporters import free_port, scenario_yaml, server_stats, wait_for
 from tests.kit.fake_ollama import Behavior, FakeOllama
 
 # A parent that burns CPU in a child it restarts on demand, like `ollama serve` and its runners.
@@ -126,3 +126,39 @@ def test_vram_ratio_is_unknown_without_a_size():
     assert RunningModel("m", size=0, size_vram=0).vram_ratio is None
     assert RunningModel("m", size=10, size_vram=None).vram_ratio is None
     assert RunningModel("m", size=10, size_vram=12).vram_ratio == 1.0  # rounding on the server side
+
+
+def test_a_server_that_accepts_and_never_answers_delays_only_itself():
+    """The stats job polls every target side by side: a silent server ties up its own poll only."""
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+    try:
+        with FakeOllama() as server:
+            registry = CollectorRegistry()
+            stats = server_stats([Target(name="silent", url=f"http://127.0.0.1:{silent.getsockname()[1]}"),
+                                  Target(name="good", url=server.url, process_match=None)], registry)
+            poll = threading.Thread(target=stats.poll, daemon=True)
+            poll.start()
+            wait_for(lambda: registry.get_sample_value("llm_server_up", {"target": "good"}) == 1,
+                     what="the good server's snapshot while the silent one is still being polled")
+            assert poll.is_alive()
+            assert registry.get_sample_value("llm_server_up", {"target": "silent"}) is None
+            # A second poll of the silent server while the first still waits is not queued behind it.
+            assert stats.poll_target(Target(name="silent", url=f"http://127.0.0.1:{silent.getsockname()[1]}")) is None
+    finally:
+        silent.close()
+
+
+def test_a_run_polls_only_its_own_target():
+    from exporter.scheduler import ProbeScheduler
+
+    polled = []
+    with FakeOllama(Behavior(tokens=1)) as server:
+        cfg = load_text(scenario_yaml(server.url), "t")
+        scheduler = ProbeScheduler([], lambda *a: None, lambda: polled.append("all"), lambda t: polled.append(t.name))
+        scheduler._run(cfg.scenarios[0], cfg.scenarios[0].targets[0])
+    assert polled == ["t1"]
