@@ -9,8 +9,9 @@ cannot be told from chance at that rate.
 For each tier this counts the requests a case has in the long window at the fewest (runs at the
 longest gap of the schedule) and warns where one bad request is already over the threshold. The
 long window decides: the short window lies inside it, so it holds at most as many requests and
-one bad request is at least as large a share of them; and the rules read the short window as its
-latest value, so it holds the bad run until the next run, longer than any tier's `for:`.
+one bad request is at least as large a share of them; and the bad request stays in the short
+window (between the runs of a rarer schedule, in the latest value of it that the rules read) for
+at least the short window's length, longer than any tier's `for:`.
 """
 
 from __future__ import annotations
