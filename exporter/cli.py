@@ -209,6 +209,11 @@ def run_exporter(args: argparse.Namespace) -> int:
             f"{config.source}: OK: {len(config.scenarios)} scenario(s), {len(config.targets)} target(s){files}, "
             f"{config.label_combinations} label combination(s)"
         )
+        from .slo_check import slo_warnings
+
+        # Warnings, not errors: the config works, but some of its alerts fire on one bad request.
+        for warning in slo_warnings(config):
+            print(f"warning: {warning}", file=sys.stderr)
         return EXIT_OK
     try:
         host, port = parse_listen_address(args.listen_address)

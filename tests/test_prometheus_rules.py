@@ -178,20 +178,28 @@ def test_the_required_alerts_exist():
         "LLMProbeFailing", "LLMExporterDown", "OllamaServerDown", "LLMLatencyRegression",
         "LLMThroughputRegression", "OllamaRepeatedColdStarts", "OllamaServerMemoryGrowth", "LLMProbeRunsStopped",
     } <= names
-    assert {a["alert"] for a in _rules(SLO_RULES) if "alert" in a} == {"LLMSLOErrorBudgetBurnFast",
-                                                                       "LLMSLOErrorBudgetBurnSlow"}
+    assert {a["alert"] for a in _rules(SLO_RULES) if "alert" in a} == {name for name, *_ in SLO_TIERS}
+
+
+# The four rows of the SRE workbook's multiwindow, multi-burn-rate table: two pages, two tickets.
+SLO_TIERS = (("LLMSLOErrorBudgetBurnFast", "1h", "5m", "14.4", "critical"),
+             ("LLMSLOErrorBudgetBurnSlow", "6h", "30m", "6", "critical"),
+             ("LLMSLOErrorBudgetBurnDaily", "1d", "2h", "3", "warning"),
+             ("LLMSLOErrorBudgetBurnSteady", "3d", "6h", "1", "warning"))
 
 
 def test_slo_alerts_pair_a_long_and_a_short_window_at_the_workbook_burn_rates():
     alerts = {a["alert"]: a for a in _rules(SLO_RULES) if "alert" in a}
-    for name, long_w, short_w, burn, severity in (("LLMSLOErrorBudgetBurnFast", "1h", "5m", "14.4", "critical"),
-                                                  ("LLMSLOErrorBudgetBurnSlow", "6h", "30m", "6", "warning")):
+    for name, long_w, short_w, burn, severity in SLO_TIERS:
         expr = alerts[name]["expr"]
-        assert re.search(rf"error_ratio_rate{long_w}\s", expr) and f"error_ratio_rate{short_w}[" in expr, name
+        assert re.search(rf"error_ratio_rate{long_w}\s", expr), name
+        # The short window is its latest value within the long one: the most recent runs of a
+        # schedule rarer than the short window.
+        assert f"error_ratio_rate{short_w}[{long_w}])" in expr, name
         assert len(re.findall(rf">\s*{re.escape(burn)}\s", expr)) == 2, name
         assert alerts[name]["labels"]["severity"] == severity
     records = {r["record"] for r in _rules(SLO_RULES) if "record" in r}
-    for w in ("5m", "30m", "1h", "6h"):
+    for w in ("5m", "30m", "1h", "2h", "6h", "1d", "3d"):
         assert f"target_model_scenario_case:llm_probe_slo_requests:error_ratio_rate{w}" in records
 
 

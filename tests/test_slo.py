@@ -1,17 +1,23 @@
-"""SLO config, judging each request at probe time, and the series declared at config load."""
+"""SLO config, judging each request at probe time, the series declared at config load, and the
+`--config.check` warnings for objectives the request rate cannot judge (exporter/slo_check.py)."""
 
+import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timezone
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
+from exporter.cli import main
 from exporter.config import ConfigError, load_text
 from exporter.metrics import slo_good
 from exporter.results import ProbeResult, RunSummary
 from exporter.schedule import longest_gap_s
-from tests.kit.exporters import ProbeStack
+from exporter.slo_check import TIERS, slo_warnings
+from tests.kit.exporters import ROOT, ProbeStack
 
 
 def _config(slo_scenario="", slo_case="", schedule="{interval: 30s}", extra_case=""):
@@ -179,3 +185,118 @@ def test_metrics_does_not_import_the_scheduler():
             "print(sorted(m for m in sys.modules if m == 'exporter.scheduler' or m.startswith('apscheduler')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------- --config.check: judgeable objectives
+
+NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+
+
+def _one_scenario(objective, schedule="{interval: 60s}", repeats=1, concurrency="[1]", warmup=0,
+                  cases="{a: {prompt: hi}}"):
+    return load_text(f"""
+scenarios:
+  - name: s
+    model: m
+    schedule: {schedule}
+    repeats: {repeats}
+    warmup: {warmup}
+    concurrency: {concurrency}
+    slo: {{ttft: 1s, objective: '{objective}'}}
+    cases: {cases}
+""")
+
+
+def _alerts_warned(warnings):
+    return [re.search(r"judged by (\w+)", w).group(1) for w in warnings]
+
+
+def test_the_tiers_are_those_of_the_rule_file():
+    def seconds(window):
+        return int(window[:-1]) * {"m": 60, "h": 3600, "d": 86400}[window[-1]]
+
+    with open(os.path.join(ROOT, "prometheus", "rules", "slo.yml"), encoding="utf-8") as f:
+        rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"] if "alert" in r]
+    found = set()
+    for r in rules:
+        (long_w,) = set(re.findall(r"error_ratio_rate(\d+[mhd])\s", r["expr"]))
+        (short_w,) = set(re.findall(r"error_ratio_rate(\d+[mhd])\[", r["expr"]))
+        (burn,) = set(re.findall(r">\s*([\d.]+)\s", r["expr"]))
+        found.add((r["alert"], float(burn), seconds(long_w), seconds(short_w), r["labels"]["severity"] == "critical"))
+    assert found == {(t.alert, t.burn, t.long_s, t.short_s, t.page) for t in TIERS}
+
+
+def test_one_request_a_minute_at_99_9_percent_pages_on_a_single_bad_request():
+    (warning,) = slo_warnings(_one_scenario("99.9%"), now=NOW)
+    assert warning.startswith(
+        "scenario s, case a: objective 99.9% cannot be judged by LLMSLOErrorBudgetBurnFast (page:")
+    assert "holds as few as 60 requests of a case (60 runs of 1, runs up to 1m apart)" in warning
+    assert "a burn of 16.7 > 14.4, and pages on its own" in warning
+    # 1 - 1/(60 x 14.4) = 99.884%; 70 requests an hour is a run every 51.4 s.
+    assert ("with an objective of at most 99.88%, or with at least 70 requests of a case per 1h (a run every 51s"
+            in warning)
+
+
+@pytest.mark.parametrize("objective", ["99%", "99.88%"])
+def test_objectives_that_need_more_than_one_bad_request_are_not_warned_of(objective):
+    assert slo_warnings(_one_scenario(objective), now=NOW) == []
+
+
+def test_every_judged_request_counts_and_warm_ups_do_not():
+    # 99.99% needs 1/(14.4 x 0.0001) = 695 requests an hour for the fastest tier, and
+    # 1/(1 x 0.0001) = 10000 in 3 days for the slowest: one a minute (4320) is short everywhere.
+    assert _alerts_warned(slo_warnings(_one_scenario("99.99%", warmup=5), now=NOW)) == [t.alert for t in TIERS]
+    # 2 repeats at concurrency 1, 2 and 4: 14 requests of a case a run, 840 an hour, 60480 in 3 days.
+    assert slo_warnings(_one_scenario("99.99%", repeats=2, concurrency="[1, 2, 4]"), now=NOW) == []
+    # The fastest tier needs 695 an hour. A run every 5 minutes of 3 repeats at concurrency 3 and 16
+    # (57 a run, 684 an hour) is just short; 2 repeats at 13 and 16 (58 a run, 696 an hour) are enough.
+    (warning,) = slo_warnings(_one_scenario("99.99%", schedule="{interval: 5m}", repeats=3, concurrency="[3, 16]"),
+                              now=NOW)
+    assert "judged by LLMSLOErrorBudgetBurnFast" in warning
+    assert "as few as 684 requests of a case (12 runs of 57" in warning
+    assert slo_warnings(_one_scenario("99.99%", schedule="{interval: 5m}", repeats=2, concurrency="[13, 16]"),
+                        now=NOW) == []
+
+
+def test_a_daily_run_cannot_be_judged_by_any_tier_at_99_percent():
+    warnings = slo_warnings(_one_scenario("99%", schedule="{cron: '0 3 * * *'}", repeats=3), now=NOW)
+    assert _alerts_warned(warnings) == [t.alert for t in TIERS]
+    fast, slow, daily, steady = warnings
+    assert "(1 run of 3, runs up to 1d apart)" in fast and "and pages on its own" in fast
+    assert "and pages on its own" in slow
+    assert "(1 run of 3, runs up to 1d apart)" in daily and "opens a ticket on its own" in daily
+    assert "(3 runs of 3, runs up to 1d apart)" in steady and "opens a ticket on its own" in steady
+    # 1/(14.4 x 0.01) = 6.9 requests an hour: 3 runs of 3, a run every 20 minutes.
+    assert "at least 7 requests of a case per 1h (a run every 20m at 3 per run" in fast
+    assert "an objective of at most 97.68%" in fast
+
+
+def test_a_run_a_week_is_judged_by_no_objective_in_the_slowest_tier():
+    # One request in 3 days: one bad request of one is a burn of 1 / (1 - objective), over the
+    # 3-day tier's 1 at every objective. Only more requests help.
+    warnings = slo_warnings(_one_scenario("50%", schedule="{cron: '0 3 * * 1'}"), now=NOW)
+    assert _alerts_warned(warnings) == ["LLMSLOErrorBudgetBurnSteady"]
+    assert "Judgeable with no objective at this rate, or with at least 2 requests of a case per 3d" in warnings[0]
+
+
+def test_cases_sharing_an_objective_are_warned_of_once_and_named():
+    cfg = _one_scenario(
+        "99.9%", cases="{a: {prompt: hi}, b: {prompt: hi}, c: {prompt: hi, slo: {ttft: 1s, objective: 99%}}}")
+    (warning,) = slo_warnings(cfg, now=NOW)
+    assert warning.startswith("scenario s, cases a, b: objective 99.9%")
+    (every,) = slo_warnings(_one_scenario("99.9%", cases="{a: {prompt: hi}, b: {prompt: hi}}"), now=NOW)
+    assert every.startswith("scenario s, every case: objective 99.9%")
+    assert slo_warnings(_config(), now=NOW) == []  # no slo, nothing to judge
+
+
+def test_config_check_prints_the_warnings_to_stderr_and_still_succeeds(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("scenarios: [{name: s, model: m, slo: {ttft: 1s, objective: 99.9%}, cases: {a: {prompt: hi}}}]\n")
+    assert main(["--config.file", str(path), "--config.check"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{path}: OK: 1 scenario(s)")
+    (line,) = err.splitlines()
+    assert line.startswith("warning: scenario s, case a: objective 99.9% cannot be judged by LLMSLOErrorBudgetBurnFast")
+    path.write_text("scenarios: [{name: s, model: m, slo: {ttft: 1s, objective: 99%}, cases: {a: {prompt: hi}}}]\n")
+    assert main(["--config.file", str(path), "--config.check"]) == 0
+    assert capsys.readouterr().err == ""

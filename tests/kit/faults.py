@@ -227,7 +227,8 @@ def server_restarted(make_server) -> FaultOutcome:
     def body(out):
         server = make_server()
         try:
-            probe = Probe(server.url, model=MODEL_REAL, num_predict=8)
+            # The first request loads the model: on a busy host that takes longer than 5 s.
+            probe = Probe(server.url, model=MODEL_REAL, timeout="60s", num_predict=8)
             assert probe.run()[0].ok and probe.server_up() == 1
             server.stop()
             _failed(out, probe.run())
