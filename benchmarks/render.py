@@ -101,15 +101,16 @@ def capacity(report: dict) -> list:
 
 def scrape(report: dict) -> list:
     rows = [[r["combinations"], r["series"], r["bytes"], r["gzip_bytes"], fmt(r["render_ms_p50"], 1),
-             fmt(r.get("background_render_ms_p50"), 1), fmt(r["http_ms_p50"], 1), fmt(r["http_gzip_ms_p50"], 1),
+             fmt(r.get("background_render_ms_p50"), 1), fmt(r.get("first_render_ms"), 1),
              fmt(r.get("served_ms_p50"), 2), fmt(r.get("served_gzip_ms_p50"), 2)]
             for r in report["scrape"]]
     return ["\n\n### 4. Scrape cost: /metrics\n",
             "render: the exporter's rendering after a run ended (its keys render again, the rest is cached); "
-            "background: the first gzip scrape after it; uncached: prometheus_client's WSGI app rendering the same "
-            "samples on every scrape; served: the exporter's /metrics, the last background rendering.\n",
-            table(["combinations", "series", "bytes", "gzip bytes", "render ms", "background ms",
-                   "uncached ms", "uncached gzip ms", "served ms", "served gzip ms"], rows)]
+            "gzip: the first gzip scrape after it; first: the first rendering, every key new (start-up); "
+            "served: the exporter's /metrics, the last background rendering. Before the state store, "
+            "prometheus_client rendered 500 combinations in 1130 ms after every run (main at 4d441bf).\n",
+            table(["combinations", "series", "bytes", "gzip bytes", "render ms", "gzip ms",
+                   "first ms", "served ms", "served gzip ms"], rows)]
 
 
 def fleet(report: dict) -> list:
