@@ -174,6 +174,34 @@ def test_dashboards_are_configmaps_for_the_grafana_sidecar(tools):
 
 
 @pytest.mark.helm
+def test_alerts_can_be_disabled_labelled_and_linked_elsewhere(tools):
+    """kube-prometheus-stack's defaultRules controls: per-alert disable, extra labels, runbook links."""
+    docs = render(tools, "--set", "prometheusRule.enabled=true",
+                  "--set", "prometheusRule.disabled.LLMWatchdog=true,prometheusRule.disabled.OllamaModelOffloaded=true",
+                  "--set", "prometheusRule.additionalRuleLabels.team=ml-platform",
+                  "--set", "prometheusRule.additionalRuleAnnotations.dashboard=https://grafana.example/d/ollama-perf-overview",
+                  "--set", "prometheusRule.runbookUrlPattern=https://docs.example/runbooks/%s/")
+    rules = [r for pr in of_kind(docs, "PrometheusRule") for g in pr["spec"]["groups"] for r in g["rules"]]
+    alerts = {r["alert"]: r for r in rules if "alert" in r}
+    source = {r["alert"] for p in RULES.glob("*.yml") for g in yaml.safe_load(p.read_text())["groups"]
+              for r in g["rules"] if "alert" in r}
+    assert set(alerts) == source - {"LLMWatchdog", "OllamaModelOffloaded"}
+    # Recording rules are untouched: the bottleneck verdicts stay even with its alert gone.
+    assert any(r.get("record") == "target_model:llm_bottleneck:active" for r in rules)
+    for name, a in alerts.items():
+        assert a["labels"]["team"] == "ml-platform" and a["labels"]["severity"], name
+        assert a["annotations"]["runbook_url"] == f"https://docs.example/runbooks/{name}/", name
+        assert a["annotations"]["dashboard"].startswith("https://grafana.example/"), name
+        assert a["annotations"]["summary"], name
+    for r in rules:
+        if "record" in r:
+            assert "team" not in r.get("labels", {}), r["record"]
+    # A group whose only alert is disabled disappears rather than rendering empty.
+    for pr in of_kind(docs, "PrometheusRule"):
+        assert all(g["rules"] for g in pr["spec"]["groups"]), pr["metadata"]["name"]
+
+
+@pytest.mark.helm
 @pytest.mark.prometheus
 def test_rendered_rules_pass_promtool_check_and_the_rule_unit_tests(tools, tmp_path):
     promtool = shutil.which("promtool")

@@ -29,3 +29,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-targets" (include "ope.fullname" .) -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* The selector of the exporter's own scrape in the rules (LLMExporterDown, LLMExporterAbsent):
+its job label is the Service's app.kubernetes.io/name (the ServiceMonitor's jobLabel). */ -}}
+{{- define "ope.exporterSelector" -}}
+{{- .Values.prometheusRule.selectors.exporter | default (printf "job=%q" (include "ope.name" .)) -}}
+{{- end -}}
