@@ -362,6 +362,47 @@ def test_alerts_can_be_disabled_labelled_and_linked_elsewhere(tools):
         assert all(g["rules"] for g in pr["spec"]["groups"]), pr["metadata"]["name"]
 
 
+def _rendered_rule_file(tools, name, *args) -> str:
+    (rule,) = [r for r in of_kind(render(tools, "--set", "prometheusRule.enabled=true", *args), "PrometheusRule")
+               if r["metadata"]["annotations"]["ollama-perf-exporter/rule-file"] == name]
+    return yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False, width=1 << 20)
+
+
+@pytest.mark.helm
+def test_selectors_and_topology_labels_are_configurable(tools):
+    text = _rendered_rule_file(tools, "bottleneck.yml",
+                               "--set", 'prometheusRule.selectors.nodeExporter=job="kps-node-exporter"\\, namespace="monitoring"',
+                               "--set", 'prometheusRule.selectors.dcgmExporter=job="nvidia-dcgm-exporter"',
+                               "--set", 'prometheusRule.selectors.amdExporter=job="amd-gpu-metrics"',
+                               "--set-json", 'prometheusRule.topologyLabels=["cluster", "region"]')
+    text = "\n".join(r["expr"] for g in yaml.safe_load(text)["groups"] for r in g["rules"])
+    assert 'node-exporter"' not in text.replace('kps-node-exporter"', "") and "(nvidia-)?" not in text
+    assert text.count('job="kps-node-exporter", namespace="monitoring"') == 7 and 'job="amd-gpu-metrics"' in text
+    assert "target, site, cluster" not in text and "by (target, cluster, region)" in text
+    assert "on (target, cluster, region)" in text
+
+
+@pytest.mark.helm
+@pytest.mark.prometheus
+@pytest.mark.parametrize("node_selector, passes", [(None, True), ('job="not-the-node-exporter"', False)])
+def test_bottleneck_rules_judge_kube_prometheus_stack_series(tools, tmp_path, node_selector, passes):
+    """The rendered bottleneck rules on series labelled as kube-prometheus-stack scrapes them (30 s,
+    Operator labels, the GPU operator's DCGM job, `target` from docs/kubernetes.md's relabelling),
+    a kubelet job's node_* series beside them. promtool, no cluster. A selector that misses the
+    node exporter must make the host evidence fail: the selectors are applied."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed: `make test` installs Debian's prometheus package"
+    args = ["--set", f"prometheusRule.selectors.nodeExporter={node_selector}"] if node_selector else []
+    (tmp_path / "bottleneck.yml").write_text(_rendered_rule_file(tools, "bottleneck.yml", *args))
+    shutil.copy(Path(ROOT) / "tests" / "data" / "kps_bottleneck_test.yml", tmp_path / "t.yml")
+    res = subprocess.run([promtool, "test", "rules", "t.yml"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    if passes:
+        assert res.returncode == 0, res.stdout + res.stderr
+    else:
+        out = res.stdout + res.stderr
+        assert res.returncode != 0 and "target:node_cpu_busy:ratio_rate2m" in out, out
+
+
 @pytest.mark.helm
 @pytest.mark.prometheus
 def test_rendered_rules_pass_promtool_check_and_the_rule_unit_tests(tools, tmp_path):

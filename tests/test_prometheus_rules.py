@@ -403,6 +403,60 @@ def test_amtool_accepts_the_config_and_routes_each_severity():
         assert out.splitlines()[0].strip() == receiver, out
 
 
+def test_dcgm_collects_and_is_scraped_often_enough_for_probe_bursts():
+    """dcgm-exporter's default collection (30 s) sees a burst of a few seconds by luck: it collects
+    every second and Prometheus scrapes it every 5 s, and the rules take the busiest raw sample."""
+    dcgm = _load(os.path.join(ROOT, "docker", "compose.gpu.yml"))["services"]["dcgm-exporter"]
+    args = dcgm["command"]
+    assert int(args[args.index("-c") + 1]) <= 1000, args
+    for cfg in (_load(PROM_CONFIG), _load(os.path.join(PROM_DIR, "agent.yml"))):
+        (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "dcgm-exporter"]
+        assert job["scrape_interval"] == "5s", job
+    rules = {r["record"]: r["expr"] for r in _rules(BOTTLENECK) if "record" in r}
+    assert "max_over_time(DCGM_FI_DEV_GPU_UTIL" in rules["target:gpu_utilisation:ratio_max5m"]
+
+
+def test_rate_windows_hold_four_scrapes_at_kube_prometheus_stacks_30s():
+    for path in (RECORDING, ALERTS, BOTTLENECK):
+        for rule in _rules(path):
+            for window in re.findall(r"\b(?:rate|increase|irate)\([^\[]*\[(\d+)([smhd])\]", rule["expr"]):
+                seconds = int(window[0]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[window[1]]
+                assert seconds >= 4 * 30, f"{rule.get('record') or rule.get('alert')}: [{window[0]}{window[1]}]"
+
+
+def test_bottleneck_rules_select_their_exporters_by_job():
+    """Under kube-prometheus-stack other jobs export node_* and DCGM_* too (kubelet, cadvisor, a
+    second node exporter): every host and GPU series the rules read names its job."""
+    seen = set()
+    for rule in _rules(BOTTLENECK):
+        for name, selector in re.findall(r"(?<![\w:])((?:node|DCGM|gpu)_[A-Za-z_]+)(?![\w:])(\{[^}]*\})?", rule["expr"]):
+            seen.add(name)
+            assert "job=" in selector, f"{rule.get('record') or rule.get('alert')}: {name} without a job selector"
+    assert {"node_cpu_seconds_total", "DCGM_FI_DEV_GPU_UTIL", "gpu_gfx_activity"} <= seen
+
+
+def test_agent_forwards_host_and_gpu_series_with_the_target_label():
+    """The central bottleneck rules need node and DCGM series: the agent scrapes the same jobs,
+    labelled with the same `target` as prometheus.yml's target files."""
+    agent = {j["job_name"]: j for j in _load(os.path.join(PROM_DIR, "agent.yml"))["scrape_configs"]}
+    for job in ("node-exporter", "dcgm-exporter", "amd-device-metrics-exporter"):
+        (group,) = _load(os.path.join(ROOT, "docker", "scrape", f"{job}.yml"))
+        host, port = group["targets"][0].rsplit(":", 1)
+        (sd,) = agent[job]["dns_sd_configs"]
+        assert sd["names"] == [host] and sd["port"] == int(port), job
+        relabel = {r["target_label"]: r["replacement"] for r in agent[job]["relabel_configs"]}
+        assert relabel == {"target": group["labels"]["target"]}, job
+
+
+@pytest.mark.prometheus
+def test_promtool_accepts_the_agent_config(tmp_path):
+    text = open(os.path.join(PROM_DIR, "agent.yml"), encoding="utf-8").read()
+    text = text.replace("@REMOTE_WRITE_URL@", "http://receiver:9090/api/v1/write").replace("@SITE@", "lab-1")
+    (tmp_path / "agent.yml").write_text(text)
+    out = _run([_tool("promtool"), "check", "config", "--agent", str(tmp_path / "agent.yml")])
+    assert "SUCCESS" in out
+
+
 @pytest.mark.parametrize("override, service, job", [
     ("compose.gpu.yml", "dcgm-exporter", "dcgm-exporter"),
     ("compose.rocm.yml", "amd-device-metrics-exporter", "amd-device-metrics-exporter"),
