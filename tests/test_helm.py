@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import jsonschema
@@ -442,3 +443,106 @@ def test_the_readme_fleet_example_renders_and_its_scenario_file_loads(tools, tmp
     assert "/etc/ollama-perf-exporter/targets" in mounts
     assert files.auth.bearer_token_file.startswith("/var/run/secrets/ollama-perf-exporter/ollama-gateway/")
     assert "/var/run/secrets/ollama-perf-exporter/ollama-gateway" in mounts
+
+
+# ---------------------------------------------------------------- the config watcher, for real
+
+
+@pytest.fixture(scope="module")
+def config_reloader():
+    """The program the config-watcher sidecar runs, built from the Prometheus Operator's module
+    (scripts/install-config-reloader.sh), at the version the chart pins."""
+    path = os.environ.get("CONFIG_RELOADER_BIN")
+    if not path:
+        res = subprocess.run([os.path.join(ROOT, "scripts", "install-config-reloader.sh")], capture_output=True,
+                             text=True, timeout=1800)
+        assert res.returncode == 0, f"scripts/install-config-reloader.sh failed:\n{res.stderr[-3000:]}"
+        path = res.stdout.split()[-1]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert f"prometheus-config-reloader-{values['configWatcher']['image']['tag'].lstrip('v')}" in path
+    return path
+
+
+class ConfigMapVolume:
+    """A directory laid out as the kubelet lays out a ConfigMap volume, updated as it does it
+    (AtomicWriter): files in a timestamped directory, `..data` a symlink to it, each key a
+    symlink through `..data`; an update writes a new directory and renames a new `..data`
+    symlink over the old one."""
+
+    def __init__(self, path: Path, files: dict):
+        self.path = path
+        path.mkdir()
+        self.n = 0
+        self.update(files)
+        for name in files:
+            (path / name).symlink_to(Path("..data") / name)
+
+    def update(self, files: dict):
+        self.n += 1
+        stamp = self.path / f"..2026_12_07_06_00_00.{self.n:09d}"
+        stamp.mkdir()
+        for name, text in files.items():
+            (stamp / name).write_text(text)
+        tmp = self.path / "..data_tmp"
+        tmp.symlink_to(stamp.name)
+        os.replace(tmp, self.path / "..data")
+
+
+@pytest.mark.helm
+def test_the_config_watcher_reloads_a_scenario_edit_in_place(tools, tmp_path, config_reloader):
+    """The chart's sidecar command line against a real exporter: a ConfigMap update (as the kubelet
+    makes it) becomes one POST /-/reload; the exporter keeps its process, its results file and
+    runs the new scenario; an invalid edit is refused and the old scenarios keep running."""
+    from tests.kit.exporters import ExporterProcess, scenario_yaml, stop_process, wait_for
+    from tests.kit.fake_ollama import FakeOllama
+
+    docs = render(tools)
+    (deploy,) = of_kind(docs, "Deployment")
+    exporter_c, watcher_c = deploy["spec"]["template"]["spec"]["containers"]
+    with FakeOllama() as fake:
+        volume = ConfigMapVolume(tmp_path / "config", {"scenarios.yaml": scenario_yaml(fake.url, name="before")})
+        results = tmp_path / "results.jsonl"
+        exporter = ExporterProcess(["--config.file", str(tmp_path / "config" / "scenarios.yaml"),
+                                    "--results.file", str(results)])
+        watcher = None
+        try:
+            wait_for(lambda: 'scenario="before"' in exporter.scrape(), timeout=30, what="the first scenario's series")
+            wait_for(lambda: results.exists() and results.stat().st_size > 0, timeout=30, what="a result record")
+            # The sidecar's own arguments, with this test's directory and port.
+            args = []
+            for a in watcher_c["args"]:
+                a = a.replace("/etc/ollama-perf-exporter/config", str(tmp_path / "config"))
+                a = a.replace("http://127.0.0.1:9877/", f"http://127.0.0.1:{exporter.port}/")
+                args.append(a)
+            assert f"--reload-url=http://127.0.0.1:{exporter.port}/-/reload" in args
+            log = open(tmp_path / "watcher.log", "wb")
+            watcher = subprocess.Popen([config_reloader, *args, "--log-level=debug"], stdout=log, stderr=subprocess.STDOUT)
+            # In a pod the watcher runs long before any edit: let it take the volume's first state.
+            wait_for(lambda: "started watching" in (tmp_path / "watcher.log").read_text(), timeout=30,
+                     what="the watcher to start")
+            time.sleep(3)
+            assert "llm_exporter_config_last_reload_successful 1" in exporter.scrape()
+            pid, before = exporter.proc.pid, results.read_bytes()
+
+            volume.update({"scenarios.yaml": scenario_yaml(fake.url, name="after")})
+            try:
+                wait_for(lambda: 'scenario="after"' in exporter.scrape(), timeout=60, interval=0.5,
+                         what="the edited scenario's series after the watcher's reload")
+            except AssertionError:
+                raise AssertionError("watcher log:\n" + (tmp_path / "watcher.log").read_text()[-3000:]
+                                     + "\nexporter log:\n" + exporter.output[-3000:]) from None
+            text = exporter.scrape()
+            assert 'scenario="before"' not in text
+            assert "llm_exporter_config_last_reload_successful 1" in text
+            assert exporter.proc.pid == pid and exporter.proc.poll() is None
+            assert results.read_bytes().startswith(before), "the results file must only grow"
+
+            # An invalid edit: refused, and the scenarios that ran keep running.
+            volume.update({"scenarios.yaml": "scenarios: [{name: broken}]\n"})
+            wait_for(lambda: "llm_exporter_config_last_reload_successful 0" in exporter.scrape(), timeout=60,
+                     interval=0.5, what="the refused reload")
+            assert 'scenario="after"' in exporter.scrape() and exporter.proc.poll() is None
+        finally:
+            stop_process(watcher)
+            exporter.stop()
+
