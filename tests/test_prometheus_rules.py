@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.kit.exporters import ROOT
+from tests.kit.exporters import ROOT, free_port
 
 PROM_DIR = os.path.join(ROOT, "prometheus")
 PROM_CONFIG = os.path.join(PROM_DIR, "prometheus.yml")
@@ -472,3 +472,96 @@ def test_each_override_starts_a_pinned_exporter_and_gives_prometheus_its_target(
     (group,) = _load(os.path.join(ROOT, "docker", "scrape", f"{job}.yml"))
     port = group["targets"][0].rsplit(":", 1)[1]
     assert group["targets"] == [f"{service}:{port}"] and group["labels"]["target"] == "local"
+
+
+# ---------------------------------------------------------------- two sites in a real Prometheus
+
+
+def _site_exporter(bad_share):
+    """An HTTP server whose /metrics is what an exporter probing target `local` at 5 requests a
+    second would show after t seconds, `bad_share` of them failed (and missing the SLO)."""
+    import http.server
+    import threading
+    import time as _time
+
+    start = _time.monotonic()
+    labels = 'target="local",scenario="default",model="m",case="short",concurrency="1"'
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            t = _time.monotonic() - start
+            n, bad = 5 * t, 5 * t * bad_share
+            body = (f"llm_probe_requests_total{{{labels}}} {n}\n"
+                    f'llm_probe_request_failures_total{{{labels},reason="timeout"}} {bad}\n'
+                    f"llm_probe_slo_requests_total{{{labels}}} {n}\n"
+                    f"llm_probe_slo_good_requests_total{{{labels}}} {n - bad}\n"
+                    f'llm_probe_slo_objective_ratio{{target="local",scenario="default",model="m",case="short"}} 0.99\n')
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.prometheus
+def test_two_sites_stay_apart_in_a_real_prometheus(tmp_path):
+    """The promtool tests above, in a real Prometheus: two scrape targets, both probing a server
+    named `local`, labelled site a (no failures) and site b (20 %). The recording rules keep
+    them apart, and the SLO page (slo.yml with the `without` change) goes pending for site b
+    only; the Watchdog fires, LLMExporterAbsent does not."""
+    import requests
+
+    from tests.kit.exporters import stop_process, wait_for
+
+    prometheus = _tool("prometheus")
+    servers = {"a": _site_exporter(0.0), "b": _site_exporter(0.2)}
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for path in (RECORDING, ALERTS):
+        shutil.copy(path, rules)
+    slo = open(SLO_RULES, encoding="utf-8").read()
+    for old, new in SLO_BY_TO_WITHOUT.items():
+        slo = slo.replace(old, new)
+    (rules / "slo.yml").write_text(slo, encoding="utf-8")
+    port = free_port()
+    cfg = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+           "rule_files": [str(rules / "*.yml")],
+           "scrape_configs": [{"job_name": "ollama-perf-exporter", "static_configs": [
+               {"targets": [f"127.0.0.1:{s.server_address[1]}"], "labels": {"site": site}} for site, s in servers.items()]}]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                             "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
+    base = f"http://127.0.0.1:{port}"
+
+    def query(q):
+        try:
+            body = requests.get(base + "/api/v1/query", params={"query": q}, timeout=5).json()
+        except requests.RequestException:
+            return None
+        assert body["status"] == "success", (q, body)
+        return {r["metric"].get("site"): round(float(r["value"][1]), 3) for r in body["data"]["result"]}
+
+    try:
+        want = {"a": 0.0, "b": 0.2}
+        for record in ("target_model_scenario:llm_probe_request_failures:ratio_rate10m",
+                       "target_model_scenario_case:llm_probe_slo_requests:error_ratio_rate1h"):
+            wait_for(lambda: query(record) == want, timeout=60, interval=1, what=f"{record} per site: {want}")
+        pending = 'ALERTS{alertname="LLMSLOErrorBudgetBurnFast"}'
+        wait_for(lambda: query(pending) == {"b": 1.0}, timeout=30, interval=1, what="site b's page, and only b's")
+        assert query('ALERTS{alertname="LLMWatchdog", alertstate="firing"}') == {None: 1.0}
+        assert query('ALERTS{alertname="LLMExporterAbsent"}') == {}
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n--- prometheus.log\n" + (tmp_path / "prometheus.log").read_text()[-3000:]) from None
+    finally:
+        stop_process(proc)
+        for s in servers.values():
+            s.shutdown()
