@@ -108,7 +108,8 @@ def test_default_render_is_one_hardened_deployment_that_keeps_its_results(tools)
                                                "PodDisruptionBudget", "Service", "ServiceAccount"]
     (deploy,) = of_kind(docs, "Deployment")
     # Never two probers at once, never two pods on one ReadWriteOnce claim.
-    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+    # rollingUpdate: null, so that `helm upgrade` from a RollingUpdate Deployment clears its defaults.
+    assert deploy["spec"]["strategy"] == {"type": "Recreate", "rollingUpdate": None}
     pod = deploy["spec"]["template"]["spec"]
     exporter, watcher = pod["containers"]
     assert (exporter["name"], watcher["name"]) == ("exporter", "config-watcher")
