@@ -47,9 +47,11 @@ system-deps:
 ollama:
 	scripts/install-ollama.sh
 
-# Builds Helm v3.22.0 with Go into the same cache and fetches the Prometheus Operator CRDs.
+# Builds Helm v3.22.0 with Go into the same cache and fetches the Prometheus Operator CRDs; and
+# the Operator's config reloader (the chart's config-watcher sidecar) for its test.
 helm:
 	scripts/install-helm.sh
+	scripts/install-config-reloader.sh
 
 # The Helm chart reads rules and dashboards from copies inside it; refresh them after a change
 # to prometheus/rules/ or grafana/dashboards/ (tests/test_helm.py fails until then).
@@ -60,6 +62,7 @@ test: install system-deps
 	OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && \
 	helm_out="$$(scripts/install-helm.sh)" && HELM_BIN="$$(echo "$$helm_out" | sed -n 1p)" && \
 	PROMETHEUS_OPERATOR_CRDS="$$(echo "$$helm_out" | sed -n 2p)" && export HELM_BIN PROMETHEUS_OPERATOR_CRDS && \
+	CONFIG_RELOADER_BIN="$$(scripts/install-config-reloader.sh)" && export CONFIG_RELOADER_BIN && \
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 # Unit and fake-server tests only: no Ollama build, no Prometheus, no Helm, no Docker engine, no browser.

@@ -86,8 +86,8 @@ class LivePrometheus:
         """{bottleneck: value} of the target's model(s), and the evidence, as a dict for reports."""
         out = {r["metric"]["bottleneck"]: float(r["value"][1])
                for r in self.query(f'target_model:llm_bottleneck:active{{target="{self.target}"}}')}
-        for name in ("target:node_cpu_busy:ratio_rate1m", "target:node_pressure_cpu_waiting:ratio_rate1m",
-                     "target:node_pressure_memory_waiting:ratio_rate1m",
+        for name in ("target:node_cpu_busy:ratio_rate2m", "target:node_pressure_cpu_waiting:ratio_rate2m",
+                     "target:node_pressure_memory_waiting:ratio_rate2m",
                      "target_model:llm_server_model_vram:ratio_last10m",
                      "target_model:llm_probe_wait_duration:share_rate10m",
                      "target_model:llm_probe_queue_duration:share_rate10m",
@@ -139,8 +139,8 @@ def test_cpu_burners_make_the_verdict_host_cpu(tmp_path):
         try:
             with LivePrometheus(tmp_path, f"127.0.0.1:{port}", "cpu-host") as prom:
                 seen = _wait_for_verdict(prom, {"host_cpu": 1, "cpu_offload": 0, "none": 0}, timeout=60)
-                assert (seen["target:node_cpu_busy:ratio_rate1m"] >= 0.9
-                        or seen["target:node_pressure_cpu_waiting:ratio_rate1m"] >= 0.25)
+                assert (seen["target:node_cpu_busy:ratio_rate2m"] >= 0.9
+                        or seen["target:node_pressure_cpu_waiting:ratio_rate2m"] >= 0.25)
                 # No GPU exporter is scraped: the GPU verdicts cannot be known, so they are absent.
                 assert "gpu_memory_bandwidth" not in seen and "gpu_compute" not in seen
                 assert seen["target_model:llm_server_model_vram:ratio_last10m"] == 0

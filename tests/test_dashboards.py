@@ -86,7 +86,10 @@ def test_uid_title_and_variables(name):
     ds = vars_["datasource"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
     assert ds["current"]["value"] == "prometheus"  # the provisioned uid
-    for var in ("target", "model", "scenario"):
+    names = [v["name"] for v in dash["templating"]["list"]]
+    # Topology first: a fleet picks its cluster and site, then a target there.
+    assert names.index("cluster") < names.index("site") < names.index("target"), names
+    for var in ("cluster", "site", "target", "model", "scenario"):
         v = vars_[var]
         assert v["type"] == "query" and v["datasource"]["uid"] in DS_UIDS, var
         assert v["includeAll"] and v["multi"] and v["allValue"] == ".*", var
@@ -153,6 +156,8 @@ def test_probe_queries_filter_on_the_dashboard_variables(name):
             for metric in re.findall(r"\b(llm_probe_\w+|\w+:llm_probe_\w+:\w+)\{([^}]*)\}", t["expr"]):
                 selector = metric[1]
                 assert 'target=~"$target"' in selector, f"{p['title']}: {t['expr']}"
+                # Optional topology: `.*` (All) also matches a single-site stack without the labels.
+                assert 'site=~"$site"' in selector and 'cluster=~"$cluster"' in selector, f"{p['title']}: {t['expr']}"
                 if not metric[0].startswith(("llm_probe_success", "llm_probe_last_run", "llm_probe_run_duration",
                                              "llm_probe_skipped_runs")):  # run-level: no model label
                     assert 'model=~"$model"' in selector, f"{p['title']}: {t['expr']}"
@@ -219,6 +224,37 @@ def test_dashboards_are_read_only_like_their_provisioning():
         provider = yaml.safe_load(f)["providers"][0]
     for name, dash in _dashboards().items():
         assert dash["editable"] is provider["allowUiUpdates"], f"{name}: editable but cannot be saved, or the reverse"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_aggregations_keep_sites_apart(name):
+    """A panel that sums `by (target, ...)` with All sites selected would add two sites' `local`."""
+    for p in _panels(_load(name)):
+        for t in p.get("targets", []):
+            for g in re.findall(r"\bby \(([^)]*)\)", t["expr"]):
+                if "target" in g:
+                    assert g.startswith("cluster, site, "), f"{p['title']}: by ({g})"
+
+
+def _alert_scoped(selector):
+    return all(m in selector for m in ('alertname=~"(LLM|Ollama).+"', 'alertname!="LLMWatchdog"', 'target=~"$target"',
+                                       'site=~"$site"', 'cluster=~"$cluster"'))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_alert_panels_and_annotations_show_only_this_projects_alerts(name):
+    """Under kube-prometheus-stack the Watchdog and every other app's alerts share ALERTS: unscoped,
+    the stat never reads 0 and the annotations band every graph (review of 2026-12-07, defect 4)."""
+    dash = _load(name)
+    for a in dash["annotations"]["list"]:
+        if "ALERTS" in a.get("expr", ""):
+            assert _alert_scoped(a["expr"]), a["expr"]
+    for p in _panels(dash):
+        for t in p.get("targets", []):
+            if "ALERTS" in t["expr"]:
+                assert _alert_scoped(t["expr"]), f"{p['title']}: {t['expr']}"
+        if p["type"] == "alertlist":
+            assert _alert_scoped(p["options"]["alertInstanceLabelFilter"]), p["title"]
 
 
 def test_every_dashboard_shows_alerts():
@@ -447,7 +483,17 @@ def _prometheus_config(exporter_addr, prom_addr, sd_dir):
     with open(os.path.join(ROOT, "prometheus", "prometheus.yml"), encoding="utf-8") as f:
         cfg = yaml.safe_load(f)
     cfg["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"})
-    cfg["rule_files"] = [os.path.join(ROOT, "prometheus", p) for p in cfg["rule_files"]]
+    # The rule files as they are, but a group's own evaluation interval (bottleneck.yml's 5 m
+    # history group) shortened to the test's 1 s like the global one, so its series appear in time.
+    rules_dir = sd_dir.parent / "rules"
+    rules_dir.mkdir(exist_ok=True)
+    for path in glob.glob(os.path.join(ROOT, "prometheus", "rules", "*.yml")):
+        with open(path, encoding="utf-8") as f:
+            rules = yaml.safe_load(f)
+        for group in rules["groups"]:
+            group.pop("interval", None)
+        (rules_dir / os.path.basename(path)).write_text(yaml.safe_dump(rules, sort_keys=False), encoding="utf-8")
+    cfg["rule_files"] = [str(rules_dir / os.path.basename(p)) for p in cfg["rule_files"]]
     cfg.pop("alerting", None)  # no Alertmanager here; the rules still evaluate
     jobs = []
     for job in cfg["scrape_configs"]:
@@ -592,8 +638,8 @@ def test_every_panel_query_and_recording_rule_returns_data(tmp_path):
         for name, dash in _dashboards().items():
             values = _variable_values(dash)
             for v in dash["templating"]["list"]:
-                if v["type"] != "query":
-                    continue
+                if v["type"] != "query" or v["name"] in ("site", "cluster"):
+                    continue  # optional: this single-site Prometheus has no site or cluster label
                 m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", _substitute(v["definition"], values))
                 assert m, v["definition"]
                 r = requests.get(f"{base}/api/v1/label/{m.group(2)}/values", params={"match[]": m.group(1)}, timeout=10)

@@ -205,7 +205,10 @@ def test_prometheus_scrapes_the_exporter_and_every_recording_rule_has_data(stack
     # GPU and host evidence comes from DCGM, AMD's exporter and node_exporter, which only the
     # override files start (docker/compose.gpu.yml, compose.rocm.yml, compose.node.yml): without
     # them those rules have nothing to record, by design. Everything built on our own series must.
-    optional = [n for n in names if n.startswith(("target:gpu_", "target:node_")) or "per_joule" in n]
+    # bottleneck.yml's history group runs every 5 minutes at an offset Prometheus staggers within
+    # those 5 minutes: it may first evaluate after this test's 2-minute wait.
+    optional = [n for n in names if n.startswith(("target:gpu_", "target:node_")) or "per_joule" in n
+                or n == "target_model:llm_server_model_vram_ratio:max_over_time5m"]
     assert len(optional) < len(names) / 2, optional
     names = [n for n in names if n not in optional]
 
