@@ -6,7 +6,10 @@ inside recvmsg() so that each segment is taken off the socket with its own stamp
 as soon as it arrives. A chunk's `received` time is therefore when its bytes
 reached this host, not when a Python thread got around to reading them: neither
 a busy GIL (many concurrent probes, a /metrics render) nor a slow wake-up of the
-reading thread adds to TTFT or to the gaps between tokens. Without kernel stamps
+reading thread adds to TTFT or to the gaps between tokens. A thread that wakes so late
+that the next chunk arrived too finds both merged under the later stamp: each body item
+is one whole read, and transport.ndjson_chunks marks and re-times the earlier lines
+(readtimes.py). Without kernel stamps
 (other systems, or a stamp that fails its sanity check) the time is taken right
 after the read returns, before any parsing. benchmarks/probe_bench.py measures
 both readers.
@@ -52,7 +55,10 @@ class RawResponse:
     segment off the queue with its own stamp, the moment it arrives, whether or not this
     thread can get the GIL then. That matters: a segment left waiting in the socket is
     merged with the next one to arrive, and the merged data keeps only the later stamp.
+    Each body item is one read, so the lines of such a read are told apart (`whole_reads`).
     """
+
+    whole_reads = True
 
     def __init__(self, sock: socket.socket, deadline: float, where: str):
         self.sock = sock
