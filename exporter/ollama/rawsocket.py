@@ -35,6 +35,10 @@ WAIT_SLICE = 0.05
 class RawSocketTransport:
     name = "raw"
 
+    def __init__(self, recover: bool = True):
+        # False: late lines are only marked, keeping the read's time (the benchmark's baseline).
+        self.recover = recover
+
     def connect(self, endpoint: Endpoint, timeout: float) -> socket.socket:
         if endpoint.https:
             raise ValueError("the raw-socket reader speaks plain HTTP only")
@@ -44,7 +48,9 @@ class RawSocketTransport:
         return sock
 
     def response(self, sock: socket.socket, deadline: float, where: str) -> "RawResponse":
-        return RawResponse(sock, deadline, where)
+        response = RawResponse(sock, deadline, where)
+        response.recover = self.recover
+        return response
 
 
 class RawResponse:
@@ -59,6 +65,7 @@ class RawResponse:
     """
 
     whole_reads = True
+    recover = True
 
     def __init__(self, sock: socket.socket, deadline: float, where: str):
         self.sock = sock

@@ -53,20 +53,22 @@ def rfc3339_ns(text: Optional[str]) -> Optional[int]:
     return int(whole.timestamp()) * 1_000_000_000 + frac
 
 
-def settle(chunks: Sequence[StreamChunk], received: float, floor: Optional[float], ends_on_line: bool) -> None:
+def settle(chunks: Sequence[StreamChunk], received: float, floor: Optional[float], ends_on_line: bool,
+           recover: bool = True) -> None:
     """Mark and re-time, in place, the chunks whose lines one read completed (in order).
 
     `received`: the read's time; `floor`: the previous read's time (None for the first);
     `ends_on_line`: the read ended at the end of its last line. Every chunk gets `late`
     (its read also delivered later bytes); a late chunk gets `recovered` and an earlier
-    `received` when the read's last line and it both carry `created_at`.
+    `received` when the read's last line and it both carry `created_at` (and `recover`:
+    False only marks, as the benchmark's stamp-only reader does).
     """
     if not chunks:
         return
     exact = len(chunks) - 1 if ends_on_line else len(chunks)
     for i, chunk in enumerate(chunks):
         chunk.late = i < exact
-    if exact == 0 or exact == len(chunks):
+    if not recover or exact == 0 or exact == len(chunks):
         return  # nothing late, or no line with an exact time to count back from
     anchor = rfc3339_ns(chunks[-1].created_at)
     if anchor is None:

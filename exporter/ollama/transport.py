@@ -59,11 +59,13 @@ def read_error_body(response: Response, limit: int = MAX_ERROR_BODY) -> bytes:
     return body[:limit]
 
 
-def ndjson_chunks(body: Iterator[tuple[bytes, float]], chat: bool, whole_reads: bool = True) -> Iterator[StreamChunk]:
+def ndjson_chunks(body: Iterator[tuple[bytes, float]], chat: bool, whole_reads: bool = True,
+                  recover: bool = True) -> Iterator[StreamChunk]:
     """The stream's chunks, up to and including the final (done) one; raises if it never comes.
 
     `whole_reads`: each item of `body` is one read of the socket, so a read that completed
-    several lines can be told apart (readtimes.settle marks and re-times its late lines).
+    several lines can be told apart (readtimes.settle marks them, and re-times its late
+    lines unless `recover` is False).
     """
     lines = LineSplitter()
     floor: Optional[float] = None  # the previous read's time
@@ -72,7 +74,7 @@ def ndjson_chunks(body: Iterator[tuple[bytes, float]], chat: bool, whole_reads: 
         if complete:
             chunks, error, final, all_used = read_chunks(complete, received, chat)
             if whole_reads:
-                settle(chunks, received, floor, all_used and error is None and not lines.rest)
+                settle(chunks, received, floor, all_used and error is None and not lines.rest, recover)
             yield from chunks
             if error is not None:
                 raise error
@@ -117,7 +119,8 @@ def stream(transport: Transport, endpoint: Endpoint, path: str, data: bytes, *, 
         status = response.read_head()
         if not 200 <= status < 300:
             raise http_failure(status, error_message(read_error_body(response)))
-        yield from ndjson_chunks(response.body(STREAM_TIMEOUT_MESSAGE), chat, getattr(response, "whole_reads", False))
+        yield from ndjson_chunks(response.body(STREAM_TIMEOUT_MESSAGE), chat, getattr(response, "whole_reads", False),
+                                 getattr(response, "recover", True))
     finally:
         if response is not None:
             response.close()
