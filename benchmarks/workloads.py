@@ -145,7 +145,8 @@ def section_busy(server, clients, quick: bool) -> list:
     try:
         with BusyHost(busy):
             for level in (1, 8, 32):
-                requests = (80 if quick else 240) if level == 1 else max(level * (4 if quick else 12), 160 if quick else 480)
+                requests = ((80 if quick else 240) if level == 1
+                            else max(level * (4 if quick else 12), 160 if quick else 480))
                 per_round = max(level, requests // 2)
                 cells = interleaved(compared, 2, lambda c, r: run_batches(
                     server, c, level, per_round, n=10, rate=250.0, ttft_range=(0.040, 0.040), seed=level * 300 + r))

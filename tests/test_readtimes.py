@@ -101,12 +101,12 @@ def test_without_a_usable_created_at_a_late_line_keeps_its_upper_bound(first, la
 
 def recorded_body() -> bytes:
     """The generate recording's body payload (NDJSON, framing removed)."""
-    return b"".join(l + b"\n" for l in decode([GENERATE])[2])
+    return b"".join(ln + b"\n" for ln in decode([GENERATE])[2])
 
 
 def test_a_recording_read_line_by_line_has_no_late_line():
     body = recorded_body()
-    reads = [l + b"\n" for l in body.split(b"\n") if l]
+    reads = [ln + b"\n" for ln in body.split(b"\n") if ln]
     chunks = list(ndjson_chunks(iter((r, float(i)) for i, r in enumerate(reads)), chat=False))
     assert [c.received for c in chunks] == [float(i) for i in range(len(chunks))]
     assert not any(c.late for c in chunks)
@@ -114,10 +114,10 @@ def test_a_recording_read_line_by_line_has_no_late_line():
 
 def test_three_queued_tokens_in_one_read_get_the_servers_spacing():
     body = recorded_body()
-    lines = [l + b"\n" for l in body.split(b"\n") if l]
+    lines = [ln + b"\n" for ln in body.split(b"\n") if ln]
     reads = [b"".join(lines[:3])] + lines[3:]
     chunks = list(ndjson_chunks(iter((r, 10.0 + i) for i, r in enumerate(reads)), chat=False))
-    created = [rfc3339_ns(json.loads(l)["created_at"]) for l in lines[:3]]
+    created = [rfc3339_ns(json.loads(ln)["created_at"]) for ln in lines[:3]]
     assert [c.late for c in chunks[:4]] == [True, True, False, False]
     assert chunks[0].recovered and chunks[1].recovered
     assert chunks[0].received == pytest.approx(10.0 - (created[2] - created[0]) * 1e-9, abs=1e-9)
@@ -170,7 +170,7 @@ def test_the_raw_reader_flags_and_recovers_chunks_queued_before_its_first_read()
         stamps_linux.ask_for_stamps(client)
         response = RawResponse(client, deadline=1e12, where="t")
         # Everything is in the socket before the reader looks: one read takes it all.
-        server.sendall(HEAD + b"".join(chunk(l) for l in LINES) + chunk(FINAL) + b"0\r\n\r\n")
+        server.sendall(HEAD + b"".join(chunk(ln) for ln in LINES) + chunk(FINAL) + b"0\r\n\r\n")
         assert response.read_head() == 200
         chunks = list(ndjson_chunks(response.body("timeout"), chat=False, whole_reads=response.whole_reads))
     assert [c.late for c in chunks] == [True, True, True, False]
@@ -194,7 +194,7 @@ class OneShot:
             request = b""
             while b"\r\n\r\n" not in request:
                 request += conn.recv(65536)
-            conn.sendall(HEAD + b"".join(chunk(l) for l in LINES))
+            conn.sendall(HEAD + b"".join(chunk(ln) for ln in LINES))
             conn.sendall(chunk(FINAL) + b"0\r\n\r\n")
             conn.recv(1)  # until the client hangs up
         self.listener.close()

@@ -312,7 +312,8 @@ class Server:
             heapq.heappush(self.heap, (c.due, self.seq, c))
             return
         end = time.monotonic()
-        final = {"model": MODEL, "created_at": created_at(time.time_ns()).decode(), "done": True, "done_reason": "length",
+        final = {"model": MODEL, "created_at": created_at(time.time_ns()).decode(), "done": True,
+                 "done_reason": "length",
                  "total_duration": int((end - c.arrival) * 1e9), "load_duration": 1_000_000,
                  "prompt_eval_count": c.prompt_tokens,
                  "prompt_eval_duration": max(int((c.writes[0] - c.arrival) * 1e9), 1000),
