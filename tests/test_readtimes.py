@@ -8,6 +8,7 @@ flagged and which source their time comes from.
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -125,6 +126,14 @@ def test_three_queued_tokens_in_one_read_get_the_servers_spacing():
     assert chunks[2].received == 10.0
 
 
+def test_no_line_is_re_timed_before_the_request_went_out():
+    """The first read has no read before it: the request's send bounds it (a server clock that jumped)."""
+    body = line("2026-11-29T02:32:56.100Z") + line("2026-11-29T02:32:57.100Z")
+    chunks = list(ndjson_chunks(iter([(body, 10.0), (FINAL, 11.0)]), chat=False, sent=9.99))
+    assert chunks[0].late and chunks[0].recovered and chunks[0].received == 9.99
+    assert chunks[1].received == 10.0
+
+
 def test_byte_split_reads_flag_only_lines_with_later_bytes_in_their_read():
     """Cut anywhere: a line is late exactly when its read went on past its end."""
     body = recorded_body()
@@ -194,6 +203,9 @@ class OneShot:
             request = b""
             while b"\r\n\r\n" not in request:
                 request += conn.recv(65536)
+            # The lines say they were made 8.5 ms apart: answer later than that after the request,
+            # or counting back would reach before it was sent (and stop there).
+            time.sleep(0.02)
             conn.sendall(HEAD + b"".join(chunk(ln) for ln in LINES))
             conn.sendall(chunk(FINAL) + b"0\r\n\r\n")
             conn.recv(1)  # until the client hangs up

@@ -60,15 +60,16 @@ def read_error_body(response: Response, limit: int = MAX_ERROR_BODY) -> bytes:
 
 
 def ndjson_chunks(body: Iterator[tuple[bytes, float]], chat: bool, whole_reads: bool = True,
-                  recover: bool = True) -> Iterator[StreamChunk]:
+                  recover: bool = True, sent: Optional[float] = None) -> Iterator[StreamChunk]:
     """The stream's chunks, up to and including the final (done) one; raises if it never comes.
 
     `whole_reads`: each item of `body` is one read of the socket, so a read that completed
     several lines can be told apart (readtimes.settle marks them, and re-times its late
-    lines unless `recover` is False).
+    lines unless `recover` is False). No line is re-timed before the previous read, nor
+    before `sent` (when the request went out).
     """
     lines = LineSplitter()
-    floor: Optional[float] = None  # the previous read's time
+    floor = sent  # the previous read's time
     for data, received in body:
         complete = lines.feed(data)
         if complete:
@@ -113,14 +114,15 @@ def stream(transport: Transport, endpoint: Endpoint, path: str, data: bytes, *, 
     try:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         response = transport.response(sock, deadline, endpoint.where)
+        sent = time.monotonic()
         if on_sent is not None:
-            on_sent(time.monotonic())
+            on_sent(sent)
         endpoint.send(sock, request)
         status = response.read_head()
         if not 200 <= status < 300:
             raise http_failure(status, error_message(read_error_body(response)))
         yield from ndjson_chunks(response.body(STREAM_TIMEOUT_MESSAGE), chat, getattr(response, "whole_reads", False),
-                                 getattr(response, "recover", True))
+                                 getattr(response, "recover", True), sent)
     finally:
         if response is not None:
             response.close()
