@@ -57,11 +57,12 @@ class RawResponse:
     """An HTTP/1.1 response read straight from the socket, each read stamped with its arrival time.
 
     On Linux the socket blocks in recvmsg() itself (SO_RCVTIMEO bounds the wait) rather
-    than in poll() followed by a read: the kernel completes the read, and so takes the
-    segment off the queue with its own stamp, the moment it arrives, whether or not this
-    thread can get the GIL then. That matters: a segment left waiting in the socket is
+    than in poll() followed by a read: the read completes, and so takes the segment off
+    the queue with its own stamp, as soon as the scheduler runs this thread, whether or
+    not it can get the GIL then. That matters: a segment left waiting in the socket is
     merged with the next one to arrive, and the merged data keeps only the later stamp.
-    Each body item is one read, so the lines of such a read are told apart (`whole_reads`).
+    On a busy host the thread can still wake too late; each body item is one read, so
+    the lines of such a read are told apart (`whole_reads`, readtimes.py).
     """
 
     whole_reads = True
