@@ -14,6 +14,10 @@ Clients compared in the same run, on the same server, interleaved:
   engine-old  the same engine with the previous stream reader (http.client,
               timestamps taken in user space after each read):
               OllamaClient(target, transport="http.client"). The before/after of the change.
+  engine-stamp  (busy-host workload) the engine's raw reader with late stamps only marked,
+              not re-timed from created_at: RawSocketTransport(recover=False).
+  engine-stamp-fifo  the same, each probe thread at SCHED_FIFO priority 1 (a reader
+              thread the scheduler favours; needs CAP_SYS_NICE).
 
 Every client has `name`, `one(rid, n, rate, ttft, concurrency) -> Sample` and `close()`.
 """
@@ -26,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -33,6 +38,7 @@ from typing import Optional
 from exporter.config import Case, Scenario, Target
 from exporter.metrics import ProbeMetrics
 from exporter.ollama import OllamaClient
+from exporter.ollama.rawsocket import RawSocketTransport
 from exporter.probe import run_probe
 from exporter.results import ResultsWriter
 from exporter.state import StateStore
@@ -88,6 +94,8 @@ class Sample:
     recv: list  # absolute monotonic time of each token as the client timestamped it
     ok: bool
     error: Optional[str] = None
+    late: Optional[bool] = None  # the first token's read also delivered later data (engine only)
+    recovered: Optional[bool] = None  # ... and its time was re-timed from created_at
 
 
 def prompt_for(rid: str, n: int, rate: float, ttft: float) -> str:
@@ -104,10 +112,14 @@ def _scenario(target: Target, concurrency: int = 1) -> Scenario:
 class EngineClient:
     """exporter.probe.run_probe feeding the exporter's real sinks."""
 
-    def __init__(self, name: str, url: str, transport: Optional[str] = None, results_dir: Optional[str] = None):
+    def __init__(self, name: str, url: str, transport: Optional[str] = None, results_dir: Optional[str] = None,
+                 recover: bool = True, fifo: bool = False):
         self.name = name
         self.target = Target(name="bench", url=url, process_match=None)
         self.client = OllamaClient(self.target, transport=transport)
+        if not recover:
+            self.client.transport = RawSocketTransport(recover=False)
+        self.fifo = fifo
         # The exporter's probe sink on a store open to any key: the bench has no config file.
         self.metrics = ProbeMetrics(StateStore(open_keys=True))
         self.results_dir = results_dir or tempfile.mkdtemp(prefix="probe-bench-")
@@ -120,7 +132,10 @@ class EngineClient:
             scenario = self.scenarios[concurrency] = _scenario(self.target, concurrency)
         prompt = prompt_for(rid, n, rate, ttft)
         case = Case(name="c", prompt=prompt, system=None, options={})
-        r = run_probe(self.client, scenario, case, concurrency=concurrency)
+        if self.fifo:
+            r = _in_fifo_thread(lambda: run_probe(self.client, scenario, case, concurrency=concurrency))
+        else:
+            r = run_probe(self.client, scenario, case, concurrency=concurrency)
         self.metrics.on_result(r)
         self.writer.write(r)
         if not r.ok or r.sent_at_monotonic is None or r.ttft_s is None:
@@ -131,10 +146,79 @@ class EngineClient:
         for g in r.inter_token_gaps_s:
             t += g
             recv.append(t)
-        return Sample(rid, r.sent_at_monotonic, recv, True)
+        return Sample(rid, r.sent_at_monotonic, recv, True, late=r.first_token_stamp_late,
+                      recovered=r.first_token_recovered)
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _in_fifo_thread(fn):
+    """fn() on a thread of its own at SCHED_FIFO 1, which ends with it: the priority never
+    reaches the caller's thread, nor a process forked from it."""
+    box = []
+
+    def run():
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        box.append(fn())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join()
+    return box[0]
+
+
+def _normal_priority() -> None:
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+def fifo_allowed() -> bool:
+    """Whether this process may put a thread at SCHED_FIFO (root or CAP_SYS_NICE)."""
+    box = []
+
+    def attempt():
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            box.append(True)
+        except (OSError, AttributeError):
+            box.append(False)
+
+    t = threading.Thread(target=attempt)
+    t.start()
+    t.join()
+    return box[0]
+
+
+# Spins until its parent goes away or 20 minutes pass: never outlives a benchmark killed hard.
+BUSY_LOOP = """
+import os, time
+parent, end = os.getppid(), time.monotonic() + 1200
+while os.getppid() == parent and time.monotonic() < end:
+    for _ in range(100000):
+        pass
+"""
+
+
+class BusyHost:
+    """`n` processes spinning on the CPU for the life of a `with` block: the host's cores
+    oversubscribed by other work (started and ended here, by their own ids)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.procs: list = []
+
+    def __enter__(self) -> "BusyHost":
+        # Ordinary processes, whatever the policy of the thread that starts them.
+        self.procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], preexec_fn=_normal_priority)
+                      for _ in range(self.n)]
+        time.sleep(0.5)  # let them take the cores
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait(10)
 
 
 class OllamaPyClient:

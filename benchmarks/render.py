@@ -48,6 +48,27 @@ def ttft(report: dict) -> list:
                    "request out p50 / p99 / max", "client CPU %"], rows)]
 
 
+def busy(report: dict) -> list:
+    rows_in = report.get("busy") or []
+    if not rows_in:
+        return []
+
+    def share(n, of):
+        return "—" if n is None or not of else f"{n} ({n / of * 100:.1f} %)"
+
+    rows = [[r["concurrency"], r["client"], r["requests"], r["failures"], dist(r["ttft_error"]), dist(r["gap_error"]),
+             share(r.get("late_first_tokens"), r.get("judged_first_tokens")),
+             share(r.get("recovered_first_tokens"), r.get("judged_first_tokens"))] for r in rows_in]
+    first = rows_in[0]
+    return [f"\n### 1c. TTFT and gap error on a busy host: {first['busy_processes']} busy-loop processes on "
+            f"{first['cpus']} cores\n",
+            "Server TTFT 40 ms, then 10 tokens 4 ms apart; batches released together. engine-stamp: late first-token "
+            "stamps only marked, not re-timed from the server's created_at; engine-stamp-fifo: the same with each "
+            "probe thread at SCHED_FIFO. Late: the first token's read also delivered later data.\n",
+            table(["conc.", "client", "requests", "fail", "TTFT error p50 / p99 / max", "gap error p50 / p99 / max",
+                   "late first tokens", "re-timed"], rows)]
+
+
 def interference(report: dict) -> list:
     if not report.get("interference"):
         return []
@@ -149,7 +170,7 @@ def goals(report: dict) -> list:
 
 
 # RESULTS.md in order. A section reads its workload's rows as report[key] (see workloads.WORKLOADS).
-SECTIONS = (header, ttft, interference, gaps, cost, capacity, scrape, fleet, memory, goals)
+SECTIONS = (header, ttft, busy, interference, gaps, cost, capacity, scrape, fleet, memory, goals)
 
 
 def render(report: dict) -> str:

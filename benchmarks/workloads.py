@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import os
 import random
 import threading
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from benchmarks.bench_stats import TARGETS, Cell, cell_summary, merge, pct
-from benchmarks.clients import MONO, StreamServer
+from benchmarks.clients import MONO, BusyHost, EngineClient, StreamServer, fifo_allowed
 from benchmarks.footprint import build_exposition, section_memory, section_scrape
 
 CAPACITY_RATES = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0)  # tokens/s per stream, 32 streams
@@ -120,6 +121,47 @@ def section_ttft(server, clients, quick: bool) -> list:
             row = cell_summary(cell)
             row.update(section="ttft", concurrency=level, tokens_per_request=10, stream_rate=100.0)
             out.append(row)
+    return out
+
+
+def section_busy(server, clients, quick: bool) -> list:
+    """TTFT and gap error with the host's cores 3x oversubscribed (3 busy-loop processes per core).
+
+    Server: 40 ms to the first token, then 10 tokens 4 ms apart; batches released together as
+    the runner does. Besides the engine and the `ollama` package: the engine with late stamps
+    only marked (engine-stamp: what re-timing from created_at buys), and the same with every
+    probe thread at SCHED_FIFO (engine-stamp-fifo: what a favoured reader thread buys), where
+    this process may do that.
+    """
+    extra = [EngineClient("engine-stamp", server.url, recover=False)]
+    if fifo_allowed():
+        extra.append(EngineClient("engine-stamp-fifo", server.url, recover=False, fifo=True))
+    for c in extra:
+        for i in range(20):
+            c.one(f"warm-{c.name}-{i}", 3, 1000.0, 0.0, 1)
+    compared = [c for c in clients if c.name in ("engine", "ollama-py")] + extra
+    busy = 3 * (os.cpu_count() or 1)
+    out = []
+    try:
+        with BusyHost(busy):
+            for level in (1, 8, 32):
+                requests = ((80 if quick else 240) if level == 1
+                            else max(level * (4 if quick else 12), 160 if quick else 480))
+                per_round = max(level, requests // 2)
+                cells = interleaved(compared, 2, lambda c, r: run_batches(
+                    server, c, level, per_round, n=10, rate=250.0, ttft_range=(0.040, 0.040), seed=level * 300 + r))
+                for name, cell in cells.items():
+                    row = cell_summary(cell)
+                    judged = [s for s, _ in cell.ok_samples() if s.late is not None]
+                    row.update(section="busy", concurrency=level, busy_processes=busy, cpus=os.cpu_count(),
+                               tokens_per_request=10, stream_rate=250.0,
+                               late_first_tokens=sum(1 for s in judged if s.late) if judged else None,
+                               recovered_first_tokens=sum(1 for s in judged if s.recovered) if judged else None,
+                               judged_first_tokens=len(judged))
+                    out.append(row)
+    finally:
+        for c in extra:
+            c.close()
     return out
 
 
@@ -236,6 +278,7 @@ def section_fleet(server, clients, quick: bool) -> list:
 
 WORKLOADS = (
     Workload("ttft", section_ttft),
+    Workload("busy", section_busy),
     Workload("interference", section_interference),
     Workload("gaps", section_gaps),
     Workload("cost", section_cost),

@@ -101,6 +101,11 @@ OUTPUT_TOKENS = _family("llm_probe_output_tokens_total", "counter", "Tokens gene
 REQUESTS = _family("llm_probe_requests_total", "counter", "Probe requests sent (warm-ups excluded)." + BG)
 FAILURES = _family("llm_probe_request_failures_total", "counter",
                    "Failed probe requests by reason (" + ", ".join(FAILURE_REASONS) + ")." + BG)
+LATE_STAMPS = _family(
+    "llm_probe_first_token_late_stamps_total", "counter",
+    "Probe requests whose first token came in one read with later data, so its receive stamp was only an "
+    "upper bound (the reading thread woke late: a busy host). recovered=\"true\": its time was counted back "
+    "from the server's created_at spacing; \"false\": TTFT kept the upper bound." + BG)
 BATCH_TPS = _family("llm_probe_batch_output_tokens_per_second", "gauge",
                     "Aggregate output tokens / wall time of the last batch at this concurrency level." + BG)
 SLO_REQUESTS = _family("llm_probe_slo_requests_total", "counter",
@@ -110,7 +115,7 @@ SLO_GOOD = _family("llm_probe_slo_good_requests_total", "counter",
 SLO_OBJECTIVE = _family("llm_probe_slo_objective_ratio", "gauge",
                         "The SLO's objective: the share of requests that must be good, e.g. 0.99.")
 CASE_FAMILIES = (TTFT, DURATION, INTER_TOKEN) + tuple(f for f, _, _ in PER_REQUEST) + (
-    PROMPT_TOKENS, OUTPUT_TOKENS, REQUESTS, FAILURES, BATCH_TPS, SLO_REQUESTS, SLO_GOOD, SLO_OBJECTIVE)
+    PROMPT_TOKENS, OUTPUT_TOKENS, REQUESTS, FAILURES, LATE_STAMPS, BATCH_TPS, SLO_REQUESTS, SLO_GOOD, SLO_OBJECTIVE)
 
 SUCCESS = _family("llm_probe_success", "gauge", "1 if the scenario's last run had no failed request, else 0." + BG)
 LAST_RUN = _family("llm_probe_last_run_timestamp_seconds", "gauge",
@@ -166,12 +171,15 @@ class CaseState:
         self.output_tokens = 0
         self.requests = 0
         self.failures = dict.fromkeys(FAILURE_REASONS, 0)
+        self.late_stamps = {"false": 0, "true": 0}  # by recovered
         self.batch_tps: Optional[float] = None
         self.slo_requests = 0
         self.slo_good = 0
 
     def observe(self, r: ProbeResult, slo) -> None:
         self.requests += 1
+        if r.first_token_stamp_late:
+            self.late_stamps["true" if r.first_token_recovered else "false"] += 1
         if slo is not None:
             self.slo_requests += 1
             self.slo_good += slo_good(r, slo)
@@ -208,6 +216,9 @@ class CaseState:
         head, tail = labels.around("reason")
         out[FAILURES.name] = "".join(
             f"{FAILURES.name}{head}{reason}{tail} {fmt(n)}\n" for reason, n in self.failures.items())
+        head, tail = labels.around("recovered")
+        out[LATE_STAMPS.name] = "".join(
+            f"{LATE_STAMPS.name}{head}{recovered}{tail} {fmt(n)}\n" for recovered, n in self.late_stamps.items())
         if self.batch_tps is not None:
             out[BATCH_TPS.name] = f"{BATCH_TPS.name}{plain} {fmt(self.batch_tps)}\n"
         if context.slo is not None:

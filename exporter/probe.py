@@ -71,6 +71,9 @@ def run_probe(
                 # Only non-empty chunks are tokens; the final chunk usually carries none.
                 if first is None:
                     first = chunk.received
+                    if chunk.late is not None:
+                        result.first_token_stamp_late = chunk.late
+                        result.first_token_recovered = chunk.recovered if chunk.late else None
                 else:
                     gaps.append(chunk.received - last)
                 last = chunk.received

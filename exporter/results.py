@@ -61,6 +61,14 @@ class ProbeResult:
     ttft_s: Optional[float] = None
     request_duration_s: Optional[float] = None
     inter_token_gaps_s: list[float] = field(default_factory=list)
+    # The read that delivered the first token also delivered later data, so its receive stamp
+    # belonged to that data and was only an upper bound (a reading thread that woke late, on a
+    # busy host). None where the reader cannot tell (the http.client reader) or no token came;
+    # absent from older results files.
+    first_token_stamp_late: Optional[bool] = None
+    # ... and its time was recovered from the server's own created_at spacing (readtimes.py);
+    # False for a late first token left at its upper bound.
+    first_token_recovered: Optional[bool] = None
     output_chunks: int = 0
     response_chars: int = 0
     # Thinking models stream their reasoning (`thinking`) before the answer: when each began

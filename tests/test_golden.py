@@ -89,6 +89,9 @@ def render(tmp_path) -> str:
             sinks.on_result(_failed("long", "timeout"))
             sinks.on_batch(BatchSummary("t1", "s", "tiny", "long", 1, 1, 1, None))
             pair = [_ok("short", "warm", concurrency=2, batch=3, offset=20), _ok("short", "warm", 2, 3, offset=20.5)]
+            # On a busy host: one first token recovered from created_at, one left at its upper bound.
+            pair[0].first_token_stamp_late, pair[0].first_token_recovered = True, True
+            pair[1].first_token_stamp_late, pair[1].first_token_recovered = True, False
             for r in pair:
                 sinks.on_result(r)
             sinks.on_batch(BatchSummary("t1", "s", "tiny", "short", 2, 2, 0, 3.2))

@@ -564,7 +564,8 @@ def test_two_sites_stay_apart_in_a_real_prometheus(tmp_path):
         want = {"a": 0.0, "b": 0.2}
         for record in ("target_model_scenario:llm_probe_request_failures:ratio_rate10m",
                        "target_model_scenario_case:llm_probe_slo_requests:error_ratio_rate1h"):
-            wait_for(lambda: query(record) == want, timeout=60, interval=1, what=f"{record} per site: {want}")
+            wait_for(lambda record=record: query(record) == want, timeout=60, interval=1,
+                     what=f"{record} per site: {want}")
         pending = 'ALERTS{alertname="LLMSLOErrorBudgetBurnFast"}'
         wait_for(lambda: query(pending) == {"b": 1.0}, timeout=30, interval=1, what="site b's page, and only b's")
         assert query('ALERTS{alertname="LLMWatchdog", alertstate="firing"}') == {None: 1.0}

@@ -6,7 +6,10 @@ inside recvmsg() so that each segment is taken off the socket with its own stamp
 as soon as it arrives. A chunk's `received` time is therefore when its bytes
 reached this host, not when a Python thread got around to reading them: neither
 a busy GIL (many concurrent probes, a /metrics render) nor a slow wake-up of the
-reading thread adds to TTFT or to the gaps between tokens. Without kernel stamps
+reading thread adds to TTFT or to the gaps between tokens. A thread that wakes so late
+that the next chunk arrived too finds both merged under the later stamp: each body item
+is one whole read, and transport.ndjson_chunks marks and re-times the earlier lines
+(readtimes.py). Without kernel stamps
 (other systems, or a stamp that fails its sanity check) the time is taken right
 after the read returns, before any parsing. benchmarks/probe_bench.py measures
 both readers.
@@ -32,6 +35,10 @@ WAIT_SLICE = 0.05
 class RawSocketTransport:
     name = "raw"
 
+    def __init__(self, recover: bool = True):
+        # False: late lines are only marked, keeping the read's time (the benchmark's baseline).
+        self.recover = recover
+
     def connect(self, endpoint: Endpoint, timeout: float) -> socket.socket:
         if endpoint.https:
             raise ValueError("the raw-socket reader speaks plain HTTP only")
@@ -41,18 +48,25 @@ class RawSocketTransport:
         return sock
 
     def response(self, sock: socket.socket, deadline: float, where: str) -> "RawResponse":
-        return RawResponse(sock, deadline, where)
+        response = RawResponse(sock, deadline, where)
+        response.recover = self.recover
+        return response
 
 
 class RawResponse:
     """An HTTP/1.1 response read straight from the socket, each read stamped with its arrival time.
 
     On Linux the socket blocks in recvmsg() itself (SO_RCVTIMEO bounds the wait) rather
-    than in poll() followed by a read: the kernel completes the read, and so takes the
-    segment off the queue with its own stamp, the moment it arrives, whether or not this
-    thread can get the GIL then. That matters: a segment left waiting in the socket is
+    than in poll() followed by a read: the read completes, and so takes the segment off
+    the queue with its own stamp, as soon as the scheduler runs this thread, whether or
+    not it can get the GIL then. That matters: a segment left waiting in the socket is
     merged with the next one to arrive, and the merged data keeps only the later stamp.
+    On a busy host the thread can still wake too late; each body item is one read, so
+    the lines of such a read are told apart (`whole_reads`, readtimes.py).
     """
+
+    whole_reads = True
+    recover = True
 
     def __init__(self, sock: socket.socket, deadline: float, where: str):
         self.sock = sock

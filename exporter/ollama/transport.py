@@ -15,7 +15,8 @@ from typing import Callable, Iterator, Optional, Protocol
 from .endpoint import Endpoint
 from .errors import OllamaError, error_message, http_failure
 from .framing import LineSplitter
-from .wire import StreamChunk, chunks_from_lines
+from .readtimes import settle
+from .wire import StreamChunk, chunk_from_line
 
 MAX_ERROR_BODY = 64 * 1024
 READ_SIZE = 65536
@@ -58,15 +59,49 @@ def read_error_body(response: Response, limit: int = MAX_ERROR_BODY) -> bytes:
     return body[:limit]
 
 
-def ndjson_chunks(body: Iterator[tuple[bytes, float]], chat: bool) -> Iterator[StreamChunk]:
-    """The stream's chunks, up to and including the final (done) one; raises if it never comes."""
+def ndjson_chunks(body: Iterator[tuple[bytes, float]], chat: bool, whole_reads: bool = True,
+                  recover: bool = True, sent: Optional[float] = None) -> Iterator[StreamChunk]:
+    """The stream's chunks, up to and including the final (done) one; raises if it never comes.
+
+    `whole_reads`: each item of `body` is one read of the socket, so a read that completed
+    several lines can be told apart (readtimes.settle marks them, and re-times its late
+    lines unless `recover` is False). No line is re-timed before the previous read, nor
+    before `sent` (when the request went out).
+    """
     lines = LineSplitter()
+    floor = sent  # the previous read's time
     for data, received in body:
         complete = lines.feed(data)
-        if complete and (yield from chunks_from_lines(complete, received, chat)):
-            return
+        if complete:
+            chunks, error, final, all_used = read_chunks(complete, received, chat)
+            if whole_reads:
+                settle(chunks, received, floor, all_used and error is None and not lines.rest, recover)
+            yield from chunks
+            if error is not None:
+                raise error
+            if final:
+                return
+        floor = received
     lines.finish()
     raise OllamaError("stream_error", "stream ended before the final done chunk")
+
+
+def read_chunks(lines: list[bytes], received: float, chat: bool
+                ) -> tuple[list[StreamChunk], Optional[OllamaError], bool, bool]:
+    """One read's complete lines -> (their chunks, the error of an error line (after the chunks
+    before it), the final chunk came, the last line is the last chunk's)."""
+    chunks: list[StreamChunk] = []
+    for i, line in enumerate(lines):
+        try:
+            chunk = chunk_from_line(line, received, chat)
+        except OllamaError as exc:
+            return chunks, exc, False, False
+        if chunk is None:
+            continue
+        chunks.append(chunk)
+        if chunk.final is not None:
+            return chunks, None, True, i == len(lines) - 1
+    return chunks, None, False, bool(chunks) and bool(lines[-1].strip())
 
 
 def stream(transport: Transport, endpoint: Endpoint, path: str, data: bytes, *, deadline: float,
@@ -79,13 +114,15 @@ def stream(transport: Transport, endpoint: Endpoint, path: str, data: bytes, *, 
     try:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         response = transport.response(sock, deadline, endpoint.where)
+        sent = time.monotonic()
         if on_sent is not None:
-            on_sent(time.monotonic())
+            on_sent(sent)
         endpoint.send(sock, request)
         status = response.read_head()
         if not 200 <= status < 300:
             raise http_failure(status, error_message(read_error_body(response)))
-        yield from ndjson_chunks(response.body(STREAM_TIMEOUT_MESSAGE), chat)
+        yield from ndjson_chunks(response.body(STREAM_TIMEOUT_MESSAGE), chat, getattr(response, "whole_reads", False),
+                                 getattr(response, "recover", True), sent)
     finally:
         if response is not None:
             response.close()

@@ -77,6 +77,11 @@ class StreamChunk:
     text_len: int  # answer and thinking text together: any generated token counts for TTFT
     final: Optional[FinalStats]
     thinking_len: int = 0  # of which `thinking` (a thinking model's reasoning)
+    created_at: Optional[str] = None  # the server's own time of the chunk, as sent (RFC 3339)
+    # The chunk's read also delivered later bytes, so the read's time was only an upper bound
+    # for it (readtimes.py); None where the reader cannot tell (http.client).
+    late: Optional[bool] = None
+    recovered: bool = False  # late, and `received` counted back from the server's created_at
 
     @property
     def answer_len(self) -> int:
@@ -106,7 +111,9 @@ def chunk_from_line(line: bytes, received: float, chat: bool) -> Optional[Stream
         text, thinking = obj.get("response"), obj.get("thinking")
     thinking_len = len(thinking) if isinstance(thinking, str) else 0
     text_len = (len(text) if isinstance(text, str) else 0) + thinking_len
-    return StreamChunk(received, text_len, FinalStats.from_line(obj) if obj.get("done") is True else None, thinking_len)
+    created = obj.get("created_at")
+    return StreamChunk(received, text_len, FinalStats.from_line(obj) if obj.get("done") is True else None, thinking_len,
+                       created if isinstance(created, str) else None)
 
 
 def chunks_from_lines(lines: Iterable[bytes], received: float, chat: bool) -> Generator[StreamChunk, None, bool]:

@@ -16,7 +16,11 @@ engine, the `ollama` package) can drive it unchanged:
 
 Like Ollama (Go net/http), the response headers go out in the same write as the
 first token, each token is one chunk of the chunked body, TCP_NODELAY is set,
-and the final `done` line carries the server's own timings in nanoseconds.
+and the final `done` line carries the server's own timings in nanoseconds. Like
+Ollama, every line's `created_at` is the wall clock when the line was made
+(RFC 3339, nanoseconds, trailing zeros dropped): taken just before the line is
+encoded and sent, as Ollama takes it in its completion callback before the line
+goes through a channel to the writer.
 
 Endpoints: POST /api/generate, POST /api/chat (streaming), GET /api/version,
 GET /api/ps, and GET /_bench/drain, which returns and forgets the write logs:
@@ -46,7 +50,6 @@ import time
 from exporter.ollama.stamps_linux import SO_TIMESTAMPNS, measure_wall_to_monotonic_offset
 
 MODEL = "bench"
-CREATED = "2025-01-01T00:00:00.000000000Z"
 # A realistic chunk: Ollama's line for one token is about this long.
 TOKEN_TEXT = " the"
 EVENT_READ = selectors.EVENT_READ
@@ -61,9 +64,24 @@ def _line(obj) -> bytes:
     return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
 
 
-GEN_TOKEN = _chunk(_line({"model": MODEL, "created_at": CREATED, "response": TOKEN_TEXT, "done": False}))
-CHAT_TOKEN = _chunk(_line({"model": MODEL, "created_at": CREATED,
-                           "message": {"role": "assistant", "content": TOKEN_TEXT}, "done": False}))
+# A token's line around its created_at: prefix + time + suffix.
+GEN_TOKEN = (b'{"model":"%s","created_at":"' % MODEL.encode(), b'","response":%s,"done":false}\n'
+             % json.dumps(TOKEN_TEXT).encode())
+CHAT_TOKEN = (GEN_TOKEN[0], b'","message":{"role":"assistant","content":%s},"done":false}\n'
+              % json.dumps(TOKEN_TEXT).encode())
+_second = [-1, b""]  # the last whole second formatted, and its text
+
+
+def created_at(ns: int) -> bytes:
+    """Unix ns -> RFC 3339 UTC as Go's time.RFC3339Nano writes it (trailing zeros of the fraction dropped)."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    if _second[0] != sec:
+        _second[0], _second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
+    return _second[1] + ((b".%09d" % frac).rstrip(b"0") if frac else b"") + b"Z"
+
+
+def _token_chunk(template: tuple, ns: int) -> bytes:
+    return _chunk(template[0] + created_at(ns) + template[1])
 STREAM_HEADERS = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
     b"Date: Wed, 01 Jan 2025 00:00:00 GMT\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
@@ -276,7 +294,7 @@ class Server:
     def _token(self, c: Conn, due: float) -> None:
         if c.closing:
             return
-        data = c.token
+        data = _token_chunk(c.token, time.time_ns())
         if c.i == 0:
             data = STREAM_HEADERS + data
             c.first_at = due
@@ -294,7 +312,8 @@ class Server:
             heapq.heappush(self.heap, (c.due, self.seq, c))
             return
         end = time.monotonic()
-        final = {"model": MODEL, "created_at": CREATED, "done": True, "done_reason": "length",
+        final = {"model": MODEL, "created_at": created_at(time.time_ns()).decode(), "done": True,
+                 "done_reason": "length",
                  "total_duration": int((end - c.arrival) * 1e9), "load_duration": 1_000_000,
                  "prompt_eval_count": c.prompt_tokens,
                  "prompt_eval_duration": max(int((c.writes[0] - c.arrival) * 1e9), 1000),
