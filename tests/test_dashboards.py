@@ -286,6 +286,35 @@ def test_bottlenecks_dashboard_opens_with_the_verdict():
     assert first["targets"][0]["instant"]
 
 
+# Series that only some setups have, and what a panel reading them must say when they are absent.
+OPTIONAL_SOURCES = {
+    "GPU exporter": (re.compile(r"target:gpu_|per_joule"), ("docker/compose.gpu.yml", "docker/compose.rocm.yml")),
+    "node_exporter": (re.compile(r"target:node_"), ("node_exporter",)),
+    "process metrics": (re.compile(r"llm_server_process|llm_server_processes"), ("process_match: null",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_panels_that_can_be_empty_say_why(name):
+    """A panel fed only by series a setup may lack (no GPU exporter, no node_exporter, a remote
+    server) shows a reason in place of Grafana's bare "No data", and its description says when."""
+    checked = 0
+    for panel in _panels(_load(name)):
+        exprs = " ".join(t.get("expr", "") for t in panel.get("targets", []))
+        for source, (pattern, words) in OPTIONAL_SOURCES.items():
+            if not exprs or not pattern.search(exprs):
+                continue
+            # Only panels where every query depends on the optional source can be blank for it.
+            if not all(pattern.search(t.get("expr", "")) for t in panel["targets"] if t.get("expr")):
+                continue
+            checked += 1
+            no_value = panel.get("fieldConfig", {}).get("defaults", {}).get("noValue", "")
+            assert any(w in no_value for w in words), f"{name}: {panel['title']!r}: noValue {no_value!r} ({source})"
+            assert "Empty" in panel.get("description", ""), f"{name}: {panel['title']!r}: description says not when"
+    if name == "bottlenecks.json":
+        assert checked >= 8  # 6 GPU panels, 2 host panels and the process panels
+
+
 def test_provisioning_points_at_the_dashboards_and_a_fixed_datasource_uid():
     with open(os.path.join(PROVISIONING, "datasources", "datasources.yml"), encoding="utf-8") as f:
         ds = yaml.safe_load(f)["datasources"]
