@@ -97,6 +97,17 @@ def test_helm_lint(tools):
     helm(tools, "lint", "--strict", str(CHART), *ALL_ON)
 
 
+def test_default_values_give_the_prober_a_cpu_request_and_no_cpu_limit():
+    """A CPU limit is a CFS quota: past it within a period every thread of the exporter waits for
+    the next one, and the stream reader's wait is reported as TTFT. Checked on the values file so
+    that it runs without Helm too; the render test checks the manifest."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    resources = values["resources"]
+    assert resources["requests"]["cpu"], resources
+    assert "cpu" not in resources.get("limits", {}), resources
+    assert resources["limits"]["memory"], "memory keeps a limit: a leak must not take the node"
+
+
 def hardened(container):
     sc = container["securityContext"]
     return sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"] and not sc["allowPrivilegeEscalation"]
@@ -117,6 +128,8 @@ def test_default_render_is_one_hardened_deployment_that_keeps_its_results(tools)
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
     assert hardened(exporter) and hardened(watcher)
     assert exporter["resources"]["limits"]["memory"] and watcher["resources"]["limits"]["memory"]
+    # The prober gets a CPU request and no CPU quota: CFS throttling would show up as latency.
+    assert exporter["resources"]["requests"]["cpu"] and "cpu" not in exporter["resources"]["limits"]
     assert exporter["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
     assert exporter["readinessProbe"]["httpGet"]["path"] == "/-/ready"
     assert not any(a.startswith("--shard") for a in exporter["args"])

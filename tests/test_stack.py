@@ -219,6 +219,22 @@ def test_the_default_stack_runs_node_exporter_for_the_host_verdicts(resolved):
 
 
 @pytest.mark.prometheus
+def test_the_monitoring_has_cpu_limits_and_the_measured_path_has_none(resolved):
+    """Prometheus (compaction, rule evaluation) and Grafana (dashboard bursts) must not take the
+    cores Ollama decodes on; the exporter and Ollama must not be throttled, or the throttling
+    would be measured as latency."""
+    services = resolved["services"]
+    cores = os.cpu_count() or 1
+    for name, default in (("prometheus", 1.0), ("grafana", 0.5)):
+        assert float(services[name]["cpus"]) == default, name
+        assert 0 < float(services[name]["cpus"]) <= max(1.0, cores / 2), name
+    for name in ("exporter", "ollama"):
+        assert "cpus" not in services[name] and "cpu_quota" not in services[name], name
+        limits = services[name].get("deploy", {}).get("resources", {}).get("limits", {})
+        assert "cpus" not in limits, name
+
+
+@pytest.mark.prometheus
 def test_the_old_node_override_still_resolves_and_changes_nothing(tmp_path, resolved):
     env_file = _env_file(tmp_path)
     res = _compose(["-f", NODE_OVERRIDE, "config"], env_file)
