@@ -42,6 +42,11 @@ def _exporter_parser() -> argparse.ArgumentParser:
         "--web.listen-address", dest="listen_address", default=DEFAULT_LISTEN, metavar="HOST:PORT",
         help=f"where to serve /metrics (default: {DEFAULT_LISTEN})",
     )
+    p.add_argument(
+        "--web.config.file", dest="web_config_file", metavar="FILE",
+        help="TLS and basic auth for every endpoint but /-/healthy and /-/ready, in the Prometheus "
+        "exporter-toolkit format (tls_server_config, basic_auth_users with bcrypt hashes)",
+    )
     p.add_argument("--results.file", dest="results_file", metavar="PATH", help="append every result record to this JSON-lines file")
     p.add_argument(
         "--results.max-size", dest="results_max_size", type=_size, default=None, metavar="SIZE",
@@ -192,7 +197,7 @@ def _load_or_report(path: Optional[str]):
 def run_exporter(args: argparse.Namespace) -> int:
     from prometheus_client import disable_created_metrics
 
-    from .http import HTTPServer, parse_listen_address
+    from .http import HTTPServer, WebConfigError, WebConfigFile, parse_listen_address
     from .service import Exporter
 
     try:
@@ -203,6 +208,15 @@ def run_exporter(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config_file)
     if config is None:
         return EXIT_CONFIG
+    web_config = None
+    if args.web_config_file:
+        # Read before anything listens: an exporter whose TLS or users did not load must not
+        # serve in the clear instead.
+        try:
+            web_config = WebConfigFile(args.web_config_file)
+        except WebConfigError as exc:
+            print(f"--web.config.file: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     if args.config_check:
         files = f" plus {len(config.target_files)} target file(s), read when running" if config.target_files else ""
         print(
@@ -228,7 +242,7 @@ def run_exporter(args: argparse.Namespace) -> int:
         results_max_bytes=args.results_max_size, results_keep=args.results_keep, shard=shard,
     )
     try:
-        server = HTTPServer(exporter.app(), host, port)
+        server = HTTPServer(exporter.app(), host, port, web_config)
     except OSError as exc:
         print(f"cannot listen on {args.listen_address}: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -239,7 +253,8 @@ def run_exporter(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, name="reload", daemon=True).start())
     server.start()
     exporter.start()
-    log.info("listening on %s:%d, version %s", host, server.port, __version__)
+    log.info("listening on %s:%d, version %s%s", host, server.port, __version__,
+             f", web config {args.web_config_file}" if web_config else "")
     # Wake now and then: the kernel may hand a signal to another thread, and its Python
     # handler (stop, reload) runs only when the main thread next executes.
     while not stop.wait(0.5):
