@@ -1,15 +1,18 @@
 """The timed streaming request, and the seam between it and the reader that receives it.
 
 Both readers share everything but receiving: connecting, the request bytes and
-their credentials, the status check, NDJSON line splitting and the end-of-stream
-rules live here. A Response only gives the status and the body's bytes, each
-read stamped with when it arrived.
+their credentials, the status check and the end-of-stream rules live here. A
+Response only gives the status and the body's bytes, each read stamped with when
+it arrived; a Framing (chosen by API: NDJSON for Ollama's native API, server-sent
+events for the OpenAI-compatible one) turns those stamped bytes into chunks, so
+both APIs get the same receive stamps.
 """
 
 from __future__ import annotations
 
 import socket
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Protocol
 
 from .endpoint import Endpoint
@@ -69,11 +72,30 @@ def ndjson_chunks(body: Iterator[tuple[bytes, float]], chat: bool) -> Iterator[S
     raise OllamaError("stream_error", "stream ended before the final done chunk")
 
 
+@dataclass(frozen=True)
+class Framing:
+    """How one API's streamed body is read: its chunks from stamped bytes, its HTTP errors."""
+
+    accept: str
+    chunks: Callable[[Iterator[tuple[bytes, float]]], Iterator[StreamChunk]]
+    failure: Callable[[int, bytes], OllamaError]
+
+
+def _native_failure(status: int, body: bytes) -> OllamaError:
+    return http_failure(status, error_message(body))
+
+
+NDJSON_GENERATE = Framing("application/x-ndjson, application/json", lambda body: ndjson_chunks(body, False),
+                          _native_failure)
+NDJSON_CHAT = Framing("application/x-ndjson, application/json", lambda body: ndjson_chunks(body, True),
+                      _native_failure)
+
+
 def stream(transport: Transport, endpoint: Endpoint, path: str, data: bytes, *, deadline: float,
-           connect_timeout: float, chat: bool,
+           connect_timeout: float, framing: Framing,
            on_sent: Optional[Callable[[float], None]] = None) -> Iterator[StreamChunk]:
     """Send one streaming request and yield its chunks as they arrive (see OllamaClient.stream)."""
-    request = endpoint.request_head(path, len(data)) + data
+    request = endpoint.request_head(path, len(data), framing.accept) + data
     sock = transport.connect(endpoint, connect_timeout)
     response = None
     try:
@@ -84,8 +106,8 @@ def stream(transport: Transport, endpoint: Endpoint, path: str, data: bytes, *, 
         endpoint.send(sock, request)
         status = response.read_head()
         if not 200 <= status < 300:
-            raise http_failure(status, error_message(read_error_body(response)))
-        yield from ndjson_chunks(response.body(STREAM_TIMEOUT_MESSAGE), chat)
+            raise framing.failure(status, read_error_body(response))
+        yield from framing.chunks(response.body(STREAM_TIMEOUT_MESSAGE))
     finally:
         if response is not None:
             response.close()
