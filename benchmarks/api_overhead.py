@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from exporter.config import load_text  # noqa: E402
-from exporter.ollama import OllamaClient  # noqa: E402
 from exporter.conversation import run_conversation  # noqa: E402
+from exporter.ollama import OllamaClient  # noqa: E402
 from exporter.probe import run_probe  # noqa: E402
 
 APIS = ("chat", "openai")
@@ -71,7 +71,7 @@ def main() -> int:
                 print(f"{api}: {r.reason}: {r.error}", file=sys.stderr)
                 continue
             single[api].append(r)
-    print(f"| API | requests | TTFT median (ms) | end-to-end median (ms) | token gap median (ms) | output tokens |")
+    print("| API | requests | TTFT median (ms) | end-to-end median (ms) | token gap median (ms) | output tokens |")
     print("|---|---|---|---|---|---|")
     for api, rs in single.items():
         gaps = [g for r in rs for g in r.inter_token_gaps_s]

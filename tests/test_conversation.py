@@ -152,3 +152,24 @@ def test_config_problems(case, extra, problem):
     with pytest.raises(ConfigError) as e:
         config("http://x", api=api, cases={"c": case})
     assert any(problem in p for p in e.value.problems), e.value.problems
+
+
+def test_bench_report_for_an_openai_target_without_ollama_endpoints(tmp_path):
+    """A server with /v1 only (no /api/ps, no timings): the report builds from fields that exist."""
+    import json
+
+    from exporter.report.bench import run_bench
+    from tests.kit.fake_ollama import FakeOllama
+
+    with FakeOllama(Behavior(tokens=6, has_ps=False, openai_cached=True)) as server:
+        cfg = config(server.url, cases={"short": "{prompt: hi}",
+                                        "conv": "{turns: [hi there, more please], expect: {contains: t1}}"},
+                     extra="repeats: 2\n")
+        out = str(tmp_path / "out")
+        assert run_bench(cfg, out, quiet=True) == 0
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "## Conversations (cases with turns)" in report and "## Correctness canaries" in report
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    turns = summary["conversations"]["turns"]
+    assert [(t["turn"], t["cache_source"]) for t in turns] == [(1, "server"), (2, "server")]
+    assert summary["conversations"]["canaries"][0]["matched"] == 2
