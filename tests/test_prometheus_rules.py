@@ -177,6 +177,7 @@ def test_the_required_alerts_exist():
     assert {
         "LLMProbeFailing", "LLMExporterDown", "OllamaServerDown", "LLMLatencyRegression",
         "LLMThroughputRegression", "OllamaRepeatedColdStarts", "OllamaServerMemoryGrowth", "LLMProbeRunsStopped",
+        "LLMAnswerChanged",
     } <= names
     assert {a["alert"] for a in _rules(SLO_RULES) if "alert" in a} == {name for name, *_ in SLO_TIERS}
 
