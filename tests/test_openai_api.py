@@ -104,3 +104,29 @@ def test_config_rules_for_api_openai(make_config):
     text = "\n".join(e.value.problems)
     assert "keep_alive and think are Ollama options" in text
     assert "api openai has no option num_ctx, top_k" in text
+
+
+def test_a_server_without_ollamas_endpoints_is_up_without_a_version(make_config):
+    from prometheus_client import CollectorRegistry
+
+    from tests.kit.exporters import ProbeStack
+    from tests.kit.fake_ollama import FakeOllama
+
+    with FakeOllama(Behavior(has_ps=False)) as server:
+        registry = CollectorRegistry()
+        stack = ProbeStack(registry, make_config(server.url, extra=OPENAI))
+        stack.servers.poll()
+        assert registry.get_sample_value("llm_server_up", {"target": "t1"}) == 1
+        assert not [s for m in registry.collect() if m.name == "llm_server_info" for s in m.samples]
+        rec = CollectingSink()
+        from exporter.runner import ScenarioRunner
+
+        cfg = make_config(server.url, extra=OPENAI + "repeats: 2\n")
+        ScenarioRunner(cfg.scenarios[0], cfg.scenarios[0].targets[0], [rec]).run()
+        assert [r.ok for r in rec.results] == [True, True]
+    with FakeOllama(Behavior()) as server:
+        server.stop()  # nothing listens: down, as before
+        registry = CollectorRegistry()
+        stack = ProbeStack(registry, make_config(server.url, extra=OPENAI))
+        stack.servers.poll()
+        assert registry.get_sample_value("llm_server_up", {"target": "t1"}) == 0

@@ -64,7 +64,8 @@ class Behavior:
     openai_usage: str = "last"
     openai_crlf: bool = False
     openai_cached: bool = False
-    has_ps: bool = True  # /api/ps exists (an Ollama); False: like other OpenAI-compatible servers
+    # Ollama's control endpoints (/api/version, /api/ps) exist; False: 404, like other OpenAI-compatible servers.
+    has_ps: bool = True
 
 
 @dataclass
@@ -110,7 +111,7 @@ class FakeOllama:
 
             def do_GET(self):
                 b = fake.behavior
-                if self.path == "/api/version":
+                if self.path == "/api/version" and b.has_ps:
                     self._json(200, {"version": b.version})
                 elif self.path == "/api/ps" and b.has_ps:
                     with fake.lock:
