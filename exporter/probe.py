@@ -54,6 +54,8 @@ def probe_once(
     """One request -> (its record, the answer text). `prompt` and `history` are a conversation's
     turn (conversation.py); by default the case's prompt alone. A canary's answer is checked here
     on a single prompt and on a conversation's last turn."""
+    # The prompt's own length, without the unique tag (a conversation's turn: that turn's message).
+    prompt_chars = len(case.turns[turn - 1]) if turn is not None and turn <= len(case.turns) else len(case.prompt)
     if prompt is None:
         prompt = f"[{uuid.uuid4().hex[:8]}] {case.prompt}" if scenario.unique_prompt else case.prompt
     result = ProbeResult(
@@ -66,7 +68,7 @@ def probe_once(
         batch=batch,
         run_id=run_id,
         options=dict(case.options),
-        prompt_chars=len(prompt),
+        prompt_chars=prompt_chars,
         turn=turn,
     )
     answer: list[str] = []
