@@ -173,3 +173,14 @@ def test_bench_report_for_an_openai_target_without_ollama_endpoints(tmp_path):
     turns = summary["conversations"]["turns"]
     assert [(t["turn"], t["cache_source"]) for t in turns] == [(1, "server"), (2, "server")]
     assert summary["conversations"]["canaries"][0]["matched"] == 2
+
+
+def test_the_shipped_scenario_file_loads():
+    from pathlib import Path
+
+    from exporter.config import load_file
+
+    cfg = load_file(Path(__file__).parent.parent / "scenarios" / "apis-and-canaries.yaml")
+    by_name = {s.name: s for s in cfg.scenarios}
+    assert by_name["v1"].api == "openai" and len(by_name["conversation"].cases[0].turns) == 4
+    assert by_name["canary"].cases[0].options == {"temperature": 0.0, "seed": 42, "num_predict": 16}
