@@ -3,8 +3,8 @@ and the prompt cache of a multi-turn conversation on both. Needs a running Ollam
 
     python benchmarks/api_overhead.py --url http://127.0.0.1:11434 --model smollm2-135m [--rounds 10]
 
-Requests alternate between the APIs (chat, openai, chat, ...) so that a machine's changing load
-falls on both alike. Prints Markdown tables: medians of TTFT, end-to-end latency and the gap
+Requests alternate between the APIs (chat, openai; then openai, chat; ...) so that a machine's
+changing load falls on both alike, and each round's pair is compared directly (paired differences). Prints Markdown tables: medians of TTFT, end-to-end latency and the gap
 between tokens per API; then each turn of a conversation with its prompt tokens, cached tokens
 and TTFT.
 """
@@ -64,13 +64,19 @@ def main() -> int:
     for api in APIS:  # load the model, warm both paths
         run_probe(clients[api], setups[api], setups[api].cases[0])
     single: dict[str, list] = {api: [] for api in APIS}
-    for _ in range(args.rounds):
-        for api in APIS:
+    pairs: list[tuple] = []  # (chat, openai) of one round: the machine's load drifts less within a pair
+    for i in range(args.rounds):
+        order = APIS if i % 2 == 0 else APIS[::-1]
+        got = {}
+        for api in order:
             r = run_probe(clients[api], setups[api], setups[api].cases[0])
             if not r.ok:
                 print(f"{api}: {r.reason}: {r.error}", file=sys.stderr)
                 continue
             single[api].append(r)
+            got[api] = r
+        if len(got) == 2:
+            pairs.append((got["chat"], got["openai"]))
     print("| API | requests | TTFT median (ms) | end-to-end median (ms) | token gap median (ms) | output tokens |")
     print("|---|---|---|---|---|---|")
     for api, rs in single.items():
@@ -78,6 +84,13 @@ def main() -> int:
         print(f"| {'/api/chat' if api == 'chat' else '/v1/chat/completions'} | {len(rs)} | {med(r.ttft_s for r in rs)}"
               f" | {med(r.request_duration_s for r in rs)} | {med(gaps)} | "
               f"{statistics.median(r.eval_count or r.output_chunks for r in rs) if rs else '-'} |")
+    print()
+    for what, field in (("TTFT", "ttft_s"), ("end-to-end", "request_duration_s")):
+        diffs = sorted(getattr(b, field) - getattr(a, field) for a, b in pairs)
+        if diffs:
+            q = statistics.quantiles(diffs, n=4) if len(diffs) > 1 else [diffs[0]] * 3
+            print(f"/v1 minus /api/chat, {what}, paired by round ({len(diffs)} pairs): median "
+                  f"{q[1] * 1000:+.1f} ms, interquartile range {q[0] * 1000:+.1f} .. {q[2] * 1000:+.1f} ms")
     print()
     print("| API | turn | prompt tokens | cached tokens (source) | TTFT (ms) |")
     print("|---|---|---|---|---|")
