@@ -4,9 +4,9 @@ and the prompt cache of a multi-turn conversation on both. Needs a running Ollam
     python benchmarks/api_overhead.py --url http://127.0.0.1:11434 --model smollm2-135m [--rounds 10]
 
 Requests alternate between the APIs (chat, openai; then openai, chat; ...) so that a machine's
-changing load falls on both alike, and each round's pair is compared directly (paired differences). Prints Markdown tables: medians of TTFT, end-to-end latency and the gap
-between tokens per API; then each turn of a conversation with its prompt tokens, cached tokens
-and TTFT.
+changing load falls on both alike, and each round's pair is compared directly (paired
+differences). Prints Markdown tables: medians of TTFT, end-to-end latency and the gap between
+tokens per API; then each turn of a conversation with its prompt tokens, cached tokens and TTFT.
 """
 
 from __future__ import annotations
