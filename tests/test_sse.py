@@ -209,6 +209,9 @@ def test_a_body_that_ends_after_its_finish_reason_without_done_is_accepted():
     (sse({"error": {"message": "Server is overloaded", "type": "server_error", "code": "overloaded"}}),
      "server_busy", "overloaded"),
     (b"event: error\ndata: {\"message\": \"boom\"}\n\n", "stream_error", "boom"),
+    # Ollama 0.11.4's /v1 writes a mid-stream error as a bare JSON line, then ends the stream.
+    (sse(choice("Hi"), done=False) + b'{"error":{"message":"llama runner process has terminated",'
+     b'"type":"api_error","param":null,"code":null}}\n', "stream_error", "llama runner process has terminated"),
 ])
 def test_broken_streams(raw, reason, text):
     with pytest.raises(OllamaError) as e:

@@ -202,4 +202,11 @@ def sse_chunks(body: Iterator[tuple[bytes, float]]) -> Iterator[StreamChunk]:
     if reader.finish_reason is not None:
         yield reader.final(received)  # ended cleanly after its finish reason, without [DONE]
         return
+    if events.stray is not None:  # an error written as a bare JSON line, not as an event
+        try:
+            stray = _error_object(json.loads(events.stray))
+        except ValueError:
+            stray = None
+        if stray is not None:
+            raise stream_failure(stray)
     raise OllamaError("stream_error", "stream ended before data: [DONE]")

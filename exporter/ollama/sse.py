@@ -46,6 +46,9 @@ class EventSplitter:
         self.data: list[str] = []
         self.event = ""
         self.open = False  # some field of the current event was seen
+        # The last line that is no SSE field but a JSON object: some servers (Ollama 0.11.4's /v1)
+        # write an error that happens mid-stream as a bare JSON line instead of an event.
+        self.stray: Optional[str] = None
 
     def feed(self, data: bytes) -> list[Event]:
         if not data:
@@ -102,6 +105,8 @@ class EventSplitter:
         elif name == "event":
             self.event = value
             self.open = True
+        elif line[:1] == "{":
+            self.stray = line
         return None  # id, retry and unknown fields are ignored
 
     def _dispatch(self) -> Optional[Event]:
