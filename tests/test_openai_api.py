@@ -130,3 +130,23 @@ def test_a_server_without_ollamas_endpoints_is_up_without_a_version(make_config)
         stack = ProbeStack(registry, make_config(server.url, extra=OPENAI))
         stack.servers.poll()
         assert registry.get_sample_value("llm_server_up", {"target": "t1"}) == 0
+
+
+def test_suggested_scenarios_never_give_api_openai_an_ollama_option():
+    import yaml
+
+    from exporter.config import load_text
+    from exporter.report.advice import suggested_scenarios
+
+    target = {"name": "t1", "url": "http://x", "process_match": None}
+    src = {"name": "s", "model": "m", "api": "openai", "repeats": 1, "warmup": 0, "concurrency": [1],
+           "keep_alive": None, "timeout": 60.0, "think": None, "unique_prompt": False, "targets": [target],
+           "cases": [{"name": "c", "prompt": "hi", "system": None, "options": {"temperature": 0}}]}
+    recs = [("t1", "m", [{"sweep": True, "scenario": "s", "case": "c", "setting": "num_ctx", "current": 2048,
+                          "suggested": 4096},
+                         {"sweep": True, "scenario": "s", "case": "c", "setting": "num_predict", "current": 64,
+                          "suggested": 32}])]
+    text = suggested_scenarios(recs, [src])
+    scenarios = yaml.safe_load(text)["scenarios"]
+    assert [s["name"] for s in scenarios] == ["try-num_predict"]
+    load_text(text)  # a valid config
