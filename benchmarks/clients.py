@@ -102,9 +102,9 @@ def prompt_for(rid: str, n: int, rate: float, ttft: float) -> str:
     return f"bench id={rid} n={n} rate={rate:g} ttft={ttft:.6f}"
 
 
-def _scenario(target: Target, concurrency: int = 1) -> Scenario:
+def _scenario(target: Target, concurrency: int = 1, api: str = "generate") -> Scenario:
     return Scenario(
-        name="bench", model="bench", api="generate", targets=(target,), interval=60.0, cron=None,
+        name="bench", model="bench", api=api, targets=(target,), interval=60.0, cron=None,
         repeats=1, warmup=0, concurrency=(concurrency,), keep_alive=None, timeout=60.0, think=None, cases=(),
     )
 
@@ -113,8 +113,9 @@ class EngineClient:
     """exporter.probe.run_probe feeding the exporter's real sinks."""
 
     def __init__(self, name: str, url: str, transport: Optional[str] = None, results_dir: Optional[str] = None,
-                 recover: bool = True, fifo: bool = False):
+                 recover: bool = True, fifo: bool = False, api: str = "generate"):
         self.name = name
+        self.api = api  # generate (NDJSON) or openai (/v1/chat/completions, server-sent events)
         self.target = Target(name="bench", url=url, process_match=None)
         self.client = OllamaClient(self.target, transport=transport)
         if not recover:
@@ -129,7 +130,7 @@ class EngineClient:
     def one(self, rid: str, n: int, rate: float, ttft: float, concurrency: int) -> Sample:
         scenario = self.scenarios.get(concurrency)
         if scenario is None:
-            scenario = self.scenarios[concurrency] = _scenario(self.target, concurrency)
+            scenario = self.scenarios[concurrency] = _scenario(self.target, concurrency, self.api)
         prompt = prompt_for(rid, n, rate, ttft)
         case = Case(name="c", prompt=prompt, system=None, options={})
         if self.fifo:

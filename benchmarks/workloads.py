@@ -276,8 +276,31 @@ def section_fleet(server, clients, quick: bool) -> list:
     return [{"section": "fleet", **measure(n, 6 if quick else 24, before=False)} for n in (100, 1000)]
 
 
+def section_api(server, clients, quick: bool) -> list:
+    """The same engine and reader on Ollama's NDJSON API and the OpenAI-compatible SSE API, interleaved:
+    the framing changes, the receive stamps do not, so the TTFT and gap errors must match."""
+    engine = next(c for c in clients if c.name == "engine")
+    openai = EngineClient("engine-openai", server.url, api="openai")
+    for i in range(20):
+        openai.one(f"warm-openai-{i}", 3, 1000.0, 0.0, 1)
+    server.drain()
+    out = []
+    for level in (1, 8):
+        requests = (40 if quick else 120) if level == 1 else (96 if quick else 320)
+        cells = interleaved([engine, openai], 2, lambda c, r: run_batches(
+            server, c, level, max(level, requests // 2), n=10, rate=100.0, ttft_range=(0.010, 0.050),
+            seed=level * 1000 + r))
+        for name, cell in cells.items():
+            row = cell_summary(cell)
+            row.update(section="api", concurrency=level, api="openai" if name == "engine-openai" else "generate")
+            out.append(row)
+    openai.close()
+    return out
+
+
 WORKLOADS = (
     Workload("ttft", section_ttft),
+    Workload("api", section_api),
     Workload("busy", section_busy),
     Workload("interference", section_interference),
     Workload("gaps", section_gaps),

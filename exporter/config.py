@@ -15,18 +15,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .config_problems import cross_problems, format_pydantic, valid_entries
+from .config_problems import api_problems, cross_problems, format_pydantic, valid_entries
 from .config_types import (
+    CANARY_OPTIONS,
     DEFAULT_OLLAMA_URL,
     LABEL_VALUE_MAX_LEN,
     NAME_RULE,
     Auth,
     Duration,
+    Expect,
     LabelValue,
     Options,
     Regex,
@@ -41,7 +43,8 @@ from .config_types import expand_env as _expand_env
 from .sweeps import Sweep, case_name, points
 
 __all__ = [
-    "DEFAULT_OLLAMA_URL", "LABEL_VALUE_MAX_LEN", "Auth", "Case", "CaseSpec", "Config", "ConfigError", "Options",
+    "DEFAULT_OLLAMA_URL", "LABEL_VALUE_MAX_LEN", "Auth", "Case", "CaseSpec", "Config", "ConfigError", "Expect",
+    "Options",
     "Scenario", "ScenarioSpec", "Slo", "Sweep", "Target", "TargetFile", "build_config", "default_ollama_url",
     "expand_env", "load_file", "load_text", "parse_duration", "resolve_targets", "url_port", "valid_name",
 ]
@@ -51,6 +54,7 @@ DEFAULT_CONFIG_RESOURCE = "default.yaml"
 # A config that would create more label combinations than this is refused: each
 # combination is a dozen histograms of ~20 buckets, so 2000 is ~500k samples per scrape.
 DEFAULT_MAX_LABEL_COMBINATIONS = 2000
+MAX_TURNS = 50
 
 
 class ConfigError(Exception):
@@ -158,7 +162,11 @@ class Slo(Strict):
 
 
 class CaseSpec(Strict):
-    prompt: str = Field(min_length=1)
+    prompt: Optional[str] = Field(None, min_length=1)
+    # A conversation (chat APIs): each user message is sent in turn, with the answers so far.
+    turns: Optional[list[Annotated[str, Field(min_length=1)]]] = Field(None, min_length=1, max_length=MAX_TURNS)
+    # A correctness canary (run at temperature 0 with a seed): checked against the (last) answer.
+    expect: Optional[Expect] = None
     system: Optional[str] = None
     options: Optional[Options] = None
     # Overrides the scenario's slo for this case.
@@ -167,11 +175,18 @@ class CaseSpec(Strict):
     # prompt-length experiments without pasting pages of text into YAML.
     prompt_repeat: int = Field(1, ge=1, le=10000)
 
+    @model_validator(mode="after")
+    def _prompt_or_turns(self) -> "CaseSpec":
+        if (self.prompt is None) == (self.turns is None):
+            raise ValueError("give exactly one of prompt or turns")
+        return self
+
 
 class ScenarioSpec(Strict):
     name: LabelValue
     model: str = Field(min_length=1, max_length=LABEL_VALUE_MAX_LEN)
-    api: Literal["generate", "chat"] = "generate"
+    # generate, chat: Ollama's native API; openai: OpenAI-compatible /v1/chat/completions.
+    api: Literal["generate", "chat", "openai"] = "generate"
     # Target names or target_files groups; default: every target.
     targets: Optional[list[str]] = Field(None, min_length=1)
     schedule: Schedule = Schedule(interval=60.0)
@@ -235,10 +250,12 @@ class FileSpec(Strict):
 @dataclass(frozen=True)
 class Case:
     name: str
-    prompt: str
+    prompt: str  # the first turn of a conversation
     system: Optional[str]
     options: dict[str, Any]
     slo: Optional[Slo] = None
+    turns: tuple[str, ...] = ()  # a conversation's user messages, the first being `prompt`; else empty
+    expect: Optional[Expect] = None
 
 
 @dataclass(frozen=True)
@@ -284,11 +301,15 @@ def _expand_cases(spec: ScenarioSpec) -> list[tuple[Case, str]]:
         for params in points(spec.sweep):
             repeat = params.get("prompt_repeat", case.prompt_repeat)
             option_params = {k: v for k, v in params.items() if k != "prompt_repeat"}
-            options = spec.options.merged(case.options).model_copy(update=option_params)
-            prompt = " ".join([case.prompt] * repeat)
+            options = spec.options.merged(case.options).model_copy(update=option_params).as_request()
+            if case.expect is not None:  # a canary answers deterministically, unless told otherwise
+                options = {**CANARY_OPTIONS, **options}
+            first, *later = case.turns or [case.prompt or ""]
+            prompt = " ".join([first] * repeat)  # with turns, prompt_repeat lengthens the first one
             name = case_name(base, params)
             where = f"cases.{base}" + (f" swept at {name[len(base) + 1:]}" if params else "")
-            cases.append((Case(name, prompt, case.system, options.as_request(), case.slo or spec.slo), where))
+            turns = (prompt, *later) if case.turns else ()
+            cases.append((Case(name, prompt, case.system, options, case.slo or spec.slo, turns, case.expect), where))
     return cases
 
 
@@ -336,7 +357,7 @@ def build_config(raw: Any, source: str = "config") -> Config:
     scenarios: list[Scenario] = []
     for i, s in list(enumerate(spec.scenarios)) if spec else valid_entries(raw, "scenarios", ScenarioSpec):
         cases = _expand_cases(s)
-        problems += _case_problems(f"scenarios[{i}]", cases)
+        problems += _case_problems(f"scenarios[{i}]", cases) + api_problems(s, f"scenarios[{i}]", cases)
         scenarios.append(_scenario(s, tuple(case for case, _ in cases)))
     if spec is None or problems:
         raise ConfigError(list(dict.fromkeys(problems)), source)

@@ -7,11 +7,11 @@ that failed validation rather than only after those are fixed.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, TypeVar
+from typing import Any, Mapping, Optional, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .config_types import unique
+from .config_types import OPENAI_OPTION_NAMES, unique
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -90,3 +90,22 @@ def valid_entries(raw: Mapping, key: str, model: type[M]) -> list[tuple[int, M]]
         except ValidationError:
             pass  # already reported with the whole file's problems
     return valid
+
+
+def api_problems(spec: Any, where: str, cases: list[tuple[Any, str]]) -> list[str]:
+    """What a case asks of the scenario's API, and what a canary needs."""
+    problems = []
+    if spec.api == "openai":
+        if spec.keep_alive is not None or spec.think is not None:
+            problems.append(f"{where}: keep_alive and think are Ollama options; api openai has neither")
+    for case, source in cases:
+        if case.turns and spec.api == "generate":
+            problems.append(f"{where}.{source}: turns need a chat API (api: chat or openai)")
+        if spec.api == "openai":
+            extra = sorted(set(case.options) - set(OPENAI_OPTION_NAMES))
+            if extra:
+                problems.append(f"{where}.{source}: api openai has no option {', '.join(extra)} "
+                                f"(it takes {', '.join(OPENAI_OPTION_NAMES)})")
+        if case.expect is not None and case.options.get("temperature") != 0:
+            problems.append(f"{where}.{source}: a case with expect runs at temperature 0")
+    return problems

@@ -14,7 +14,7 @@ import re
 from typing import Annotated, Any, Iterable, Optional
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 LABEL_VALUE_MAX_LEN = 64
@@ -150,6 +150,19 @@ def default_ollama_url() -> str:
     return f"{scheme}://{hostport}"
 
 
+# A canary's options unless the case sets its own: the same answer every time.
+CANARY_OPTIONS = {"temperature": 0.0, "seed": 42}
+# The options of api: openai, each sent under its OpenAI name; the config refuses the others.
+OPENAI_OPTION_NAMES = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "num_predict": "max_tokens",
+    "stop": "stop",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -168,3 +181,25 @@ def expand_env(text: str) -> tuple[str, list[str]]:
         return value
 
     return _ENV_RE.sub(sub, text), list(dict.fromkeys(missing))
+
+
+class Expect(Strict):
+    """A correctness canary: what the answer must be. Exactly one of regex (searched in the answer),
+    contains (a substring) or equals (the whole answer, surrounding whitespace ignored)."""
+
+    regex: Optional[Regex] = None
+    contains: Optional[str] = Field(None, min_length=1)
+    equals: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Expect":
+        if sum(v is not None for v in (self.regex, self.contains, self.equals)) != 1:
+            raise ValueError("give exactly one of regex, contains or equals")
+        return self
+
+    def matches(self, answer: str) -> bool:
+        if self.regex is not None:
+            return re.search(self.regex, answer) is not None
+        if self.contains is not None:
+            return self.contains in answer
+        return answer.strip() == (self.equals or "").strip()

@@ -33,6 +33,8 @@ class CaseContext:
     slo: Optional[Slo] = None
     # The SLO objective is per case, not per concurrency level: the first level's key exports it.
     first_level: bool = True
+    turns: int = 0  # a conversation's turns (case `turns`); 0 for a single prompt
+    canary: bool = False  # the case has `expect`
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Keyspace:
                 for case in scenario.cases:
                     for i, level in enumerate(scenario.concurrency):
                         key = (target.name, scenario.name, scenario.model, case.name, str(level))
-                        cases[key] = CaseContext(case.slo, i == 0)
+                        cases[key] = CaseContext(case.slo, i == 0, len(case.turns), case.expect is not None)
         return cls({CASE: cases, RUN: runs, SERVER: servers})
 
     def has(self, kind: str, key) -> bool:

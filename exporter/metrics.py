@@ -23,6 +23,7 @@ from .textformat import Family, Labels, fmt, le_text
 PROBE_LABELS = ("target", "scenario", "model", "case", "concurrency")
 START_LABELS = PROBE_LABELS + ("start",)
 RUN_LABELS = ("target", "scenario")
+TURN_LABELS = PROBE_LABELS + ("turn",)
 BG = " Measured by scheduled background probe runs, not at scrape time."
 
 # Buckets are chosen for LLM work, not web requests, and span both a small CPU host and a
@@ -114,8 +115,28 @@ SLO_GOOD = _family("llm_probe_slo_good_requests_total", "counter",
                    "Probe requests that succeeded and met every threshold of the case's SLO." + BG)
 SLO_OBJECTIVE = _family("llm_probe_slo_objective_ratio", "gauge",
                         "The SLO's objective: the share of requests that must be good, e.g. 0.99.")
+CACHED_TOKENS = _family("llm_probe_prompt_cached_tokens_total", "counter",
+                        "Prompt tokens served from the server's prompt cache, where known (reported by the "
+                        "server, or estimated for a conversation's later turns; see cache_source in the "
+                        "results file)." + BG)
+CACHE_KNOWN_TOKENS = _family("llm_probe_prompt_cache_measured_tokens_total", "counter",
+                             "Prompt tokens of the requests whose cached share is known: the denominator of "
+                             "the prompt-cache hit ratio." + BG)
+CACHE_HIT_RATIO = _family("llm_probe_prompt_cache_hit_ratio", "gauge",
+                          "Cached prompt tokens / prompt tokens of the last conversation (a case with turns), "
+                          "or of the last request whose cached share is known." + BG)
+TURN_TTFT = _family("llm_probe_turn_time_to_first_token_seconds", "gauge",
+                    "Client clock: TTFT of each turn of the last conversation (a case with turns). Growing with "
+                    "the turn number means the server no longer reuses the conversation's prefix." + BG)
+ANSWER_MATCHED = _family("llm_probe_answer_matched", "gauge",
+                         "1 if the last answer of a correctness canary (a case with expect) matched, else 0." + BG)
+ANSWER_MISMATCHES = _family("llm_probe_answer_mismatches_total", "counter",
+                            "Answers of a correctness canary that did not match its expect." + BG)
+ANSWER_STREAK = _family("llm_probe_answer_mismatch_streak", "gauge",
+                        "Answers of a correctness canary in a row, up to the last, that did not match." + BG)
 CASE_FAMILIES = (TTFT, DURATION, INTER_TOKEN) + tuple(f for f, _, _ in PER_REQUEST) + (
-    PROMPT_TOKENS, OUTPUT_TOKENS, REQUESTS, FAILURES, LATE_STAMPS, BATCH_TPS, SLO_REQUESTS, SLO_GOOD, SLO_OBJECTIVE)
+    PROMPT_TOKENS, OUTPUT_TOKENS, REQUESTS, FAILURES, LATE_STAMPS, BATCH_TPS, SLO_REQUESTS, SLO_GOOD, SLO_OBJECTIVE,
+    CACHED_TOKENS, CACHE_KNOWN_TOKENS, CACHE_HIT_RATIO, TURN_TTFT, ANSWER_MATCHED, ANSWER_MISMATCHES, ANSWER_STREAK)
 
 SUCCESS = _family("llm_probe_success", "gauge", "1 if the scenario's last run had no failed request, else 0." + BG)
 LAST_RUN = _family("llm_probe_last_run_timestamp_seconds", "gauge",
@@ -175,6 +196,35 @@ class CaseState:
         self.batch_tps: Optional[float] = None
         self.slo_requests = 0
         self.slo_good = 0
+        self.cached_tokens = 0
+        self.cache_known_tokens = 0
+        self.cache_ratio: Optional[float] = None
+        self.conversation = [0, 0]  # cached and known prompt tokens of the conversation going on
+        self.turn_ttft: dict[int, float] = {}
+        self.answer_matched: Optional[bool] = None
+        self.mismatches = 0
+        self.streak = 0
+
+    def _observe_turn_and_answer(self, r: ProbeResult) -> None:
+        """The conversation's per-turn TTFT and cache counts, and a canary's verdict."""
+        if r.turn == 1:
+            self.turn_ttft = {}
+            self.conversation = [0, 0]
+        if r.turn is not None and r.ttft_s is not None:
+            self.turn_ttft[r.turn] = r.ttft_s
+        size = r.prompt_size_tokens
+        if r.cached_prompt_tokens is not None and size:
+            self.cached_tokens += r.cached_prompt_tokens
+            self.cache_known_tokens += size
+            if r.turn is None:
+                self.conversation = [0, 0]
+            self.conversation[0] += r.cached_prompt_tokens
+            self.conversation[1] += size
+            self.cache_ratio = self.conversation[0] / self.conversation[1]
+        if r.answer_matched is not None:
+            self.answer_matched = r.answer_matched
+            self.streak = 0 if r.answer_matched else self.streak + 1
+            self.mismatches += not r.answer_matched
 
     def observe(self, r: ProbeResult, slo) -> None:
         self.requests += 1
@@ -183,6 +233,8 @@ class CaseState:
         if slo is not None:
             self.slo_requests += 1
             self.slo_good += slo_good(r, slo)
+        if r.ok:
+            self._observe_turn_and_answer(r)
         if not r.ok:
             reason = r.reason if r.reason in self.failures else "stream_error"
             self.failures[reason] += 1
@@ -227,7 +279,25 @@ class CaseState:
             if context.first_level:
                 objective = Labels(CASE_LABELS[:4], key[:4]).text
                 out[SLO_OBJECTIVE.name] = f"{SLO_OBJECTIVE.name}{objective} {fmt(context.slo.objective)}\n"
+        self._render_turns_and_answers(key, context, plain, out)
         return out
+
+    def _render_turns_and_answers(self, key: tuple, context: CaseContext, plain: str, out: dict[str, str]) -> None:
+        # Cache counters exist from zero for a conversation, and from the first known count otherwise.
+        if context.turns or self.cache_known_tokens:
+            out[CACHED_TOKENS.name] = f"{CACHED_TOKENS.name}{plain} {fmt(self.cached_tokens)}\n"
+            out[CACHE_KNOWN_TOKENS.name] = f"{CACHE_KNOWN_TOKENS.name}{plain} {fmt(self.cache_known_tokens)}\n"
+        if self.cache_ratio is not None:
+            out[CACHE_HIT_RATIO.name] = f"{CACHE_HIT_RATIO.name}{plain} {fmt(self.cache_ratio)}\n"
+        if context.turns and self.turn_ttft:
+            out[TURN_TTFT.name] = "".join(
+                f"{TURN_TTFT.name}{Labels(TURN_LABELS, key + (str(t),)).text} {fmt(v)}\n"
+                for t, v in sorted(self.turn_ttft.items()) if t <= context.turns)
+        if context.canary:
+            out[ANSWER_MISMATCHES.name] = f"{ANSWER_MISMATCHES.name}{plain} {fmt(self.mismatches)}\n"
+            out[ANSWER_STREAK.name] = f"{ANSWER_STREAK.name}{plain} {fmt(self.streak)}\n"
+            if self.answer_matched is not None:
+                out[ANSWER_MATCHED.name] = f"{ANSWER_MATCHED.name}{plain} {fmt(1 if self.answer_matched else 0)}\n"
 
 
 class RunState:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 import uuid
@@ -10,7 +11,7 @@ from typing import Optional
 
 from .config import Case, Scenario
 from .ollama import FinalStats, OllamaClient, OllamaError
-from .results import ProbeResult
+from .results import ANSWER_HASH_CHARS, ANSWER_HEAD_CHARS, ProbeResult
 
 log = logging.getLogger(__name__)
 ERROR_TEXT_MAX = 300
@@ -26,6 +27,37 @@ def run_probe(
     run_id: str = "",
 ) -> ProbeResult:
     """Stream one generation and measure it. Never raises for anything the server does."""
+    return probe_once(client, scenario, case, concurrency=concurrency, batch=batch, run_id=run_id)[0]
+
+
+def check_answer(result: ProbeResult, case: Case, answer: str) -> None:
+    """A canary's verdict on a successful answer; the answer is kept only as a hash and its head."""
+    if case.expect is None or not result.ok:
+        return
+    result.answer_matched = case.expect.matches(answer)
+    result.answer_sha256 = hashlib.sha256(answer.encode()).hexdigest()[:ANSWER_HASH_CHARS]
+    result.answer_head = answer[:ANSWER_HEAD_CHARS]
+
+
+def probe_once(
+    client: OllamaClient,
+    scenario: Scenario,
+    case: Case,
+    *,
+    concurrency: int = 1,
+    batch: int = 0,
+    run_id: str = "",
+    prompt: Optional[str] = None,
+    history: Optional[list[dict[str, str]]] = None,
+    turn: Optional[int] = None,
+) -> tuple[ProbeResult, str]:
+    """One request -> (its record, the answer text). `prompt` and `history` are a conversation's
+    turn (conversation.py); by default the case's prompt alone. A canary's answer is checked here
+    on a single prompt and on a conversation's last turn."""
+    # The prompt's own length, without the unique tag (a conversation's turn: that turn's message).
+    prompt_chars = len(case.turns[turn - 1]) if turn is not None and turn <= len(case.turns) else len(case.prompt)
+    if prompt is None:
+        prompt = f"[{uuid.uuid4().hex[:8]}] {case.prompt}" if scenario.unique_prompt else case.prompt
     result = ProbeResult(
         target=client.target.name,
         scenario=scenario.name,
@@ -36,9 +68,10 @@ def run_probe(
         batch=batch,
         run_id=run_id,
         options=dict(case.options),
-        prompt_chars=len(case.prompt),
+        prompt_chars=prompt_chars,
+        turn=turn,
     )
-    prompt = f"[{uuid.uuid4().hex[:8]}] {case.prompt}" if scenario.unique_prompt else case.prompt
+    answer: list[str] = []
     wall_start = time.time()
     t_start = time.monotonic()
     # The client clock starts when the request is sent (DESIGN: "request sent to first
@@ -66,7 +99,10 @@ def run_probe(
             think=scenario.think,
             timeout=scenario.timeout,
             on_sent=sent.append,
+            history=history,
         ):
+            if chunk.answer:
+                answer.append(chunk.answer)
             if chunk.text_len:
                 # Only non-empty chunks are tokens; the final chunk usually carries none.
                 if first is None:
@@ -100,6 +136,8 @@ def run_probe(
         result.request_duration_s = end - t0
         for f in dataclasses.fields(FinalStats):  # the record keeps the server's figures under the same names
             setattr(result, f.name, getattr(final, f.name))
+        if result.cached_prompt_tokens is not None:
+            result.cache_source = "server"
     except OllamaError as exc:
         end = time.monotonic()
         t0 = sent[0] if sent else t_start
@@ -131,4 +169,7 @@ def run_probe(
     if sent:
         result.sent_at_monotonic = sent[0]
         result.connect_duration_s = sent[0] - t_start
-    return result
+    text = "".join(answer)
+    if turn is None or turn == len(case.turns):
+        check_answer(result, case, text)
+    return result, text

@@ -18,6 +18,9 @@ from typing import Any, Iterable, Iterator, Optional
 
 log = logging.getLogger(__name__)
 
+ANSWER_HEAD_CHARS = 200
+ANSWER_HASH_CHARS = 16
+
 # The fixed set of failure reasons (docs/architecture.md); metric labels only ever take these.
 FAILURE_REASONS = (
     "connection",
@@ -85,6 +88,18 @@ class ProbeResult:
     eval_duration_s: Optional[float] = None
     total_duration_s: Optional[float] = None
     done_reason: Optional[str] = None
+    # Prompt tokens served from the server's prompt cache: as the server reports them
+    # (OpenAI `usage.prompt_tokens_details.cached_tokens`), else estimated for a conversation's
+    # later turns (conversation.py); `cache_source` says which ("server", "count", "timing").
+    cached_prompt_tokens: Optional[int] = None
+    cache_source: Optional[str] = None
+    # A conversation (a case with turns): this request's turn, 1-based; None for a single prompt.
+    turn: Optional[int] = None
+    # A correctness canary (a case with expect): whether the answer matched; the answer itself
+    # is kept only as a short hash and its first ANSWER_HEAD_CHARS characters.
+    answer_matched: Optional[bool] = None
+    answer_sha256: Optional[str] = None
+    answer_head: Optional[str] = None
 
     # ---- derived views; computed, never stored separately ----
     @property
@@ -100,6 +115,16 @@ class ProbeResult:
         if self.prompt_eval_count and self.prompt_eval_duration_s:
             return self.prompt_eval_count / self.prompt_eval_duration_s
         return None
+
+    @property
+    def prompt_size_tokens(self) -> Optional[int]:
+        """The whole prompt in tokens: the server's count, plus the cached part where the server
+        counted only the tokens it evaluated (cache_source "count")."""
+        if self.prompt_eval_count is None:
+            return None
+        if self.cache_source == "count" and self.cached_prompt_tokens:
+            return self.prompt_eval_count + self.cached_prompt_tokens
+        return self.prompt_eval_count
 
     @property
     def time_per_output_token_s(self) -> Optional[float]:

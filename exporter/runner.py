@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 import uuid
+from collections import OrderedDict, deque
 from typing import Callable, Iterable, Optional
 
 from .config import Case, Scenario, Target
+from .conversation import run_conversation
 from .ollama import OllamaClient, OllamaError, same_model
 from .probe import run_probe
 from .results import BatchSummary, ProbeResult, RunSummary, batch_output_tokens_per_s
@@ -20,8 +23,38 @@ log = logging.getLogger(__name__)
 COLD_LOAD_FALLBACK_S = 0.5
 # A model due to expire within this margin is treated as already gone.
 UNLOAD_MARGIN_S = 1.0
+# Without the running-models list and without a load time (OpenAI-compatible servers other than
+# Ollama), a TTFT this many times the case's warm median, and at least COLD_LOAD_FALLBACK_S
+# above it, means the model was loaded for this request.
+COLD_TTFT_FACTOR = 3.0
+WARM_HISTORY = 20  # warm TTFTs kept per case
+WARM_HISTORY_MIN = 3  # below this many, a request counts as warm
 
 
+class WarmHistory:
+    """The last warm TTFTs of each (target, scenario, case): the last judge of a cold start."""
+
+    def __init__(self, max_keys: int = 10000):
+        self.max_keys = max_keys
+        self._lock = threading.Lock()
+        self._ttfts: OrderedDict[tuple, deque] = OrderedDict()
+
+    def cold(self, key: tuple, ttft: float) -> bool:
+        """Judge one TTFT against the history, and keep it if it was warm."""
+        with self._lock:
+            history = self._ttfts.get(key)
+            if history is None:
+                history = self._ttfts[key] = deque(maxlen=WARM_HISTORY)
+                if len(self._ttfts) > self.max_keys:
+                    self._ttfts.popitem(last=False)
+            median = statistics.median(history) if len(history) >= WARM_HISTORY_MIN else None
+            cold = median is not None and ttft >= COLD_TTFT_FACTOR * median and ttft - median >= COLD_LOAD_FALLBACK_S
+            if not cold:
+                history.append(ttft)
+            return cold
+
+
+WARM_TTFTS = WarmHistory()
 
 
 def model_is_loaded(client: OllamaClient, model: str) -> Optional[bool]:
@@ -42,16 +75,31 @@ def model_is_loaded(client: OllamaClient, model: str) -> Optional[bool]:
 
 
 def _label_start(result: ProbeResult, loaded_before: Optional[bool]) -> None:
-    if loaded_before is None:
-        cold = (result.load_duration_s or 0.0) >= COLD_LOAD_FALLBACK_S
-    else:
+    """Cold or warm: from the server's running-models list (Ollama's /api/ps, on either API)
+    where it answered; else from the server's load time (Ollama's native API); else (a server
+    with neither, such as most OpenAI-compatible ones) from the TTFT against the case's warm
+    history (WarmHistory)."""
+    if loaded_before is not None:
         cold = not loaded_before
+    elif result.load_duration_s is not None or result.api != "openai":
+        cold = (result.load_duration_s or 0.0) >= COLD_LOAD_FALLBACK_S
+    elif result.ok and result.ttft_s is not None:
+        cold = WARM_TTFTS.cold((result.target, result.scenario, result.case, result.turn), result.ttft_s)
+    else:
+        cold = False
     result.start = "cold" if cold else "warm"
 
 
 def planned_requests(scenario: Scenario) -> int:
     """Requests one run of the scenario sends on one target, warm-ups excluded."""
-    return len(scenario.cases) * scenario.repeats * sum(scenario.concurrency)
+    return sum(max(len(c.turns), 1) for c in scenario.cases) * scenario.repeats * sum(scenario.concurrency)
+
+
+def _probe(client: OllamaClient, scenario: Scenario, case: Case, **kw) -> list[ProbeResult]:
+    """One probe of a case: one request, or a conversation's turns."""
+    if case.turns:
+        return run_conversation(client, scenario, case, **kw)
+    return [run_probe(client, scenario, case, **kw)]
 
 
 class ScenarioRunner:
@@ -93,9 +141,9 @@ class ScenarioRunner:
         for _ in range(self.scenario.warmup):
             if self.stop.is_set():
                 return
-            r = run_probe(self.client, self.scenario, case, run_id=self.run_id)
-            if not r.ok:
-                log.info("warm-up failed: target=%s scenario=%s reason=%s", r.target, r.scenario, r.reason)
+            for r in _probe(self.client, self.scenario, case, run_id=self.run_id):
+                if not r.ok:
+                    log.info("warm-up failed: target=%s scenario=%s reason=%s", r.target, r.scenario, r.reason)
 
     def _batch(self, case: Case, level: int) -> None:
         """One batch of `level` requests; more than one are released together by a barrier."""
@@ -103,7 +151,7 @@ class ScenarioRunner:
         self._batch_seq += 1
         batch_id = self._batch_seq
         barrier = threading.Barrier(level)
-        results: list[Optional[ProbeResult]] = [None] * level
+        results: list[list[ProbeResult]] = [[] for _ in range(level)]
 
         def one(i: int) -> None:
             if level > 1:
@@ -111,10 +159,11 @@ class ScenarioRunner:
                     barrier.wait(timeout=30)
                 except threading.BrokenBarrierError:
                     pass
-            r = run_probe(self.client, self.scenario, case, concurrency=level, batch=batch_id, run_id=self.run_id)
-            _label_start(r, loaded)
-            self._emit(r)
-            results[i] = r
+            for r in _probe(self.client, self.scenario, case, concurrency=level, batch=batch_id, run_id=self.run_id):
+                # A conversation's later turns follow its first on a model that is loaded by then.
+                _label_start(r, loaded if r.turn in (None, 1) or loaded is None else True)
+                self._emit(r)
+                results[i].append(r)
 
         if level == 1:
             one(0)  # a lone request needs no thread
@@ -126,7 +175,7 @@ class ScenarioRunner:
             for t in threads:
                 # A probe is bounded by the scenario timeout; the margin covers connect and thread start.
                 t.join(self.scenario.timeout + 60)
-        self._emit_batch(case, level, [r for r in results if r is not None])
+        self._emit_batch(case, level, [r for rs in results for r in rs])
 
     def _emit_batch(self, case: Case, level: int, results: list[ProbeResult]) -> None:
         self.sinks.on_batch(BatchSummary(

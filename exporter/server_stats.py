@@ -121,7 +121,9 @@ class ServerSnapshot:
 
 SERVER_PART = "server"
 BG = " Polled in the background, not at scrape time."
-UP = Family("llm_server_up", "gauge", "1 if the server answered its version endpoint." + BG)
+UP = Family("llm_server_up", "gauge", "1 if the server answered its version endpoint (a server without one, "
+                                      "such as an OpenAI-compatible server of another kind, counts if it answers 404)."
+             + BG)
 INFO = Family("llm_server_info", "gauge", "Server version; always 1." + BG)
 CPU = Family("llm_server_process_cpu_seconds_total", "counter",
              "CPU seconds used by the server's process tree (server and model runners)." + BG)
@@ -232,13 +234,25 @@ class ServerStats:
         client = self._client_factory(target)
         snap = ServerSnapshot(polled_at=time.time())
         try:
-            snap.version = client.version()
+            try:
+                snap.version = client.version()
+            except OllamaError as exc:
+                if exc.http_status != 404:
+                    raise
+                # It answered, without Ollama's version endpoint: an OpenAI-compatible server of
+                # another kind (api: openai). Up, no version, no running-models list.
+                snap.up = True
+                return self._sample_tree(target, tree, snap)
             snap.up = True
             snap.models = client.running_models()
         except OllamaError as exc:
             snap.error = exc.message
             if snap.up:
                 log.warning("target %s: cannot list running models: %s", target.name, exc.message)
+        return self._sample_tree(target, tree, snap)
+
+    @staticmethod
+    def _sample_tree(target: Target, tree: Optional[ProcessTree], snap: ServerSnapshot) -> ServerSnapshot:
         if tree is not None:
             try:
                 snap.process = tree.sample()

@@ -483,6 +483,14 @@ def _exporter_config(fake_url, marker):
             concurrency: [1, 2, 4]
             cases:
               short: {{prompt: "What is AI?"}}
+          - name: conversation
+            model: tiny
+            api: chat
+            schedule: {{interval: 2s}}
+            timeout: 5s
+            unique_prompt: true
+            cases:
+              chat: {{turns: ["Hello there.", "Tell me more."], expect: {{contains: t1}}}}
         """)
 
 

@@ -57,10 +57,20 @@ class FixedServer:
         return [RunningModel("tiny:latest", size=200_000_000, size_vram=150_000_000, context_length=4096)]
 
 
+def _turn(turn: int, cached: int, matched=None) -> ProbeResult:
+    """A turn of the conversation case (chat, a canary on its last turn)."""
+    r = _ok("conv", "warm", offset=40.0 + turn, ttft=0.125 * turn)
+    r.turn, r.prompt_eval_count, r.cached_prompt_tokens, r.cache_source = turn, 16 * turn, cached, "timing"
+    r.answer_matched = matched
+    return r
+
+
 def render(tmp_path) -> str:
-    config = load_text(scenario_yaml("http://127.0.0.1:11434",
-                                     extra="concurrency: [1, 2]\nslo: {ttft: 1s, objective: 99%}\n",
-                                     cases={"short": "hi", "long": "a longer prompt"}), "golden")
+    text = scenario_yaml("http://127.0.0.1:11434",
+                         extra="api: chat\nconcurrency: [1, 2]\nslo: {ttft: 1s, objective: 99%}\n",
+                         cases={"short": "hi", "long": "a longer prompt"})
+    text += "      conv: {turns: [hi, and again], expect: {contains: t1}}\n"
+    config = load_text(text, "golden")
     disable_created_metrics()  # as the exporter does: `_created` series carry the wall clock
     try:
         registry = CollectorRegistry()
@@ -95,7 +105,9 @@ def render(tmp_path) -> str:
             for r in pair:
                 sinks.on_result(r)
             sinks.on_batch(BatchSummary("t1", "s", "tiny", "short", 2, 2, 0, 3.2))
-            sinks.on_run(RunSummary("t1", "s", "run1", T0, T0 + 30, requests=5, failures=1))
+            for r in (_turn(1, 0), _turn(2, 12, matched=False)):
+                sinks.on_result(r)
+            sinks.on_run(RunSummary("t1", "s", "run1", T0, T0 + 30, requests=7, failures=1))
             probe_metrics.skipped("t1", "s")
             server_stats.poll()
             return exposition.render().decode()  # what the next scrape gets

@@ -311,7 +311,7 @@ def test_the_required_alerts_exist():
     assert {
         "LLMProbeFailing", "LLMExporterDown", "OllamaServerDown", "LLMLatencyRegression",
         "LLMThroughputRegression", "OllamaRepeatedColdStarts", "OllamaServerMemoryGrowth", "LLMProbeRunsStopped",
-        "LLMExporterAbsent", "LLMWatchdog",
+        "LLMExporterAbsent", "LLMWatchdog", "LLMAnswerChanged",
     } <= names
     assert {a["alert"] for a in _rules(SLO_RULES) if "alert" in a} == {name for name, *_ in SLO_TIERS}
 

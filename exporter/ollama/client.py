@@ -7,16 +7,26 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 from ..config import Target
+from . import openai
 from . import transport as _transport
 from .control import CONTROL_TIMEOUT_S, ControlClient
 from .endpoint import Endpoint
 from .httpclient import HttpClientTransport
 from .rawsocket import RawSocketTransport
-from .wire import ModelFacts, RunningModel, StreamChunk, stream_request
+from .wire import ModelFacts, RunningModel, StreamChunk, chat_messages, stream_request
 
 RAW = RawSocketTransport()
 HTTP_CLIENT = HttpClientTransport()
 TRANSPORTS = {t.name: t for t in (RAW, HTTP_CLIENT)}
+# The framing of each API's stream: NDJSON for Ollama's native API, server-sent events for the
+# OpenAI-compatible one. The readers (and their kernel receive stamps) are the same for all.
+FRAMINGS = {
+    "generate": _transport.NDJSON_GENERATE,
+    "chat": _transport.NDJSON_CHAT,
+    # OpenAI's `created` is whole seconds: late lines cannot be re-timed, so the extra arguments go unused.
+    "openai": _transport.Framing(openai.ACCEPT, lambda body, whole, recover, sent: openai.sse_chunks(body),
+                                 openai.http_failure),
+}
 
 
 def default_transport(endpoint: Endpoint) -> _transport.Transport:
@@ -59,12 +69,15 @@ class OllamaClient:
         self.control.unload(model)
 
     # ---- the timed stream ----
-    def _request_body(self, api, model, prompt, system, options, keep_alive, think) -> tuple[str, bytes]:
+    def _request_body(self, api, model, prompt, system, options, keep_alive, think, history) -> tuple[str, bytes]:
         """The request path and JSON body, encoded once per distinct request and reused.
 
         A scenario sends the same case many times, and a long prompt takes milliseconds
-        to encode: work that would otherwise sit inside every measured TTFT.
+        to encode: work that would otherwise sit inside every measured TTFT. A conversation's
+        later turns carry the answers so far, which differ each time: those are not kept.
         """
+        if history:
+            return self._encode(api, model, prompt, system, options, keep_alive, think, history)
         key = (api, model, prompt, system, json.dumps(options, sort_keys=True) if options else None,
                repr(keep_alive), think)
         cached = self._bodies.get(key)
@@ -72,8 +85,15 @@ class OllamaClient:
             return cached
         if len(self._bodies) >= 64:
             self._bodies.clear()
-        result = self._bodies[key] = stream_request(api, model, prompt, system, options, keep_alive, think)
+        result = self._bodies[key] = self._encode(api, model, prompt, system, options, keep_alive, think, None)
         return result
+
+    def _encode(self, api, model, prompt, system, options, keep_alive, think, history) -> tuple[str, bytes]:
+        if api == "openai":
+            # keep_alive and think are not part of the OpenAI API (the config refuses them there).
+            return openai.chat_completions_request(model, chat_messages(system, history, prompt), options,
+                                                   self.endpoint.base_path)
+        return stream_request(api, model, prompt, system, options, keep_alive, think, history)
 
     def stream(
         self,
@@ -87,6 +107,7 @@ class OllamaClient:
         think: Optional[bool] = None,
         timeout: float = 120.0,
         on_sent: Optional[Callable[[float], None]] = None,
+        history: Optional[list[dict[str, str]]] = None,
     ) -> Iterator[StreamChunk]:
         """Send one streaming request and yield its chunks as they arrive.
 
@@ -95,10 +116,12 @@ class OllamaClient:
         without its final `done` chunk. The whole request is bounded by `timeout`.
         Each chunk's `received` is on the time.monotonic() clock: the kernel's receive
         time of the bytes that completed its line where available (rawsocket.py).
-        `on_sent` is called with the time the request starts to go out.
+        `on_sent` is called with the time the request starts to go out. `history`: the
+        conversation so far (chat APIs), as {"role", "content"} messages before `prompt`.
+        `api` is "generate", "chat" (Ollama's native API) or "openai" (/v1/chat/completions).
         """
         deadline = time.monotonic() + timeout
-        path, data = self._request_body(api, model, prompt, system, options, keep_alive, think)
+        path, data = self._request_body(api, model, prompt, system, options, keep_alive, think, history)
         yield from _transport.stream(self.transport, self.endpoint, path, data, deadline=deadline,
-                                     connect_timeout=min(timeout, CONTROL_TIMEOUT_S * 3), chat=api == "chat",
+                                     connect_timeout=min(timeout, CONTROL_TIMEOUT_S * 3), framing=FRAMINGS[api],
                                      on_sent=on_sent)

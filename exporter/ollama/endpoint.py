@@ -78,7 +78,7 @@ class Endpoint:
             self._headers = auth_headers(self._auth)
         return self._headers
 
-    def request_head(self, path: str, length: int) -> bytes:
+    def request_head(self, path: str, length: int, accept: str = "application/x-ndjson, application/json") -> bytes:
         """The head of a POST with a JSON body of `length` bytes."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         if self.port != (443 if self.https else 80):
@@ -87,7 +87,7 @@ class Endpoint:
             f"POST {self.base_path}{path} HTTP/1.1",
             f"Host: {host}",
             "Accept-Encoding: identity",
-            "Accept: application/x-ndjson, application/json",
+            f"Accept: {accept}",
             "Content-Type: application/json",
             f"Content-Length: {length}",
         ]

@@ -1,15 +1,18 @@
 """The timed streaming request, and the seam between it and the reader that receives it.
 
 Both readers share everything but receiving: connecting, the request bytes and
-their credentials, the status check, NDJSON line splitting and the end-of-stream
-rules live here. A Response only gives the status and the body's bytes, each
-read stamped with when it arrived.
+their credentials, the status check and the end-of-stream rules live here. A
+Response only gives the status and the body's bytes, each read stamped with when
+it arrived; a Framing (chosen by API: NDJSON for Ollama's native API, server-sent
+events for the OpenAI-compatible one) turns those stamped bytes into chunks, so
+both APIs get the same receive stamps.
 """
 
 from __future__ import annotations
 
 import socket
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Protocol
 
 from .endpoint import Endpoint
@@ -104,11 +107,35 @@ def read_chunks(lines: list[bytes], received: float, chat: bool
     return chunks, None, False, bool(chunks) and bool(lines[-1].strip())
 
 
+@dataclass(frozen=True)
+class Framing:
+    """How one API's streamed body is read: its chunks from stamped bytes, its HTTP errors."""
+
+    accept: str
+    # (stamped body reads, each item one whole read of the socket, re-time late lines, when the
+    # request went out) -> chunks. NDJSON re-times a read's earlier lines from the server's
+    # created_at spacing (readtimes.py); a framing whose server gives no sub-second times ignores it.
+    chunks: Callable[[Iterator[tuple[bytes, float]], bool, bool, Optional[float]], Iterator[StreamChunk]]
+    failure: Callable[[int, bytes], OllamaError]
+
+
+def _native_failure(status: int, body: bytes) -> OllamaError:
+    return http_failure(status, error_message(body))
+
+
+NDJSON_GENERATE = Framing("application/x-ndjson, application/json",
+                          lambda body, whole, recover, sent: ndjson_chunks(body, False, whole, recover, sent),
+                          _native_failure)
+NDJSON_CHAT = Framing("application/x-ndjson, application/json",
+                      lambda body, whole, recover, sent: ndjson_chunks(body, True, whole, recover, sent),
+                      _native_failure)
+
+
 def stream(transport: Transport, endpoint: Endpoint, path: str, data: bytes, *, deadline: float,
-           connect_timeout: float, chat: bool,
+           connect_timeout: float, framing: Framing,
            on_sent: Optional[Callable[[float], None]] = None) -> Iterator[StreamChunk]:
     """Send one streaming request and yield its chunks as they arrive (see OllamaClient.stream)."""
-    request = endpoint.request_head(path, len(data)) + data
+    request = endpoint.request_head(path, len(data), framing.accept) + data
     sock = transport.connect(endpoint, connect_timeout)
     response = None
     try:
@@ -120,9 +147,9 @@ def stream(transport: Transport, endpoint: Endpoint, path: str, data: bytes, *, 
         endpoint.send(sock, request)
         status = response.read_head()
         if not 200 <= status < 300:
-            raise http_failure(status, error_message(read_error_body(response)))
-        yield from ndjson_chunks(response.body(STREAM_TIMEOUT_MESSAGE), chat, getattr(response, "whole_reads", False),
-                                 getattr(response, "recover", True), sent)
+            raise framing.failure(status, read_error_body(response))
+        yield from framing.chunks(response.body(STREAM_TIMEOUT_MESSAGE), getattr(response, "whole_reads", False),
+                                  getattr(response, "recover", True), sent)
     finally:
         if response is not None:
             response.close()

@@ -54,6 +54,9 @@ class FinalStats:
     eval_duration_s: Optional[float] = None
     total_duration_s: Optional[float] = None
     done_reason: Optional[str] = None
+    # Prompt tokens served from the server's prompt (KV) cache, where the server says so
+    # (OpenAI-compatible `usage.prompt_tokens_details.cached_tokens`); Ollama 0.11.4 does not.
+    cached_prompt_tokens: Optional[int] = None
 
     @classmethod
     def from_line(cls, obj: dict[str, Any]) -> "FinalStats":
@@ -82,6 +85,7 @@ class StreamChunk:
     # for it (readtimes.py); None where the reader cannot tell (http.client).
     late: Optional[bool] = None
     recovered: bool = False  # late, and `received` counted back from the server's created_at
+    answer: str = ""  # the answer text itself (for a conversation's history and a canary's check)
 
     @property
     def answer_len(self) -> int:
@@ -110,10 +114,11 @@ def chunk_from_line(line: bytes, received: float, chat: bool) -> Optional[Stream
     else:
         text, thinking = obj.get("response"), obj.get("thinking")
     thinking_len = len(thinking) if isinstance(thinking, str) else 0
-    text_len = (len(text) if isinstance(text, str) else 0) + thinking_len
+    answer = text if isinstance(text, str) else ""
+    final = FinalStats.from_line(obj) if obj.get("done") is True else None
     created = obj.get("created_at")
-    return StreamChunk(received, text_len, FinalStats.from_line(obj) if obj.get("done") is True else None, thinking_len,
-                       created if isinstance(created, str) else None)
+    return StreamChunk(received, len(answer) + thinking_len, final, thinking_len,
+                       created_at=created if isinstance(created, str) else None, answer=answer)
 
 
 def chunks_from_lines(lines: Iterable[bytes], received: float, chat: bool) -> Generator[StreamChunk, None, bool]:
@@ -128,12 +133,20 @@ def chunks_from_lines(lines: Iterable[bytes], received: float, chat: bool) -> Ge
     return False
 
 
+def chat_messages(system: Optional[str], history: Optional[list[dict[str, str]]], prompt: str) -> list[dict[str, str]]:
+    """The messages of one chat request: the system prompt, the conversation so far, this user turn."""
+    return (([{"role": "system", "content": system}] if system else []) + list(history or ())
+            + [{"role": "user", "content": prompt}])
+
+
 def stream_request(api: str, model: str, prompt: str, system: Optional[str], options: Optional[dict[str, Any]],
-                   keep_alive: Any, think: Optional[bool]) -> tuple[str, bytes]:
-    """The path and JSON body of one streaming generate or chat request."""
+                   keep_alive: Any, think: Optional[bool],
+                   history: Optional[list[dict[str, str]]] = None) -> tuple[str, bytes]:
+    """The path and JSON body of one streaming generate or chat request.
+
+    `history`: the earlier messages of a conversation (chat), before this `prompt`."""
     if api == "chat":
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+        body: dict[str, Any] = {"model": model, "messages": chat_messages(system, history, prompt), "stream": True}
         path = "/api/chat"
     else:
         body = {"model": model, "prompt": prompt, "stream": True}

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import yaml
 
+from ..config_types import OPENAI_OPTION_NAMES
 from ..ollama.wire import same_model
 
 # Ollama's defaults for the request options we suggest (llama.cpp runner, v0.11).
@@ -187,6 +188,8 @@ def suggested_scenarios(recommendations: list[tuple[str, str, list[dict[str, Any
             if not rec.get("sweep") or rec.get("scenario") not in by_name:
                 continue
             src = by_name[rec["scenario"]]
+            if src.get("api") == "openai" and rec["setting"] not in OPENAI_OPTION_NAMES:
+                continue  # an Ollama option that the OpenAI API cannot send
             case = next((c for c in src["cases"] if c["name"] == rec["case"]), None)
             on = [t for t in src["targets"] if t["name"] == target]
             if case is None or not on:

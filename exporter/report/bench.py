@@ -20,6 +20,7 @@ from ..sinks import ResultsFileSink, Sink
 from . import gpu, sysinfo
 from .advice import advise, scenarios_record, suggested_scenarios
 from .compare import compare_runs, is_run_dir, regression_lines
+from .conversations import conversation_summary
 from .ladder import ContextLadder, ladder_fit, run_context_ladder
 from .ratesweep import RateSweep, run_rate_sweep, saturation
 from .stats import sections, summarize
@@ -159,6 +160,7 @@ def build_report(out_dir: str, compare_dir: Optional[str] = None,
         with open(samples_path, encoding="utf-8") as f:
             samples = [json.loads(line) for line in f if line.strip()]
     summary = summarize(records, samples, system, system.get("running_models", {}))
+    summary["conversations"] = conversation_summary(records)
     _write_advice(out_dir, summary, system)
     plots = [os.path.basename(p) for p in write_plots(out_dir, records, summary, samples)]
     plots += [os.path.basename(p) for p in _add_rate_sweep(out_dir, summary, system)]

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 from typing import Any, Optional
 
+from .conversations import conversations_section
 from .markdown_compare import comparison_section
 from .mdtable import mib as _mib
 from .mdtable import noise as _noise
@@ -71,6 +72,7 @@ def render(summary: dict[str, Any], system: dict[str, Any], plots: list[str], ou
         L += _bottleneck_section(m)
         L += _advice_section(m, summary.get("suggested_scenarios"))
         L += _theory_section(m)
+    L += conversations_section(summary.get("conversations"))
     if summary.get("saturation"):
         L += _saturation_section(summary["saturation"], summary["rate_sweep"], plots)
     if summary.get("context_ladder"):

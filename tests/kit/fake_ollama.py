@@ -22,6 +22,7 @@ MODES = (
     "http_404",      # model not found
     "http_503",      # server busy
     "http_500",      # other HTTP error
+    "http_429",      # rate limited (an OpenAI-style server refusing work for now)
     "stream_error",  # 200, some tokens, then an {"error": ...} line
     "malformed",     # 200, then a line that is not JSON
     "no_done",       # 200, tokens, then the connection closes without done
@@ -56,6 +57,15 @@ class Behavior:
     vram_share: float = 0.0  # of the loaded model's size in GPU memory, when size_vram is 0
     # Loaded size in /api/ps grows by this per token of the context the model was loaded with.
     kv_bytes_per_token: int = 0
+    # /v1/chat/completions (server-sent events): where `usage` goes ("last": a chunk of its own
+    # with empty choices after the finish reason, as OpenAI does; "finish": on the chunk with
+    # the finish reason; "none": never), whether lines end in CRLF, and whether the server
+    # reports cached prompt tokens (all but the last message's).
+    openai_usage: str = "last"
+    openai_crlf: bool = False
+    openai_cached: bool = False
+    # Ollama's control endpoints (/api/version, /api/ps) exist; False: 404, like other OpenAI-compatible servers.
+    has_ps: bool = True
 
 
 @dataclass
@@ -101,9 +111,9 @@ class FakeOllama:
 
             def do_GET(self):
                 b = fake.behavior
-                if self.path == "/api/version":
+                if self.path == "/api/version" and b.has_ps:
                     self._json(200, {"version": b.version})
-                elif self.path == "/api/ps":
+                elif self.path == "/api/ps" and b.has_ps:
                     with fake.lock:
                         loaded = sorted(fake.loaded)
                     models = []
@@ -149,7 +159,7 @@ class FakeOllama:
                         "capabilities": ["completion"],
                     })
                     return
-                if self.path in ("/api/generate", "/api/chat"):
+                if self.path in ("/api/generate", "/api/chat", "/v1/chat/completions"):
                     self._generate(body, entry)
                     return
                 self._json(404, {"error": "not found"})
@@ -169,14 +179,25 @@ class FakeOllama:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                openai = self.path.startswith("/v1/")
+
+                def error(status: int, message: str, kind: str, code=None) -> None:
+                    if openai:
+                        self._json(status, {"error": {"message": message, "type": kind, "param": None, "code": code}})
+                    else:
+                        self._json(status, {"error": message})
+
                 if b.mode == "http_404" or name not in b.models:
-                    self._json(404, {"error": f"model '{model}' not found"})
+                    error(404, f"model '{model}' not found", "not_found_error", "model_not_found")
                     return
                 if b.mode == "http_503":
-                    self._json(503, {"error": "server busy, please try again.  maximum pending requests exceeded"})
+                    error(503, "server busy, please try again.  maximum pending requests exceeded", "api_error")
+                    return
+                if b.mode == "http_429":
+                    error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded")
                     return
                 if b.mode == "http_500":
-                    self._json(500, {"error": "llama runner process has terminated"})
+                    error(500, "llama runner process has terminated", "api_error")
                     return
                 if body.get("keep_alive") == 0 and not body.get("prompt") and not body.get("messages"):
                     with fake.lock:
@@ -187,11 +208,96 @@ class FakeOllama:
                     fake.slots.wait_for(lambda: not b.parallel or fake.active < b.parallel)
                     fake.active += 1
                 try:
-                    self._stream(body, entry, b, model, name, chat)
+                    if openai:
+                        self._openai(body, entry, b, model, name)
+                    else:
+                        self._stream(body, entry, b, model, name, chat)
                 finally:
                     with fake.slots:
                         fake.active -= 1
                         fake.slots.notify_all()
+
+            def _event(self, obj, b: Behavior) -> float:
+                end = "\r\n" if b.openai_crlf else "\n"
+                text = obj if isinstance(obj, str) else json.dumps(obj)
+                data = f"data: {text}{end}{end}".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                return time.monotonic()
+
+            def _openai(self, body: dict, entry: RequestLog, b: Behavior, model: str, name: str):
+                """/v1/chat/completions, streamed as server-sent events, in the shape OpenAI documents."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": model, "system_fingerprint": "fp_fake"}
+
+                def chunk(delta, finish=None, usage=None, choices=True):
+                    c = dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": finish}] if choices else [])
+                    if usage is not None:
+                        c["usage"] = usage
+                    return c
+
+                try:
+                    with fake.lock:
+                        cold = name not in fake.loaded
+                    if cold:
+                        time.sleep(b.load_time)
+                        with fake.lock:
+                            fake.loaded.add(name)
+                            fake.contexts[name] = 4096
+                    if b.mode == "stall":
+                        fake.stop_event.wait(b.stall_seconds)
+                        return
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(b": keep-alive\n\n"), b": keep-alive\n\n"))
+                    self._event(chunk({"role": "assistant", "content": ""}), b)
+                    if b.mode == "malformed":
+                        self._event("this is not json", b)
+                        self.wfile.write(b"0\r\n\r\n")
+                        return
+                    tokens = 0 if b.mode == "empty" else b.tokens
+                    limit = body.get("max_tokens")
+                    cut = isinstance(limit, int) and limit >= 0 and tokens >= limit
+                    if cut:
+                        tokens = limit
+                    messages = body.get("messages") or []
+                    prompt_tokens = len(" ".join(str(m.get("content")) for m in messages).split())
+                    if b.first_token_delay:
+                        time.sleep(b.first_token_delay)
+                    next_at = time.monotonic()
+                    for i in range(tokens):
+                        if i and b.token_interval:
+                            next_at += b.token_interval
+                            delay = next_at - time.monotonic()
+                            if delay > 0:
+                                time.sleep(delay)
+                        entry.token_writes.append(self._event(chunk({"content": f"t{i} "}), b))
+                        if b.mode == "stream_error" and i == 1:
+                            self._event({"error": {"message": "an error was encountered while running the model",
+                                                   "type": "api_error", "code": None}}, b)
+                            self.wfile.write(b"0\r\n\r\n")
+                            return
+                    if b.mode == "no_done":
+                        self.wfile.write(b"0\r\n\r\n")
+                        return
+                    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
+                             "total_tokens": prompt_tokens + tokens}
+                    if b.openai_cached:
+                        earlier = " ".join(str(m.get("content")) for m in messages[:-1]).split()
+                        usage["prompt_tokens_details"] = {"cached_tokens": len(earlier)}
+                    finish = "length" if cut and tokens else "stop"
+                    self._event(chunk({}, finish, usage if b.openai_usage == "finish" else None), b)
+                    if b.openai_usage == "last" and (body.get("stream_options") or {}).get("include_usage"):
+                        self._event(chunk({}, usage=usage, choices=False), b)
+                    self._event("[DONE]", b)
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def _stream(self, body: dict, entry: RequestLog, b: Behavior, model: str, name: str, chat: bool):
                 t_start = time.monotonic()

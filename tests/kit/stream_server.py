@@ -22,7 +22,8 @@ Ollama, every line's `created_at` is the wall clock when the line was made
 encoded and sent, as Ollama takes it in its completion callback before the line
 goes through a channel to the writer.
 
-Endpoints: POST /api/generate, POST /api/chat (streaming), GET /api/version,
+Endpoints: POST /api/generate, POST /api/chat (streaming), POST /v1/chat/completions
+(the same tokens as server-sent events, usage in a last chunk, `data: [DONE]`), GET /api/version,
 GET /api/ps, and GET /_bench/drain, which returns and forgets the write logs:
     {"logs": {id: [arrival, [write, write, ...], wire]}, "deferred": n, "max_late_s": x}
 where `arrival` is when this loop had parsed the request and `wire` the kernel's
@@ -82,6 +83,16 @@ def created_at(ns: int) -> bytes:
 
 def _token_chunk(template: tuple, ns: int) -> bytes:
     return _chunk(template[0] + created_at(ns) + template[1])
+
+
+SSE_TOKEN = _chunk(b"data: " + json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1735689600, "model": MODEL,
+    "choices": [{"index": 0, "delta": {"role": "assistant", "content": TOKEN_TEXT}, "finish_reason": None}]},
+    separators=(",", ":")).encode() + b"\n\n")
+SSE_HEADERS = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    b"Date: Wed, 01 Jan 2025 00:00:00 GMT\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+)
 STREAM_HEADERS = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
     b"Date: Wed, 01 Jan 2025 00:00:00 GMT\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
@@ -111,7 +122,7 @@ def parse_prompt(prompt: str) -> dict:
 
 class Conn:
     __slots__ = ("sock", "inbuf", "out", "closing", "id", "n", "i", "interval", "due", "writes", "arrival",
-                 "token", "chat", "first_at", "prompt_tokens", "wire")
+                 "token", "chat", "first_at", "prompt_tokens", "wire", "openai")
 
     def __init__(self, sock):
         self.sock = sock
@@ -243,10 +254,11 @@ class Server:
 
     # ---- requests ----
     def _dispatch(self, c: Conn, method: str, path: str, body: bytes, arrival: float) -> None:
-        if method == "POST" and path in ("/api/generate", "/api/chat"):
+        if method == "POST" and path in ("/api/generate", "/api/chat", "/v1/chat/completions"):
             try:
                 req = json.loads(body or b"{}")
-                chat = path == "/api/chat"
+                openai = path == "/v1/chat/completions"
+                chat = path == "/api/chat" or openai
                 prompt = req["messages"][-1]["content"] if chat else req["prompt"]
             except (ValueError, KeyError, IndexError, TypeError):
                 self._send(c, _response("400 Bad Request", b'{"error":"bad request"}'))
@@ -254,7 +266,7 @@ class Server:
                 return
             spec = parse_prompt(prompt)
             n = spec["n"]
-            num_predict = (req.get("options") or {}).get("num_predict")
+            num_predict = req.get("max_tokens") if openai else (req.get("options") or {}).get("num_predict")
             if isinstance(num_predict, int) and num_predict > 0:
                 n = min(n, num_predict)
             self.seq += 1
@@ -265,7 +277,8 @@ class Server:
             c.arrival = arrival
             c.writes = []
             c.chat = chat
-            c.token = CHAT_TOKEN if chat else GEN_TOKEN
+            c.openai = openai
+            c.token = SSE_TOKEN if openai else CHAT_TOKEN if chat else GEN_TOKEN
             c.prompt_tokens = len(prompt.split())
             c.due = arrival + spec["ttft"]
             self.logs[c.id] = [arrival, c.writes, c.wire]
@@ -294,9 +307,10 @@ class Server:
     def _token(self, c: Conn, due: float) -> None:
         if c.closing:
             return
-        data = _token_chunk(c.token, time.time_ns())
+        # NDJSON lines carry their own created_at; an SSE event is a fixed chunk (`created` is whole seconds).
+        data = c.token if isinstance(c.token, bytes) else _token_chunk(c.token, time.time_ns())
         if c.i == 0:
-            data = STREAM_HEADERS + data
+            data = (SSE_HEADERS if c.openai else STREAM_HEADERS) + data
             c.first_at = due
         t = time.monotonic()
         late = t - due
@@ -312,6 +326,15 @@ class Server:
             heapq.heappush(self.heap, (c.due, self.seq, c))
             return
         end = time.monotonic()
+        if c.openai:
+            base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1735689600, "model": MODEL}
+            events = [dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "length"}]),
+                      dict(base, choices=[], usage={"prompt_tokens": c.prompt_tokens, "completion_tokens": c.n,
+                                                    "total_tokens": c.prompt_tokens + c.n})]
+            text = b"".join(b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n" for e in events)
+            self._send(c, _chunk(text + b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            self._finish(c)
+            return
         final = {"model": MODEL, "created_at": created_at(time.time_ns()).decode(), "done": True,
                  "done_reason": "length",
                  "total_duration": int((end - c.arrival) * 1e9), "load_duration": 1_000_000,
