@@ -11,11 +11,9 @@ Per series (target, scenario, model, case, concurrency, start, quantity):
 - the recent window is the last max(recent_runs, recent_seconds) of runs, and its
   quantiles are exact quantiles of the raw request values it holds (numpy's default,
   linear interpolation between order statistics);
-- the baseline is the per-run medians older than the recent window and at most a day old
-  (a slow schedule reaches back further, for enough runs): their median, and their
-  robust standard deviation 1.4826 x MAD as the noise;
-- the regression threshold is the relative change that counts as worse than a tolerance
-  by more than the noise explains, at a false-alert budget per four weeks (threshold()).
+- exporter/regression.py judges the recent median against a reference level that holds
+  through a regression, at a threshold measured on the series' own history (docs/regression.md);
+  the gauges publish its verdict, and prometheus/rules/regression.yml compares them.
 
 Time comes from the records (the newest ended_at of a run), never from the clock, so
 the results file can rebuild the same state after a restart and a simulation can
@@ -30,15 +28,17 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.metrics_core import Metric
 
-from .live_window import Policy, quantile, Series, Snapshot, threshold
-from .results import ProbeResult, RunSummary, parse_results_line, read_tail_lines, results_file_parts
+from .live_window import Policy, quantile, Series, Snapshot
+from .regression import Detector, Settings, Verdict
+from .results import (Acceptance, ProbeResult, RunSummary, iter_lines, parse_acceptance_line, parse_results_line,
+                      results_file_parts)
 from .sinks import Sink
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,9 @@ QUANTITIES: dict[str, Callable[[ProbeResult], Optional[float]]] = {
 LOWER_IS_WORSE = frozenset({"output_tokens_per_second", "prompt_tokens_per_second"})
 
 MAX_RUNS_IN_FLIGHT = 256
+# The rebuild streams the file, so this bounds the time it takes, not memory: 4 weeks of
+# scenarios/default.yaml on 10 targets are about 1.6 GB.
+REBUILD_MAX_BYTES = 4 << 30
 
 
 class RecentQuantiles:
@@ -106,8 +109,10 @@ class LiveStats(Sink):
     turns them into the gauges of the metric contract (README: Live statistics and
     regression alerts)."""
 
-    def __init__(self, registry: CollectorRegistry, policy: Policy = Policy()):
+    def __init__(self, registry: CollectorRegistry, policy: Policy = Policy(), settings: Settings = Settings()):
         self.policy = policy
+        self.settings = settings  # for scenarios that configure() has not given their own
+        self._by_scenario: dict[str, Settings] = {}
         bg = " Computed by the exporter from the measured requests of scheduled probe runs."
 
         def gauge(name, doc, extra=()):
@@ -121,22 +126,77 @@ class LiveStats(Sink):
         self.recent_runs = gauge("llm_probe_recent_runs", "Runs in the recent window.")
         self.baseline_median = gauge(
             "llm_probe_baseline_median",
-            "Median of the per-run medians over the baseline (the 24 h before the recent window).",
+            "Reference level of the recent median: the median over the day before the recent window, "
+            "without the time-of-day profile; it does not follow a regression until it is accepted.",
+        )
+        self.expected = gauge(
+            "llm_probe_regression_expected",
+            "What the recent median is compared with: the reference level at this time of day (with the "
+            "daily profile where the case has one), in the unit of `quantity`.",
         )
         self.baseline_noise = gauge(
             "llm_probe_baseline_noise",
-            "Run-to-run noise: 1.4826 x MAD of the per-run medians in the baseline, in the unit of `quantity`.",
+            "How much the recent median varies around its reference when nothing changed, measured on the "
+            "case's history (robust standard deviation), in the unit of `quantity`.",
         )
-        self.baseline_runs = gauge("llm_probe_baseline_runs", "Runs in the baseline.")
+        self.baseline_runs = gauge("llm_probe_baseline_runs", "Runs in the history the noise is measured on.")
         self.threshold_ratio = gauge(
             "llm_probe_regression_threshold_ratio",
-            "Relative change of the recent median against the baseline that counts as a regression: "
-            "max(minimum effect, K x standard error / baseline).",
+            "Relative change of the recent median against llm_probe_regression_expected that counts as a "
+            "regression now; lower while a regression episode is going on, so that it keeps firing.",
+        )
+        self.improvement = gauge(
+            "llm_probe_regression_improvement_ratio",
+            "Relative improvement of the recent median beyond the noise (0 when there is none); never pages.",
+        )
+        self.episode_start = gauge(
+            "llm_probe_regression_since_timestamp_seconds",
+            "Start of the regression episode going on (the recent window that first crossed); absent when none. "
+            "It ends when the level is back, or accepted (`ollama-perf-exporter accept`, POST /-/accept, or after accept_after).",
+        )
+        self.seasonal = gauge(
+            "llm_probe_regression_seasonal",
+            "1 if the case is compared with the same time of day (its history shows a daily cycle), else 0.",
+        )
+        self.history = gauge(
+            "llm_probe_regression_history_seconds",
+            "Span of the history the threshold and the daily profile are measured on; shorter than the "
+            "baseline setting while the case is new.",
+        )
+        self.setting = Gauge(
+            "llm_probe_regression_setting_seconds",
+            "Regression settings in force per scenario (recent, baseline, accept_after), in seconds; "
+            "seasonality: 0 off, 1 auto, 2 daily." + bg, ("scenario", "setting"), registry=registry,
         )
         self._series: dict[tuple, Series] = {}
+        self._detectors: dict[tuple, Detector] = {}
         # run_id -> [newest ended_at, {series key: [values]}]; runs in flight, oldest first.
         self._pending: OrderedDict[str, list] = OrderedDict()
         self._lock = threading.Lock()
+
+    def configure(self, config) -> None:
+        """Take each scenario's `regression:` settings (and publish them)."""
+        with self._lock:
+            self._by_scenario = {sc.name: to_settings(getattr(sc, "regression", None), self.settings) for sc in config.scenarios}
+            for key, det in self._detectors.items():
+                st = self._settings(key[1])
+                if det.s != st:
+                    det.s = st
+                    self._series[key].policy = self._policy(st)
+            for labels in list(self.setting._metrics):
+                if labels[0] not in self._by_scenario:
+                    self.setting.remove(*labels)
+            for name, st in self._by_scenario.items():
+                for setting, value in (("recent", st.recent_s), ("baseline", st.baseline_s), ("accept_after", st.accept_after_s),
+                                       ("seasonality", {"off": 0, "auto": 1, "daily": 2}[st.seasonality])):
+                    self.setting.labels(name, setting).set(value)
+
+    def _settings(self, scenario: str) -> Settings:
+        return self._by_scenario.get(scenario, self.settings)
+
+    def _policy(self, st: Settings) -> Policy:
+        p = self.policy
+        return p if p.recent_seconds == st.recent_s else Policy(p.recent_runs, st.recent_s, p.recent_max_runs, p.recent_max_values)
 
     # ---- sink interface ----
     def on_result(self, r: ProbeResult) -> None:
@@ -167,7 +227,8 @@ class LiveStats(Sink):
                 values.setdefault(base + (quantity,), []).append(v)
 
     def _finish(self, pending: Optional[list], fallback_end: float, publish: bool) -> list[tuple]:
-        """Close a run: one median per series, at the time of the run's newest record."""
+        """Close a run: one median per series, at the time of the run's newest record, and the
+        regression verdict after it (every run, published or not: a rebuild replays them all)."""
         if pending is None:
             return []
         t = pending[0] or fallback_end
@@ -175,57 +236,87 @@ class LiveStats(Sink):
         for key, values in pending[1].items():
             series = self._series.get(key)
             if series is None:
-                series = self._series[key] = Series(self.policy)
+                st = self._settings(key[1])
+                series = self._series[key] = Series(self._policy(st))
+                self._detectors[key] = Detector(st, key[6] not in LOWER_IS_WORSE)
             series.add_run(t, values)
+            det = self._detectors[key]
+            det.add_run(t, series.medians[-1])
+            recent = series.recent_count(t)
+            values = series.recent_values(recent)
+            det.judge(t, quantile(values, 0.5), series.times[-recent])
             keys.append(key)
             if publish:
-                self._publish(key, series, t)
+                self._publish(key, self._snapshot(key, values, recent))
         return keys
 
     def snapshot(self, key: tuple) -> Optional[Snapshot]:
         series = self._series.get(key)
         if series is None or not len(series.times):
             return None
-        return self._snapshot(series, series.times[-1])
+        recent = series.recent_count(series.times[-1])
+        return self._snapshot(key, series.recent_values(recent), recent)
 
-    def _snapshot(self, series: Series, now: float) -> Snapshot:
-        recent = series.recent_count(now)
-        values = series.recent_values(recent)
-        base = series.baseline(now, recent)
+    def _snapshot(self, key: tuple, values: list, recent: int) -> Snapshot:
         return Snapshot(
             quantiles={q: quantile(values, q) for q in QUANTILES},
             recent_requests=len(values),
             recent_sum=math.fsum(values),
             recent_runs=recent,
-            baseline=base,
-            threshold=threshold(self.policy, base, recent, len(values)) if base else None,
+            regression=replace(self._detectors[key].verdict),
         )
 
-    def _publish(self, key: tuple, series: Series, now: float) -> None:
-        s = self._snapshot(series, now)
+    def _publish(self, key: tuple, s: Snapshot) -> None:
         self.recent_quantile.set(key, s.quantiles, s.recent_requests, s.recent_sum)
         self.recent_requests.labels(*key).set(s.recent_requests)
         self.recent_runs.labels(*key).set(s.recent_runs)
-        self.baseline_runs.labels(*key).set(s.baseline.runs if s.baseline else _baseline_runs(series, s.recent_runs))
-        if s.baseline:
-            self.baseline_median.labels(*key).set(s.baseline.median)
-            self.baseline_noise.labels(*key).set(s.baseline.noise)
-            if s.threshold is not None:
-                self.threshold_ratio.labels(*key).set(s.threshold)
-            else:
-                _remove(self.threshold_ratio, key)
+        v = s.regression
+        self.baseline_runs.labels(*key).set(v.runs)
+        self.history.labels(*key).set(v.history_s)
+        if v.threshold is not None:
+            self.baseline_median.labels(*key).set(v.reference)
+            self.expected.labels(*key).set(v.expected)
+            self.baseline_noise.labels(*key).set(v.noise * v.reference)
+            self.threshold_ratio.labels(*key).set(v.threshold)
+            self.improvement.labels(*key).set(v.improvement)
+            self.seasonal.labels(*key).set(1 if v.seasonal else 0)
         else:
-            # Too few runs to judge against: no baseline is better than a wrong one.
-            for g in (self.baseline_median, self.baseline_noise, self.threshold_ratio):
+            # Too little history to judge against: no threshold is better than a wrong one.
+            for g in (self.baseline_median, self.expected, self.baseline_noise, self.threshold_ratio,
+                      self.improvement, self.seasonal):
                 _remove(g, key)
+        if v.since is not None:
+            self.episode_start.labels(*key).set(v.since)
+        else:
+            _remove(self.episode_start, key)
 
     def _gauges(self):
         return (
-            self.recent_requests, self.recent_runs, self.baseline_median,
-            self.baseline_noise, self.baseline_runs, self.threshold_ratio,
+            self.recent_requests, self.recent_runs, self.baseline_median, self.expected, self.baseline_noise,
+            self.baseline_runs, self.threshold_ratio, self.improvement, self.episode_start, self.seasonal, self.history,
         )
 
-    def retire(self, config) -> int:
+    # ---- accepting a new level ----
+    def accept(self, a: Acceptance, publish: bool = True) -> int:
+        """Take the recent level of every series in scope as its new reference (ends its episode).
+        Returns how many series it applied to."""
+        with self._lock:
+            return self._accept_locked(a, publish)
+
+    def _accept_locked(self, a: Acceptance, publish: bool) -> int:
+        n = 0
+        for key, det in self._detectors.items():
+            if a.matches(key) and det.accept():
+                n += 1
+                series = self._series[key]
+                recent = series.recent_count(series.times[-1])
+                values = series.recent_values(recent)
+                det.judge(series.times[-1], quantile(values, 0.5), series.times[-recent])
+                if publish:
+                    self._publish(key, self._snapshot(key, values, recent))
+        return n
+
+    def _retire(self, config) -> int:
         """Forget the series of target/scenario/model/case/concurrency combinations the config no longer has."""
         keep = {
             (t.name, s.name, s.model, c.name, str(level))
@@ -246,47 +337,99 @@ class LiveStats(Sink):
                         g.remove(*labels)
         return removed
 
+    def retire(self, config) -> int:
+        """Take the config's settings; forget what it no longer has."""
+        self.configure(config)
+        removed = self._retire(config)
+        with self._lock:
+            for key in [k for k in self._detectors if k not in self._series]:
+                del self._detectors[key]
+        return removed
+
     # ---- restart ----
-    def rebuild(self, path: str | os.PathLike, max_bytes: int = 32 << 20) -> "RebuildStats":
-        """Rebuild the windows from the end of the results file, and of its rotated files as far
-        as the baseline span (baseline_max_seconds) reaches, reading at most max_bytes in all.
-        Only the numbers LiveStats keeps are held, never the records. Runs are closed in the
-        order they ended; then every series is published as the live path would have left it."""
+    def span(self) -> float:
+        """How far back a rebuild must read: the longest history (baseline) plus the reference's day."""
+        settings = [self.settings, *self._by_scenario.values()]
+        return max(st.baseline_s for st in settings) + max(st.reference_s for st in settings)
+
+    def rebuild(self, path: str | os.PathLike, max_bytes: int = REBUILD_MAX_BYTES) -> "RebuildStats":
+        """Rebuild the state from the results file, and its rotated files as far back as span()
+        reaches, reading at most max_bytes in all: the runs, and the acceptances, replayed in the
+        order of their times exactly as the live path met them, streamed (memory holds the state,
+        never the file). configure() first, so that each scenario's settings apply."""
         began = time.monotonic()
         path = Path(path)
-        span = self.policy.baseline_max_seconds
-        runs: dict[str, list] = {}
-        records = read = 0
-        newest = -math.inf
+        span = self.span()
+        parts: list[tuple[Path, int]] = []
+        read = 0
+        newest = None
         try:
             for part in results_file_parts(path):
-                lines, n = read_tail_lines(part, max_bytes - read)
-                read += n
-                oldest = None
-                for line in lines:
-                    r = parse_results_line(line)
-                    if r is None:
-                        continue
-                    records += 1
-                    oldest = r.ended_at if oldest is None else oldest
-                    newest = max(newest, r.ended_at)
-                    if r.ok and r.run_id:
-                        self._collect(r, runs)
-                if read >= max_bytes or (oldest is not None and newest - oldest >= span):
+                size = part.stat().st_size
+                start = max(size - (max_bytes - read), 0)
+                parts.append((part, start))
+                read += size - start
+                if newest is None:
+                    newest = _last_time(part)
+                first = _first_time(part, start)
+                if read >= max_bytes or (newest is not None and first is not None and newest - first >= span):
                     break
         except OSError as exc:
-            # The exporter starts anyway; the baseline builds up again from new runs.
+            # The exporter starts anyway; the history builds up again from new runs.
             log.error("cannot rebuild live statistics from %s: %s", path, exc)
-        # Whole runs, judged by their newest record as the live path does.
-        kept = sorted((p for p in runs.values() if p[0] >= newest - span), key=lambda p: p[0])
+            parts = []
+        oldest = (newest - span) if newest is not None else -math.inf
+        runs: dict[str, list] = {}
+        accepts: list[Acceptance] = []
+        records = kept = 0
+        touched: set = set()
+        latest = -math.inf
+
+        def close(upto: float) -> None:
+            nonlocal kept
+            accepts.sort(key=lambda a: a.at)
+            ready = sorted((p for p in runs.values() if p[0] < upto), key=lambda p: p[0])
+            for pending in ready:
+                while accepts and accepts[0].at <= pending[0]:
+                    self._accept_locked(accepts.pop(0), publish=False)
+                if pending[0] >= oldest:
+                    touched.update(self._finish(pending, pending[0], publish=False))
+                    kept += 1
+            for pending in ready:
+                runs.pop(pending[2], None)
+            while accepts and accepts[0].at < upto:
+                self._accept_locked(accepts.pop(0), publish=False)
+
         with self._lock:
-            touched = set()
-            for pending in kept:
-                touched.update(self._finish(pending, pending[0], publish=False))
+            try:
+                for part, start in reversed(parts):
+                    for n, line in enumerate(iter_lines(part, start)):
+                        a = parse_acceptance_line(line)
+                        if a is not None:
+                            accepts.append(a)
+                            continue
+                        r = parse_results_line(line)
+                        if r is None:
+                            continue
+                        records += 1
+                        latest = max(latest, r.ended_at)
+                        if r.ok and r.run_id:
+                            if r.run_id not in runs:
+                                runs[r.run_id] = [r.ended_at, {}, r.run_id]
+                            self._collect(r, runs)
+                        if n % 4096 == 4095:
+                            # A run's records are near each other in the file: an hour behind
+                            # the newest record, every run has all of its records.
+                            close(latest - 3600)
+            except OSError as exc:
+                log.error("cannot rebuild live statistics from %s: %s", path, exc)
+            close(math.inf)
             for key in touched:
-                series = self._series[key]
-                self._publish(key, series, series.times[-1])
-        stats = RebuildStats(records, len(kept), len(touched), read, time.monotonic() - began)
+                if key in self._series:
+                    series = self._series[key]
+                    recent = series.recent_count(series.times[-1])
+                    self._publish(key, self._snapshot(key, series.recent_values(recent), recent))
+        stats = RebuildStats(records, kept, len(touched), read, time.monotonic() - began)
         log.info(
             "live statistics rebuilt from %s: %d records, %d runs, %d series (%.1f MB read, %.2fs)",
             path, stats.records, stats.runs, stats.series, stats.bytes_read / 1e6, stats.seconds,
@@ -314,5 +457,29 @@ def _remove(gauge: Gauge, key: tuple) -> None:
         pass
 
 
-def _baseline_runs(series: Series, recent: int) -> int:
-    return max(len(series.times) - recent, 0)
+def _first_time(part: Path, start: int) -> Optional[float]:
+    for line in iter_lines(part, start):
+        r = parse_results_line(line)
+        if r is not None:
+            return r.ended_at
+    return None
+
+
+def _last_time(part: Path) -> Optional[float]:
+    size = part.stat().st_size
+    with open(part, "rb") as f:
+        f.seek(max(size - (1 << 20), 0))
+        lines = f.read().split(b"\n")
+    for line in reversed(lines[1:] if size > (1 << 20) else lines):
+        r = parse_results_line(line)
+        if r is not None:
+            return r.ended_at
+    return None
+
+
+def to_settings(model, default: Settings) -> Settings:
+    """config.Regression (or None) -> regression.Settings."""
+    if model is None:
+        return default
+    return replace(default, recent_s=float(model.recent), baseline_s=float(model.baseline),
+                   seasonality=str(model.seasonality), accept_after_s=float(model.accept_after))

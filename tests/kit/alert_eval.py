@@ -62,15 +62,15 @@ BASE = {"time_to_first_token_seconds": 0.3, "request_duration_seconds": 3.0, "ou
 LOWER_IS_WORSE = {"output_tokens_per_second"}
 
 # ---- what the rule reads, and the rule replayed (keep in step with prometheus/rules/regression.yml) ----
-GAUGES = ("llm_probe_recent_quantile", "llm_probe_baseline_median", "llm_probe_regression_threshold_ratio")
+GAUGES = ("llm_probe_recent_quantile", "llm_probe_regression_expected", "llm_probe_regression_threshold_ratio")
 
 
 def read(s) -> tuple[float, float, float]:
     """The rule's inputs from a Snapshot: recent median, what it is compared with, threshold (NaN: absent)."""
     nan = math.nan
-    if s is None or s.baseline is None or s.threshold is None:
+    if s is None or s.regression.threshold is None:
         return (s.quantiles[0.5] if s else nan), nan, nan
-    return s.quantiles[0.5], s.baseline.median, s.threshold
+    return s.quantiles[0.5], s.regression.expected, s.regression.threshold
 
 
 def fires(higher_is_worse: bool, q: float, ref: float, thr: float) -> bool:
