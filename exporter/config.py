@@ -259,6 +259,34 @@ class Slo(_Strict):
         return self
 
 
+class Regression(_Strict):
+    """A scenario's regression alerts (docs/regression.md): `regression: {recent: 15m, baseline: 7d,
+    seasonality: auto, accept_after: 7d}`."""
+
+    recent: float = 15 * 60.0  # the recent window: last max(3 runs, this)
+    baseline: float = 7 * 86400.0  # the history the noise and the daily profile are measured on
+    seasonality: Literal["auto", "daily", "off"] = "auto"  # compare with the same time of day
+    accept_after: float = 7 * 86400.0  # a regression not accepted by then becomes the new normal
+
+    @field_validator("recent", "baseline", "accept_after", mode="before")
+    @classmethod
+    def _duration(cls, v):
+        # Days and weeks too (7d, 2w): these spans are long.
+        if isinstance(v, str) and (m := re.match(r"^\s*(\d+(?:\.\d+)?)\s*([dw])\s*$", v)):
+            v = float(m.group(1)) * (86400.0 if m.group(2) == "d" else 604800.0)
+        return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _spans(self):
+        if self.baseline < 86400:
+            raise ValueError("baseline must be at least 1d: the reference is the day before the recent window")
+        if self.recent > 6 * 3600:
+            raise ValueError("recent must be at most 6h")
+        if self.accept_after < 3600:
+            raise ValueError("accept_after must be at least 1h")
+        return self
+
+
 class CaseSpec(_Strict):
     prompt: str = Field(min_length=1)
     system: Optional[str] = None
@@ -302,6 +330,7 @@ class ScenarioSpec(_Strict):
     cases: dict[str, CaseSpec] = Field(min_length=1)
     sweep: Optional[Sweep] = None
     slo: Optional[Slo] = None  # for every case that has none of its own
+    regression: Regression = Regression()
 
     @field_validator("keep_alive", mode="before")
     @classmethod
@@ -381,6 +410,7 @@ class Scenario:
     unique_prompt: bool = False
     # What `targets:` named (target names or target_files groups); None means every target.
     selector: Optional[tuple[str, ...]] = None
+    regression: Regression = Regression()
 
     def series_per_target(self) -> int:
         return len(self.cases) * len(self.concurrency)
@@ -519,6 +549,7 @@ def build_config(raw: Any, source: str = "config") -> Config:
                 cases=tuple(cases),
                 unique_prompt=s.unique_prompt,
                 selector=tuple(s.targets) if s.targets is not None else None,
+                regression=s.regression,
             )
         )
     if problems:

@@ -53,6 +53,9 @@ class Settings:
     recent_runs: int = 3
     reference_s: float = DAY
     min_blocks: int = 8
+    # A crossing becomes an episode when it has lasted this long (prometheus/rules/regression.yml
+    # says `for: 10m`): a burst of load that lifts the recent median for minutes is not a regression.
+    confirm_s: float = 600.0
     jump_blocks: int = 4
 
 
@@ -80,6 +83,7 @@ class Null:
     profile: Optional[list]  # per slot of the day, or None
     slot_s: float
     t_level: float
+    c_level: float
     t_jump: Optional[float]
     spread: float
     blocks: int
@@ -151,38 +155,35 @@ def z_for(tests: int, rho: float, budget: float) -> float:
     return hi
 
 
-# Median excess of a standard normal over its 90 % quantile, / ln 2: the scale of an
-# exponential tail with the same median excess (0.365 / 0.693).
-NORMAL_TAIL_SCALE = 0.527
+def threshold_of(xs: list, tests: float, budget: float) -> tuple[float, float]:
+    """(threshold, spread) of a statistic whose values over the history are xs (one per block, in
+    time order), so that it is crossed upward at most `budget` times in `tests` blocks.
 
-
-def threshold_of(xs: list, tests: float, budget: float, per_block: int = 1) -> tuple[float, float]:
-    """(threshold, spread) of a statistic whose values over the history are xs.
-
-    Gaussian part: centre + z x spread (spread(): robust to the regressions the history may hold),
-    z for the upcrossings of an AR(1) with the measured lag-1 correlation, widened like Student's t
-    for the spread estimated from the effective blocks.
-    Tail part, when the upper tail is clearly heavier than a normal one (bursts, rare slow runs):
-    peaks over the 90 % quantile with an exponential tail (generalised Pareto, shape 0; its scale
-    from the median excess, robust too), extrapolated to the same budget. Values above the Gaussian
-    threshold are left out of it: they were alerts (regressions), not noise."""
+    The larger of two estimates:
+    - Gaussian: centre + z x spread (spread(): robust to the regressions the history may hold),
+      z for the upcrossings of an AR(1) with the measured lag-1 correlation, widened like
+      Student's t for the spread estimated from the effective number of blocks;
+    - the tail as measured (extreme value theory, peaks over threshold): the excesses over the
+      90 % quantile fitted by an exponential tail (a generalised Pareto of shape 0, its scale from
+      the median excess so that a regression in the history does not inflate it), with the
+      extremal index (how exceedances cluster, runs estimator) turning exceedances into episodes.
+      A normal tail is lighter than this, so it never misses a heavy one (block maxima, bursts,
+      slow requests)."""
     c, sd = spread(xs)
     rho = lag1(xs, c)
-    # The recent window slides by one run, per_block runs a block: consecutive values share all
-    # runs but one, which raises their correlation from rho (a block apart) to about this.
-    rho_run = 1 - (1 - rho) / per_block
-    z = z_for(max(int(tests * per_block), 1), round(rho_run, 3), budget)
+    z = z_for(max(int(tests), 1), round(rho, 2), budget)
     n_eff = max(len(xs) * (1 - rho) / (1 + rho), 2.0)
     df = max(WINSOR_EFFICIENCY * (n_eff - 1), 1.0)
     t = c + z * (1 + (z * z + 1) / (4 * df)) * sd
-    srt = sorted(x for x in xs if x <= t)
-    if len(srt) >= 50 and sd > 0:
-        u = srt[int(0.9 * len(srt))]
-        over = [x - u for x in srt if x > u]
+    if len(xs) >= 50 and sd > 0:
+        u = sorted(xs)[int(0.9 * len(xs))]
+        above = [x > u for x in xs]
+        over = [x - u for x in xs if x > u]
         if len(over) >= 5:
             beta = _median(over) / math.log(2)
-            if beta > 2 * NORMAL_TAIL_SCALE * sd:
-                t = max(t, u + beta * math.log(max(len(over) / len(srt) * tests / budget, 1.0)))
+            clusters = sum(1 for i, a in enumerate(above) if a and (i == 0 or not above[i - 1]))
+            theta = clusters / len(over)
+            t = max(t, u + beta * math.log(max(theta * len(over) / len(xs) * tests / budget, 1.0)))
     return t, sd
 
 
@@ -197,8 +198,11 @@ class Detector:
         self._early: list = []  # (t, y) until the schedule (and so the block length) is known
         self._bin: Optional[int] = None
         self._cur: list = []
+        self._cur_max = [-math.inf, -math.inf]  # this block's highest recent statistic and jump
         self.blocks: deque = deque()  # [start, y, state, runs]
         self.since: Optional[float] = None
+        self.cause = ""  # what started the current episode: level | jump
+        self._pending: Optional[tuple] = None  # (since when, recent window start) of a crossing not yet confirmed
         self._null: Optional[Null] = None
         self._next = -math.inf
         self._d: Optional[float] = None
@@ -233,8 +237,11 @@ class Detector:
     def _close(self) -> None:
         start = self._bin * self.w
         state = HELD if self.since is not None and start + self.w > self.since else ADMITTED
-        self.blocks.append([start, _median(self._cur), state, len(self._cur)])
+        y = _median(self._cur)
+        ymax, jmax = self._cur_max
+        self.blocks.append([start, y, state, len(self._cur), max(ymax, y), jmax if jmax > -math.inf else None])
         self._cur = []
+        self._cur_max = [-math.inf, -math.inf]
         while self.blocks and self.blocks[0][0] < start - self.s.baseline_s:
             self.blocks.popleft()
 
@@ -254,7 +261,9 @@ class Detector:
         ys = [b[1] for b in adm]
         profile, loo = self._season(adm, span)
         z = [y - p for y, p in zip(ys, loo)] if profile else ys
-        # The level statistic over the history: each block against the reference it had then.
+        # The level statistic over the history: each block's highest recent median (the statistic
+        # as judged after every run) against the reference it had then.
+        zmax = [b[4] - (y - zz) for b, y, zz in zip(adm, ys, z)]
         level, window, lo = [], [], 0
         for i, b in enumerate(adm):
             j = i - 2  # the block just before a recent window overlaps it: it is not its reference
@@ -266,25 +275,21 @@ class Detector:
             # Only against a reference of at least half its span: a shorter one would hide the
             # slow part of the noise (drift, the daily cycle) from the null.
             if window and b[0] - adm[lo][0] >= s.reference_s / 2:
-                level.append(z[i] - _quick_median(window))
+                level.append(zmax[i] - _quick_median(window))
         tests = FOUR_WEEKS / w
         budget = s.false_alerts_per_4_weeks / 2  # two tests share it
         if len(level) < s.min_blocks:
             self._null = None
             return
-        per_block = max(1, round(w / self.gap))
-        t_level, sd = threshold_of(level, tests, budget, per_block)
+        t_level, sd = threshold_of(level, tests, budget)
         t_level = max(t_level, math.log1p(s.min_effect))
-        # The jump statistic: a block against the median of the jump_blocks before the one before it.
-        p = s.jump_blocks
-        jumps = []
-        for i in range(p + 1, len(adm)):
-            if adm[i][0] - adm[i - p - 1][0] <= (p + 1) * w * 1.5:
-                jumps.append(ys[i] - _median(ys[i - p - 1:i - 1]))
-        t_jump = threshold_of(jumps, tests, budget, per_block)[0] if len(jumps) >= s.min_blocks else None
+        # The jump statistic: each block's highest recent median against the median of the
+        # jump_blocks blocks before the recent window.
+        jumps = [b[5] for b in adm if b[5] is not None]
+        t_jump = threshold_of(jumps, tests, budget)[0] if len(jumps) >= s.min_blocks else None
         recent = [zz for b, zz in zip(adm, z) if b[0] >= now - s.reference_s - w]
         ref = _median(recent if len(recent) >= 4 else z)
-        self._null = Null(ref, profile, DAY / self._slots(), t_level, t_jump, sd, len(adm), runs, span)
+        self._null = Null(ref, profile, DAY / self._slots(), t_level, _median(level), t_jump, sd, len(adm), runs, span)
 
     def _season(self, adm: list, span: float):
         """The daily profile (per slot, smoothed) and each block's out-of-sample profile value,
@@ -346,33 +351,41 @@ class Detector:
             self._refresh(now)
             step = max(self.w, 3600.0)
             self._next = (math.floor(now / step) + 1) * step
+        yr = self.sign * math.log(recent_value)
+        jump = None
+        before = []
+        for k in range(len(self.blocks) - 1, -1, -1):
+            b = self.blocks[k]
+            if b[0] + self.w <= recent_start:
+                before.append(b[1])
+                if len(before) > self.s.jump_blocks:
+                    break
+        if len(before) == self.s.jump_blocks + 1:
+            jump = yr - _median(before[1:])
+            self._cur_max[1] = max(self._cur_max[1], jump)
+        self._cur_max[0] = max(self._cur_max[0], yr)
         null = self._null
         if null is None:
             self._d = None
             v.expected = v.reference = v.threshold = v.noise = v.change = None
             v.firing, v.improvement, v.seasonal = False, 0.0, False
             return v
-        yr = self.sign * math.log(recent_value)
         expected = null.ref + self._profile_at(null, (recent_start + now) / 2)
         d = yr - expected
         self._d = d
-        t_return = min(null.spread, null.t_level / 2)
-        jump = None
-        if null.t_jump is not None:
-            before = []
-            for k in range(len(self.blocks) - 1, -1, -1):
-                b = self.blocks[k]
-                if b[0] + self.w <= recent_start:
-                    before.append(b[1])
-                    if len(before) > self.s.jump_blocks:
-                        break
-            before = before[1:]
-            if len(before) == self.s.jump_blocks:
-                jump = yr - _median(before)
+        # The episode lasts until the level is back at its reference (the centre of its null).
+        t_return = min(max(null.c_level, 0.0), null.t_level / 2)
         if self.since is None:
-            by_jump = jump is not None and jump > null.t_jump and d > max(math.log1p(self.s.min_effect), t_return)
-            if d > null.t_level or by_jump:
-                self.since = recent_start
+            by_jump = jump is not None and null.t_jump is not None and jump > null.t_jump and d > max(math.log1p(self.s.min_effect), t_return)
+            crossing = d > null.t_level or by_jump
+            if not crossing:
+                self._pending = None
+            elif self._pending is None:
+                self._pending = (now, recent_start)
+            if crossing and now - self._pending[0] >= self.s.confirm_s:
+                self.since = self._pending[1]
+                self._pending = None
+                self.cause = "level" if d > null.t_level else "jump"
                 for k in range(len(self.blocks) - 1, -1, -1):
                     b = self.blocks[k]
                     if b[0] + self.w <= recent_start:
@@ -384,7 +397,12 @@ class Detector:
         elif now - self.since >= self.s.accept_after_s:
             self.accept()
             return self.judge(now, recent_value, recent_start)
-        t = t_return if self.since is not None else null.t_level
+        if self.since is not None:
+            t = t_return
+        elif self._pending is not None and d <= null.t_level:
+            t = max(math.log1p(self.s.min_effect), t_return)  # a jump being confirmed
+        else:
+            t = null.t_level
         v.expected = math.exp(self.sign * expected)
         v.reference = math.exp(self.sign * null.ref)
         v.threshold = self._ratio(t)
@@ -414,6 +432,7 @@ class Detector:
         for b in self.blocks:
             if b[2] != HELD:
                 b[1] += d
+                b[4] += d
         self._end(ADMITTED)
         self._next = -math.inf
         self._d = 0.0

@@ -15,7 +15,7 @@ from .exposition import CachedExposition
 from .http import LandingPage
 from .live_stats import LiveStats
 from .metrics import ExporterMetrics, ProbeMetrics
-from .results import ResultsWriter
+from .results import Acceptance, ResultsWriter
 from .scheduler import ProbeScheduler
 from .sinks import ResultsFileSink, Sink
 from .server_stats import ServerStats, ServerStatsCollector
@@ -48,6 +48,7 @@ class Exporter:
         self.writer = ResultsWriter(results_path, max_bytes=results_max_bytes, keep=results_keep) if results_path else None
         self.exposition = CachedExposition(self.registry)
         self.live_stats = LiveStats(self.registry)
+        self.live_stats.configure(config)  # each scenario's regression settings, before the rebuild replays
         if results_path:
             # A restart must not reset the baseline that regressions are judged against.
             self.live_stats.rebuild(results_path)
@@ -139,7 +140,19 @@ class Exporter:
         """The WSGI app serving this exporter."""
         from .http import create_app
 
-        return create_app(self.exposition, reload=self.reload, ready=self.ready, landing=self.landing)
+        return create_app(self.exposition, reload=self.reload, ready=self.ready, landing=self.landing, accept=self.accept)
+
+    def accept(self, scope: dict) -> tuple[int, str]:
+        """Accept the current level of the series in scope as their new regression reference:
+        recorded in the results file (a restart replays it), then applied. Returns (series, message)."""
+        a = Acceptance(at=time.time(), **scope)
+        if self.writer and not self.writer.write_acceptance(a):
+            return 0, "cannot write the acceptance to the results file"
+        n = self.live_stats.accept(a)
+        self.exposition.invalidate()
+        what = ", ".join(f"{k}={v}" for k, v in scope.items() if v is not None) or "every series"
+        log.info("accepted the current level of %d series (%s) as their regression reference", n, what)
+        return n, f"accepted the current level of {n} series ({what})"
 
     def shutdown(self, grace: float = 10.0) -> bool:
         """Stop probing; True if every run ended within the grace period."""

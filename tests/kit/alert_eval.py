@@ -175,10 +175,18 @@ def simulate(schedule: str, days: int, cases: list[Case], seed: int) -> tuple[di
     return out, {"runs": run, "seconds": time.monotonic() - began}
 
 
+FOR_MIN = 10  # regression.yml's `for: 10m`
+
+
 def replay(case: Case, samples: tuple) -> list[int]:
-    """Minutes at which the rule fires."""
+    """Minutes at which the rule fires: its expression true at every evaluation of the last `for`."""
     q, ref, thr = samples
-    return [m for m in range(len(q)) if fires(case.higher_is_worse, q[m], ref[m], thr[m])]
+    out, run = [], 0
+    for m in range(len(q)):
+        run = run + 1 if fires(case.higher_is_worse, q[m], ref[m], thr[m]) else 0
+        if run > FOR_MIN:
+            out.append(m)
+    return out
 
 
 # ---- promtool: the real rule file on the same samples ----
