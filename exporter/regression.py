@@ -5,7 +5,7 @@ Pure numbers, no Prometheus and no clock: times come from the records, so replay
 (and acceptances) in order rebuilds the same state after a restart.
 
 In log space, worse positive (y = log value, or -log value for tokens/s):
-- history: the runs are grouped in blocks as long as the recent window (w = max(recent, 3 runs)),
+- history: the runs are grouped in blocks of w = max(recent, the schedule's interval),
   on a fixed time grid; a block's number is the median of its runs' medians. Blocks cover the
   baseline span (7 d); blocks of an alert episode are left out of it.
 - the daily profile (seasonality): per slot of the day, the median of the blocks' deviations over
@@ -155,35 +155,46 @@ def z_for(tests: int, rho: float, budget: float) -> float:
     return hi
 
 
-def threshold_of(xs: list, tests: float, budget: float) -> tuple[float, float]:
+# Mean excess of a standard normal over its 90 % quantile: E[X - u | X > u], u = 1.2816.
+NORMAL_TAIL_SCALE = 0.4735
+
+
+def threshold_of(xs: list, tests: float, budget: float, per_block: int = 1) -> tuple[float, float]:
     """(threshold, spread) of a statistic whose values over the history are xs (one per block, in
     time order), so that it is crossed upward at most `budget` times in `tests` blocks.
 
-    The larger of two estimates:
+    The larger of two estimates (the second where the tail is clearly heavier than a normal one):
     - Gaussian: centre + z x spread (spread(): robust to the regressions the history may hold),
       z for the upcrossings of an AR(1) with the measured lag-1 correlation, widened like
       Student's t for the spread estimated from the effective number of blocks;
-    - the tail as measured (extreme value theory, peaks over threshold): the excesses over the
-      90 % quantile fitted by an exponential tail (a generalised Pareto of shape 0, its scale from
-      the median excess so that a regression in the history does not inflate it), with the
-      extremal index (how exceedances cluster, runs estimator) turning exceedances into episodes.
+    - the tail as measured (extreme value theory, peaks over threshold, declustered): the peak
+      excess over the 90 % quantile of each run of consecutive exceedances, fitted by an
+      exponential tail (a generalised Pareto of shape 0: its scale is the mean peak; a regression
+      the history holds is one cluster, so it counts once), extrapolated to the budget at the
+      rate those clusters occur.
       A normal tail is lighter than this, so it never misses a heavy one (block maxima, bursts,
       slow requests)."""
     c, sd = spread(xs)
     rho = lag1(xs, c)
-    z = z_for(max(int(tests), 1), round(rho, 2), budget)
+    # The recent window is judged after every run, per_block runs a block: consecutive values share
+    # all runs but one, which raises their correlation from rho (a block apart) to about this.
+    rho_run = 1 - (1 - rho) / per_block
+    z = z_for(max(int(tests * per_block), 1), round(rho_run, 3), budget)
     n_eff = max(len(xs) * (1 - rho) / (1 + rho), 2.0)
     df = max(WINSOR_EFFICIENCY * (n_eff - 1), 1.0)
     t = c + z * (1 + (z * z + 1) / (4 * df)) * sd
     if len(xs) >= 50 and sd > 0:
         u = sorted(xs)[int(0.9 * len(xs))]
-        above = [x > u for x in xs]
-        over = [x - u for x in xs if x > u]
-        if len(over) >= 5:
-            beta = _median(over) / math.log(2)
-            clusters = sum(1 for i, a in enumerate(above) if a and (i == 0 or not above[i - 1]))
-            theta = clusters / len(over)
-            t = max(t, u + beta * math.log(max(theta * len(over) / len(xs) * tests / budget, 1.0)))
+        peaks: list = []  # the highest excess of each run of consecutive exceedances
+        for i, x in enumerate(xs):
+            if x > u:
+                if i and xs[i - 1] > u:
+                    peaks[-1] = max(peaks[-1], x - u)
+                else:
+                    peaks.append(x - u)
+        beta = sum(peaks) / len(peaks) if len(peaks) >= 10 else 0.0
+        if beta > 1.5 * NORMAL_TAIL_SCALE * sd:  # clearly heavier than a normal tail
+            t = max(t, u + beta * math.log(max(len(peaks) / len(xs) * tests / budget, 1.0)))
     return t, sd
 
 
@@ -198,11 +209,12 @@ class Detector:
         self._early: list = []  # (t, y) until the schedule (and so the block length) is known
         self._bin: Optional[int] = None
         self._cur: list = []
-        self._cur_max = [-math.inf, -math.inf]  # this block's highest recent statistic and jump
         self.blocks: deque = deque()  # [start, y, state, runs]
         self.since: Optional[float] = None
         self.cause = ""  # what started the current episode: level | jump
         self._pending: Optional[tuple] = None  # (since when, recent window start) of a crossing not yet confirmed
+        self._better: Optional[float] = None  # since when the level has been better than the noise explains
+        self.improved = (0.0, -math.inf)  # the last improvement taken as the new level: (ratio, when)
         self._null: Optional[Null] = None
         self._next = -math.inf
         self._d: Optional[float] = None
@@ -220,7 +232,7 @@ class Detector:
             times = [a for a, _ in self._early]
             gap = _median([b - a for a, b in zip(times, times[1:])])
             self.gap = max(gap, 1.0)
-            self.w = 60.0 * math.ceil(max(self.s.recent_s, self.s.recent_runs * gap) / 60.0)
+            self.w = 60.0 * math.ceil(max(self.s.recent_s, gap) / 60.0)
             early, self._early = self._early, []
             for a, b in early:
                 self._add(a, b)
@@ -237,11 +249,8 @@ class Detector:
     def _close(self) -> None:
         start = self._bin * self.w
         state = HELD if self.since is not None and start + self.w > self.since else ADMITTED
-        y = _median(self._cur)
-        ymax, jmax = self._cur_max
-        self.blocks.append([start, y, state, len(self._cur), max(ymax, y), jmax if jmax > -math.inf else None])
+        self.blocks.append([start, _median(self._cur), state, len(self._cur)])
         self._cur = []
-        self._cur_max = [-math.inf, -math.inf]
         while self.blocks and self.blocks[0][0] < start - self.s.baseline_s:
             self.blocks.popleft()
 
@@ -261,9 +270,8 @@ class Detector:
         ys = [b[1] for b in adm]
         profile, loo = self._season(adm, span)
         z = [y - p for y, p in zip(ys, loo)] if profile else ys
-        # The level statistic over the history: each block's highest recent median (the statistic
-        # as judged after every run) against the reference it had then.
-        zmax = [b[4] - (y - zz) for b, y, zz in zip(adm, ys, z)]
+        # The level statistic over the history: each block's median (the recent window's statistic
+        # at the block's end) against the reference it had then.
         level, window, lo = [], [], 0
         for i, b in enumerate(adm):
             j = i - 2  # the block just before a recent window overlaps it: it is not its reference
@@ -275,18 +283,22 @@ class Detector:
             # Only against a reference of at least half its span: a shorter one would hide the
             # slow part of the noise (drift, the daily cycle) from the null.
             if window and b[0] - adm[lo][0] >= s.reference_s / 2:
-                level.append(zmax[i] - _quick_median(window))
+                level.append(z[i] - _quick_median(window))
         tests = FOUR_WEEKS / w
         budget = s.false_alerts_per_4_weeks / 2  # two tests share it
         if len(level) < s.min_blocks:
             self._null = None
             return
-        t_level, sd = threshold_of(level, tests, budget)
+        per_block = max(1, round(w / self.gap))
+        t_level, sd = threshold_of(level, tests, budget, per_block)
         t_level = max(t_level, math.log1p(s.min_effect))
-        # The jump statistic: each block's highest recent median against the median of the
-        # jump_blocks blocks before the recent window.
-        jumps = [b[5] for b in adm if b[5] is not None]
-        t_jump = threshold_of(jumps, tests, budget)[0] if len(jumps) >= s.min_blocks else None
+        # The jump statistic: a block against the median of the jump_blocks before the one before it.
+        p = s.jump_blocks
+        jumps = []
+        for i in range(p + 1, len(adm)):
+            if adm[i][0] - adm[i - p - 1][0] <= (p + 1) * w * 1.5:
+                jumps.append(ys[i] - _median(ys[i - p - 1:i - 1]))
+        t_jump = threshold_of(jumps, tests, budget, per_block)[0] if len(jumps) >= s.min_blocks else None
         recent = [zz for b, zz in zip(adm, z) if b[0] >= now - s.reference_s - w]
         ref = _median(recent if len(recent) >= 4 else z)
         self._null = Null(ref, profile, DAY / self._slots(), t_level, _median(level), t_jump, sd, len(adm), runs, span)
@@ -362,8 +374,6 @@ class Detector:
                     break
         if len(before) == self.s.jump_blocks + 1:
             jump = yr - _median(before[1:])
-            self._cur_max[1] = max(self._cur_max[1], jump)
-        self._cur_max[0] = max(self._cur_max[0], yr)
         null = self._null
         if null is None:
             self._d = None
@@ -382,7 +392,9 @@ class Detector:
                 self._pending = None
             elif self._pending is None:
                 self._pending = (now, recent_start)
-            if crossing and now - self._pending[0] >= self.s.confirm_s:
+            # Confirmed when it has lasted confirm_s, or at once when the schedule is slower than
+            # that (the numbers then stand unchanged for longer than confirm_s anyway).
+            if crossing and (now - self._pending[0] >= self.s.confirm_s or self.gap >= self.s.confirm_s):
                 self.since = self._pending[1]
                 self._pending = None
                 self.cause = "level" if d > null.t_level else "jump"
@@ -392,6 +404,18 @@ class Detector:
                         break
                     if b[2] == ADMITTED:
                         b[2] = HELD
+            # An improvement beyond the noise, as long-lived as a regression must be, is taken as
+            # the new level at once (it never pages): shown for a day by the improvement gauge.
+            if d < -null.t_level:
+                if self._better is None:
+                    self._better = now
+                if now - self._better >= self.s.confirm_s or self.gap >= self.s.confirm_s:
+                    self._better = None
+                    self.improved = (self._ratio(-d), now)
+                    self.accept()
+                    return self.judge(now, recent_value, recent_start)
+            else:
+                self._better = None
         elif d <= t_return:
             self._end(EXCLUDED)
         elif now - self.since >= self.s.accept_after_s:
@@ -410,7 +434,7 @@ class Detector:
         v.change = self._ratio(d)
         v.firing = self.since is not None
         v.since = self.since
-        v.improvement = self._ratio(-d) if d < -null.t_level else 0.0
+        v.improvement = self.improved[0] if now - self.improved[1] < DAY else 0.0
         v.seasonal = null.profile is not None
         return v
 
@@ -432,7 +456,6 @@ class Detector:
         for b in self.blocks:
             if b[2] != HELD:
                 b[1] += d
-                b[4] += d
         self._end(ADMITTED)
         self._next = -math.inf
         self._d = 0.0
