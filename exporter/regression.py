@@ -272,9 +272,14 @@ class Detector:
         z = [y - p for y, p in zip(ys, loo)] if profile else ys
         # The level statistic over the history: each block's median (the recent window's statistic
         # at the block's end) against the reference it had then.
+        # k blocks make a recent window (1 on a fast schedule; 3 on an hourly one, a block a run):
+        # the statistic over the history is the median of k consecutive blocks.
+        k = max(1, round(max(s.recent_s, s.recent_runs * self.gap) / w))
+        zk = z if k == 1 else [_median(z[max(i - k + 1, 0):i + 1]) for i in range(len(z))]
+        yk = ys if k == 1 else [_median(ys[max(i - k + 1, 0):i + 1]) for i in range(len(ys))]
         level, window, lo = [], [], 0
         for i, b in enumerate(adm):
-            j = i - 2  # the block just before a recent window overlaps it: it is not its reference
+            j = i - k - 1  # the block just before a recent window overlaps it: it is not its reference
             if j >= 0:
                 bisect.insort(window, z[j])
             while lo <= j and adm[lo][0] < b[0] - s.reference_s - w:
@@ -282,8 +287,8 @@ class Detector:
                 lo += 1
             # Only against a reference of at least half its span: a shorter one would hide the
             # slow part of the noise (drift, the daily cycle) from the null.
-            if window and b[0] - adm[lo][0] >= s.reference_s / 2:
-                level.append(z[i] - _quick_median(window))
+            if i >= k - 1 and window and b[0] - adm[lo][0] >= s.reference_s / 2:
+                level.append(zk[i] - _quick_median(window))
         tests = FOUR_WEEKS / w
         budget = s.false_alerts_per_4_weeks / 2  # two tests share it
         if len(level) < s.min_blocks:
@@ -295,9 +300,9 @@ class Detector:
         # The jump statistic: a block against the median of the jump_blocks before the one before it.
         p = s.jump_blocks
         jumps = []
-        for i in range(p + 1, len(adm)):
-            if adm[i][0] - adm[i - p - 1][0] <= (p + 1) * w * 1.5:
-                jumps.append(ys[i] - _median(ys[i - p - 1:i - 1]))
+        for i in range(p + k, len(adm)):
+            if adm[i][0] - adm[i - p - k][0] <= (p + k) * w * 1.5:
+                jumps.append(yk[i] - _median(ys[i - p - k:i - k]))
         t_jump = threshold_of(jumps, tests, budget, per_block)[0] if len(jumps) >= s.min_blocks else None
         recent = [zz for b, zz in zip(adm, z) if b[0] >= now - s.reference_s - w]
         ref = _median(recent if len(recent) >= 4 else z)
