@@ -8,6 +8,7 @@ with (reference, daily profile, threshold, alert episodes) is exporter/regressio
 
 from __future__ import annotations
 
+import bisect
 import math
 from array import array
 from collections import deque
@@ -71,10 +72,7 @@ class Series:
         """Runs in the recent window: the last max(recent_runs, runs within recent_seconds),
         capped by recent_max_runs and recent_max_values."""
         n = len(self.times)
-        start = now - self.policy.recent_seconds
-        i = n
-        while i > 0 and self.times[i - 1] > start:
-            i -= 1
+        i = bisect.bisect_right(self.times, now - self.policy.recent_seconds)
         count = min(max(n - i, min(self.policy.recent_runs, n)), len(self.raw))
         values = 0
         for k in range(1, count + 1):

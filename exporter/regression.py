@@ -366,7 +366,9 @@ class Detector:
             return v
         if now >= self._next:
             self._refresh(now)
-            step = max(self.w, 3600.0)
+            # Hourly while the history is young; then every 6 hours (7 days of history change
+            # little in 6 hours, and a restart replays every refresh).
+            step = max(self.w, 3600.0 if self.verdict.history_s < 2 * DAY else 6 * 3600.0)
             self._next = (math.floor(now / step) + 1) * step
         yr = self.sign * math.log(recent_value)
         jump = None

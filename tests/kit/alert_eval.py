@@ -403,8 +403,8 @@ def evaluate(schedules: list[str], days: dict, quick: bool, seed: int, jobs: int
 
 def rebuild_timing(workdir: str, days: float = 3.0, targets: int = 1) -> str:
     """Write a results file as scenarios/default.yaml makes it (3 cases, a run a minute, 32 tokens
-    a request) on `targets` targets for `days` days, then time LiveStats.rebuild on it, as the
-    exporter does at start-up."""
+    a request) on `targets` targets for `days` days, then time LiveStats.rebuild on it in a fresh
+    process, as the exporter does at start-up, and report its peak memory."""
     from exporter.results import ResultsWriter
 
     path = os.path.join(workdir, "results.jsonl")
@@ -428,11 +428,20 @@ def rebuild_timing(workdir: str, days: float = 3.0, targets: int = 1) -> str:
                 ))
     writer.close()
     size = os.path.getsize(path)
-    began = time.monotonic()
-    stats = LiveStats(CollectorRegistry()).rebuild(path)
-    took = time.monotonic() - began
-    return (f"rebuild: {size / 1e6:.1f} MB results file ({days:.0f} days of scenarios/default.yaml on {targets} target(s)), "
-            f"{stats.records} records, {stats.runs} runs, {stats.series} series in {took:.2f}s")
+    code = ("import resource, sys, time\n"
+            "from prometheus_client import CollectorRegistry\n"
+            "from exporter.live_stats import LiveStats\n"
+            "began = time.monotonic()\n"
+            "s = LiveStats(CollectorRegistry()).rebuild(sys.argv[1])\n"
+            "print(s.records, s.runs, s.series, s.bytes_read, time.monotonic() - began,"
+            " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout.split()
+    records, runs, series, read, took, rss_kb = int(out[0]), int(out[1]), int(out[2]), int(out[3]), float(out[4]), int(out[5])
+    os.unlink(path)
+    return (f"rebuild: {size / 1e6:.0f} MB results file ({days:g} days of scenarios/default.yaml on {targets} target(s)): "
+            f"read {read / 1e6:.0f} MB, {records} records, {runs} runs, {series} series in {took:.1f}s, "
+            f"peak RSS {rss_kb / 1024:.0f} MB")
 
 
 def main(argv=None) -> int:
@@ -443,7 +452,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=10)
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--keep", help="write the generated promtool files to this folder instead of a temp dir")
-    ap.add_argument("--rebuild", action="store_true", help="also time a rebuild from a results file")
+    ap.add_argument("--rebuild", metavar="DAYS,TARGETS", help="only time a rebuild from a results file of DAYS days "
+                    "of scenarios/default.yaml on TARGETS targets (e.g. 7,10)")
     args = ap.parse_args(argv)
     schedules = args.schedules.split(",") if args.schedules else (["1m", "1h"] if args.quick else list(SCHEDULES))
     days = {s: args.days or (4 if args.quick else (14 if s == "15s" else 28)) for s in schedules}
@@ -451,7 +461,9 @@ def main(argv=None) -> int:
     os.makedirs(workdir, exist_ok=True)
     try:
         if args.rebuild:
-            print(rebuild_timing(workdir))
+            days_, targets_ = args.rebuild.split(",")
+            print(rebuild_timing(workdir, float(days_), int(targets_)))
+            return 0
         lines = evaluate(schedules, days, args.quick, args.seed, args.jobs, workdir)
     finally:
         if not args.keep:
