@@ -130,7 +130,7 @@ def _upcross(z: float, rho: float) -> float:
     """P(Y0 <= z < Y1) for a standard bivariate normal with correlation rho."""
     if rho <= 0:
         return _q(z) * (1 - _q(z))
-    s = math.sqrt(1 - rho * rho)
+    s = math.sqrt(1 - min(rho, 0.999) ** 2)
     n, h = 120, 8.0 / 120
     both = 0.0
     for i in range(n + 1):  # Simpson's rule over x in [z, z + 8]
@@ -178,7 +178,7 @@ def threshold_of(xs: list, tests: float, budget: float, per_block: int = 1) -> t
     rho = lag1(xs, c)
     # The recent window is judged after every run, per_block runs a block: consecutive values share
     # all runs but one, which raises their correlation from rho (a block apart) to about this.
-    rho_run = 1 - (1 - rho) / per_block
+    rho_run = min(1 - (1 - rho) / per_block, 0.999)
     z = z_for(max(int(tests * per_block), 1), round(rho_run, 3), budget)
     n_eff = max(len(xs) * (1 - rho) / (1 + rho), 2.0)
     df = max(WINSOR_EFFICIENCY * (n_eff - 1), 1.0)
