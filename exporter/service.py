@@ -146,13 +146,16 @@ class Exporter:
         """Accept the current level of the series in scope as their new regression reference:
         recorded in the results file (a restart replays it), then applied. Returns (series, message)."""
         a = Acceptance(at=time.time(), **scope)
-        if self.writer and not self.writer.write_acceptance(a):
-            return 0, "cannot write the acceptance to the results file"
         n = self.live_stats.accept(a)
-        self.exposition.invalidate()
         what = ", ".join(f"{k}={v}" for k, v in scope.items() if v is not None) or "every series"
+        if not n:
+            return 0, f"no series with a regression reference matches ({what})"
+        self.exposition.invalidate()
         log.info("accepted the current level of %d series (%s) as their regression reference", n, what)
-        return n, f"accepted the current level of {n} series ({what})"
+        message = f"accepted the current level of {n} series ({what})"
+        if self.writer and not self.writer.write_acceptance(a):
+            message += "; the results file could not record it, so a restart will not keep it"
+        return n, message
 
     def shutdown(self, grace: float = 10.0) -> bool:
         """Stop probing; True if every run ended within the grace period."""

@@ -288,3 +288,39 @@ def test_the_exporter_rebuilds_its_baseline_at_start_up(tmp_path):
     assert 53 <= gauge(exporter.registry, "llm_probe_baseline_runs") <= 59  # counted at the last refresh
     assert gauge(exporter.registry, "llm_probe_baseline_median") == pytest.approx(0.302)
     assert exporter.registry.get_sample_value("llm_probe_regression_setting_seconds", {"scenario": "s", "setting": "baseline"}) == 7 * 86400
+
+
+def _call(app, method, path, query=""):
+    status = {}
+
+    def start_response(s, headers):
+        status["s"] = s
+
+    body = b"".join(app({"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query}, start_response))
+    return status["s"], body.decode()
+
+
+def test_accept_endpoint_and_command_record_the_acceptance(tmp_path):
+    from exporter.cli import main
+    from exporter.results import parse_acceptance_line
+
+    results = tmp_path / "results.jsonl"
+    cfg_path = tmp_path / "s.yaml"
+    cfg_path.write_text(scenario_yaml("http://127.0.0.1:9", model="m"))
+    exporter = Exporter(str(cfg_path), load_text(cfg_path.read_text(), "test"), results_path=str(results))
+    for i in range(16 * 60):
+        feed(exporter.live_stats, T0 + 60 * i, [0.3 + 0.001 * (i % 5)], scenario="s")
+    app = exporter.app()
+    assert _call(app, "GET", "/-/accept", "target=t1")[0].startswith("405")
+    assert _call(app, "POST", "/-/accept", "case=short")[0].startswith("400")
+    assert _call(app, "POST", "/-/accept", "target=t1&bogus=1")[0].startswith("400")
+    assert _call(app, "POST", "/-/accept", "target=t1&case=nope")[0].startswith("404")
+    status, body = _call(app, "POST", "/-/accept", "target=t1&scenario=s&case=short")
+    assert status.startswith("200") and "accepted the current level of 1 series" in body, body
+    exporter.writer.close()
+    lines = results.read_bytes().splitlines()
+    accepted = [a for a in map(parse_acceptance_line, lines) if a]
+    assert len(accepted) == 1 and accepted[0].case == "short" and accepted[0].scenario == "s"
+    # With the exporter stopped, the command appends the record for the next start to replay.
+    assert main(["accept", "--target", "t1", "--case", "short", "--results.file", str(results)]) == 0
+    assert sum(1 for a in map(parse_acceptance_line, results.read_bytes().splitlines()) if a) == 2
