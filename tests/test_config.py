@@ -203,3 +203,24 @@ scenarios:
     names = sorted(c.name for c in cfg.scenarios[0].cases)
     assert names == ["text@temperature=0,prompt_repeat=1", "text@temperature=0,prompt_repeat=4",
                      "text@temperature=0.7,prompt_repeat=1", "text@temperature=0.7,prompt_repeat=4"]
+
+
+def test_regression_settings_per_scenario_with_defaults():
+    cfg = load_text("""
+scenarios:
+  - {name: a, model: m, cases: {x: {prompt: p}}}
+  - name: b
+    model: m
+    regression: {recent: 30m, baseline: 2w, seasonality: daily, accept_after: 3d}
+    cases: {x: {prompt: p}}
+""")
+    a, b = cfg.scenarios
+    assert (a.regression.recent, a.regression.baseline, a.regression.seasonality, a.regression.accept_after) == (
+        900, 7 * 86400, "auto", 7 * 86400)
+    assert (b.regression.recent, b.regression.baseline, b.regression.seasonality, b.regression.accept_after) == (
+        1800, 14 * 86400, "daily", 3 * 86400)
+    for bad, where in (("{seasonality: weekly}", "regression.seasonality"), ("{baseline: 6h}", "regression"),
+                       ("{recnt: 5m}", "regression.recnt"), ("{accept_after: soon}", "regression.accept_after")):
+        with pytest.raises(ConfigError) as exc:
+            load_text(f"scenarios: [{{name: s, model: m, regression: {bad}, cases: {{x: {{prompt: p}}}}}}]")
+        assert any(where in p for p in exc.value.problems), exc.value.problems
