@@ -38,6 +38,7 @@ from typing import Optional
 DAY = 86400.0
 FOUR_WEEKS = 28 * DAY
 ADMITTED, HELD, EXCLUDED = 0, 1, 2
+IMPROVEMENT_S = 3600.0  # how long an improvement must last before it becomes the new level
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,9 @@ class Settings:
     recent_runs: int = 3
     reference_s: float = DAY
     min_blocks: int = 8
-    # A crossing becomes an episode when it has lasted this long (prometheus/rules/regression.yml
-    # says `for: 10m`): a burst of load that lifts the recent median for minutes is not a regression.
+    # A crossing becomes an episode (and the alert fires) when it has lasted this long, or on a
+    # slower schedule when two runs in a row cross: a burst of load that lifts the recent median
+    # for minutes, or one odd run, is not a regression.
     confirm_s: float = 600.0
     jump_blocks: int = 4
 
@@ -213,7 +215,7 @@ class Detector:
         self.since: Optional[float] = None
         self.cause = ""  # what started the current episode: level | jump
         self._pending: Optional[tuple] = None  # (since when, recent window start) of a crossing not yet confirmed
-        self._better: Optional[float] = None  # since when the level has been better than the noise explains
+        self._better: Optional[tuple] = None  # (since when, runs) the level has been better than the noise explains
         self.improved = (0.0, -math.inf)  # the last improvement taken as the new level: (ratio, when)
         self._null: Optional[Null] = None
         self._next = -math.inf
@@ -304,7 +306,9 @@ class Detector:
             if adm[i][0] - adm[i - p - k][0] <= (p + k) * w * 1.5:
                 jumps.append(yk[i] - _median(ys[i - p - k:i - k]))
         t_jump = threshold_of(jumps, tests, budget, per_block)[0] if len(jumps) >= s.min_blocks else None
-        recent = [zz for b, zz in zip(adm, z) if b[0] >= now - s.reference_s - w]
+        # The reference: the day before the recent window (its k blocks and the one it overlaps
+        # are not part of it, as in the null above).
+        recent = [zz for b, zz in zip(adm, z) if now - s.reference_s - w <= b[0] < now - (k + 1) * w]
         ref = _median(recent if len(recent) >= 4 else z)
         self._null = Null(ref, profile, DAY / self._slots(), t_level, _median(level), t_jump, sd, len(adm), runs, span)
 
@@ -398,10 +402,13 @@ class Detector:
             if not crossing:
                 self._pending = None
             elif self._pending is None:
-                self._pending = (now, recent_start)
-            # Confirmed when it has lasted confirm_s, or at once when the schedule is slower than
-            # that (the numbers then stand unchanged for longer than confirm_s anyway).
-            if crossing and (now - self._pending[0] >= self.s.confirm_s or self.gap >= self.s.confirm_s):
+                self._pending = (now, recent_start, 0)
+            if crossing:
+                self._pending = self._pending[:2] + (self._pending[2] + 1,)
+            # Confirmed when it has lasted confirm_s; on a schedule slower than that, when two runs
+            # in a row cross.
+            if crossing and (now - self._pending[0] >= self.s.confirm_s if self.gap < self.s.confirm_s
+                             else self._pending[2] >= 2):
                 self.since = self._pending[1]
                 self._pending = None
                 self.cause = "level" if d > null.t_level else "jump"
@@ -411,12 +418,15 @@ class Detector:
                         break
                     if b[2] == ADMITTED:
                         b[2] = HELD
-            # An improvement beyond the noise, as long-lived as a regression must be, is taken as
-            # the new level at once (it never pages): shown for a day by the improvement gauge.
+            # An improvement beyond the noise that lasts (an hour, and 3 runs) is taken as the new
+            # level (it never pages): shown for a day by the improvement gauge. Taking noise for
+            # an improvement would move the reference down, hence the longer wait than for a
+            # regression.
             if d < -null.t_level:
                 if self._better is None:
-                    self._better = now
-                if now - self._better >= self.s.confirm_s or self.gap >= self.s.confirm_s:
+                    self._better = (now, 0)
+                self._better = (self._better[0], self._better[1] + 1)
+                if now - self._better[0] >= max(IMPROVEMENT_S, 2 * self.gap) and self._better[1] >= 3:
                     self._better = None
                     self.improved = (self._ratio(-d), now)
                     self.accept()
@@ -428,12 +438,7 @@ class Detector:
         elif now - self.since >= self.s.accept_after_s:
             self.accept()
             return self.judge(now, recent_value, recent_start)
-        if self.since is not None:
-            t = t_return
-        elif self._pending is not None and d <= null.t_level:
-            t = max(math.log1p(self.s.min_effect), t_return)  # a jump being confirmed
-        else:
-            t = null.t_level
+        t = t_return if self.since is not None else null.t_level
         v.expected = math.exp(self.sign * expected)
         v.reference = math.exp(self.sign * null.ref)
         v.threshold = self._ratio(t)

@@ -10,7 +10,8 @@ independent, drifting (Ornstein-Uhlenbeck, correlation time 10 min to 6 h), dail
 "server" (2 h drift + 10 % daily cycle + bursts + slow requests).
 
 - noise cases (2 per background, one latency, one tokens/s): nothing changes; every quiet ->
-  firing transition is a false-alert episode (a new one after more than 5 quiet minutes);
+  firing transition is a false-alert episode (a new one after more than 5 quiet minutes); the
+  target (<= 0.5 per case per 4 weeks) is per noise model and schedule, over both its cases;
 - step cases: a regression (+10/+25/+50 %, tokens/s the same drop) starts at a random time of
   every second day and holds for 6 h; detection delay from its start;
 - hold cases: a +25 % regression that lasts 4 days, and one that lasts until the end: does the
@@ -62,20 +63,23 @@ BASE = {"time_to_first_token_seconds": 0.3, "request_duration_seconds": 3.0, "ou
 LOWER_IS_WORSE = {"output_tokens_per_second"}
 
 # ---- what the rule reads, and the rule replayed (keep in step with prometheus/rules/regression.yml) ----
-GAUGES = ("llm_probe_recent_quantile", "llm_probe_regression_expected", "llm_probe_regression_threshold_ratio")
+GAUGES = ("llm_probe_recent_quantile", "llm_probe_regression_expected", "llm_probe_regression_threshold_ratio",
+          "llm_probe_regression_since_timestamp_seconds")
 
 
-def read(s) -> tuple[float, float, float]:
-    """The rule's inputs from a Snapshot: recent median, what it is compared with, threshold (NaN: absent)."""
+def read(s) -> tuple[float, float, float, float]:
+    """The rule's inputs from a Snapshot: recent median, what it is compared with, threshold,
+    start of the episode (NaN: absent)."""
     nan = math.nan
     if s is None or s.regression.threshold is None:
-        return (s.quantiles[0.5] if s else nan), nan, nan
-    return s.quantiles[0.5], s.regression.expected, s.regression.threshold
+        return (s.quantiles[0.5] if s else nan), nan, nan, nan
+    since = s.regression.since if s.regression.since is not None else nan
+    return s.quantiles[0.5], s.regression.expected, s.regression.threshold, since
 
 
-def fires(higher_is_worse: bool, q: float, ref: float, thr: float) -> bool:
+def fires(higher_is_worse: bool, q: float, ref: float, thr: float, since: float) -> bool:
     """regression.yml's expression, in the same float arithmetic."""
-    if math.isnan(q) or math.isnan(ref) or math.isnan(thr):
+    if math.isnan(q) or math.isnan(ref) or math.isnan(thr) or math.isnan(since):
         return False
     change = 100 * (q / ref - 1) if higher_is_worse else 100 * (1 - q / ref)
     return change > 100 * thr
@@ -139,11 +143,11 @@ def simulate(schedule: str, days: int, cases: list[Case], seed: int) -> tuple[di
         lv.segments = [(a, b, c.effect) for a, b in c.injections]
         levels[c.name] = lv
     minutes = int(days * 1440)
-    out = {c.name: tuple(array("d", [math.nan]) * (minutes + 1) for _ in range(3)) for c in cases}
+    out = {c.name: tuple(array("d", [math.nan]) * (minutes + 1) for _ in GAUGES) for c in cases}
     keys = {c.name: ("sim", schedule, "m", c.name, "1", "warm", c.quantity) for c in cases}
     run = 0
     began = time.monotonic()
-    last = {c.name: (math.nan,) * 3 for c in cases}
+    last = {c.name: (math.nan,) * len(GAUGES) for c in cases}
     for minute in range(minutes + 1):
         now = T0 + minute * 60
         ran = False
@@ -170,23 +174,15 @@ def simulate(schedule: str, days: int, cases: list[Case], seed: int) -> tuple[di
         for c in cases:
             if ran:
                 last[c.name] = read(stats.snapshot(keys[c.name]))
-            for i in range(3):
+            for i in range(len(GAUGES)):
                 out[c.name][i][minute] = last[c.name][i]
     return out, {"runs": run, "seconds": time.monotonic() - began}
 
 
-FOR_MIN = 10  # regression.yml's `for: 10m`
-
-
 def replay(case: Case, samples: tuple) -> list[int]:
-    """Minutes at which the rule fires: its expression true at every evaluation of the last `for`."""
-    q, ref, thr = samples
-    out, run = [], 0
-    for m in range(len(q)):
-        run = run + 1 if fires(case.higher_is_worse, q[m], ref[m], thr[m]) else 0
-        if run > FOR_MIN:
-            out.append(m)
-    return out
+    """Minutes at which the rule fires."""
+    q, ref, thr, since = samples
+    return [m for m in range(len(q)) if fires(case.higher_is_worse, q[m], ref[m], thr[m], since[m])]
 
 
 # ---- promtool: the real rule file on the same samples ----
@@ -327,13 +323,20 @@ def report(schedule: str, days: int, rows: dict, info: dict) -> tuple[list[str],
         if o.held:
             line += "  held " + ", ".join(f"{h:.0f}/{w:.0f} h" for h, w, _ in o.held)
         lines.append(line)
-    # Targets of issue 19.
+    # Targets of issue 19. False alerts per noise model (its latency and tokens/s cases together).
+    by_noise: dict = {}
+    for (kind, bg, _, _), o in rows.items():
+        if kind == "noise":
+            fa, wk = by_noise.get(bg, (0, 0.0))
+            by_noise[bg] = (fa + o.false_alerts, wk + o.case_weeks)
+    for bg, (fa, wk) in sorted(by_noise.items()):
+        ok = 4 * fa / wk <= 0.5
+        met.append(ok)
+        if not ok:
+            lines.append(f"  target MISSED: {bg}: {fa} false alerts in {wk:.0f} case-weeks = {4 * fa / wk:.2f} per case per 4 weeks (<= 0.5)")
     for (kind, bg, direction, effect), o in sorted(rows.items()):
         if kind == "noise":
-            ok = 4 * o.false_alerts / o.case_weeks <= 0.5
-            met.append(ok)
-            if not ok:
-                lines.append(f"  target MISSED: {bg} {direction}: {4 * o.false_alerts / o.case_weeks:.2f} false alerts per case per 4 weeks (<= 0.5)")
+            continue
         elif kind == "step" and bg in STEP_BACKGROUNDS and effect >= 0.25 and schedule in ("1m", "1h"):
             n = len(o.detected) + o.missed
             if schedule == "1m":
