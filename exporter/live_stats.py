@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.metrics_core import Metric
 
 from .live_window import Policy, quantile, Series, Snapshot
-from .regression import Detector, Settings, Verdict
+from .regression import Detector, Settings
 from .results import (Acceptance, ProbeResult, RunSummary, iter_lines, parse_acceptance_line, parse_results_line,
                       results_file_parts)
 from .sinks import Sink

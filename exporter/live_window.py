@@ -13,7 +13,7 @@ import math
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable
 
 from .regression import Verdict
 

@@ -6,7 +6,8 @@ from statistics import median
 
 import pytest
 
-from exporter.regression import Detector, Settings, spread, threshold_of, z_for
+from exporter.regression import Detector, Settings
+from exporter.thresholds import spread, threshold_of, z_for
 
 T0 = 1_780_000_000.0
 DAY = 86400.0
