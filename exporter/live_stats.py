@@ -366,11 +366,13 @@ class LiveStats(Sink):
         try:
             for part in results_file_parts(path):
                 size = part.stat().st_size
-                start = max(size - (max_bytes - read), 0)
-                parts.append((part, start))
-                read += size - start
                 if newest is None:
                     newest = _last_time(part)
+                start = max(size - (max_bytes - read), 0)
+                if newest is not None:  # skip what is older than the span (an hour of margin)
+                    start = max(start, _offset_of(part, newest - span - 3600))
+                parts.append((part, start))
+                read += size - start
                 first = _first_time(part, start)
                 if read >= max_bytes or (newest is not None and first is not None and newest - first >= span):
                     break
@@ -463,6 +465,23 @@ def _first_time(part: Path, start: int) -> Optional[float]:
         if r is not None:
             return r.ended_at
     return None
+
+
+def _offset_of(part: Path, t: float) -> int:
+    """A byte offset of the file before which every record ended before t (records are appended
+    in time order; binary search on the lines found after a few offsets)."""
+    lo, hi = 0, part.stat().st_size
+    with open(part, "rb") as f:
+        while hi - lo > 1 << 16:
+            mid = (lo + hi) // 2
+            f.seek(mid)
+            f.readline()
+            r = parse_results_line(f.readline())
+            if r is not None and r.ended_at < t:
+                lo = mid
+            else:
+                hi = mid
+    return lo
 
 
 def _last_time(part: Path) -> Optional[float]:
