@@ -34,7 +34,8 @@ def _exporter_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ollama-perf-exporter",
         description="Prometheus exporter that runs benchmark scenarios against Ollama on a schedule. "
-        "Subcommand: 'bench' runs the scenarios once and writes a report.",
+        "Subcommands: 'bench' runs the scenarios once and writes a report; 'accept' takes a case's "
+        "current level as its new regression reference.",
     )
     _common(p)
     p.add_argument("--config.check", dest="config_check", action="store_true", help="validate the config and exit")
@@ -314,8 +315,56 @@ def run_bench(args: argparse.Namespace) -> int:
                  fail_on_regression=args.fail_on_regression, rate_sweep=sweep, context_ladder=ladder)
 
 
+def _accept_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ollama-perf-exporter accept",
+        description="Accept the current level of a case as its new regression reference (ends its "
+        "regression alert; docs/regression.md). Tells the running exporter (POST /-/accept), which "
+        "records it in its results file; with --results.file and no running exporter, appends the "
+        "record there for the next start to replay.",
+    )
+    p.add_argument("--target", required=True)
+    for name in ("scenario", "model", "case", "concurrency", "start", "quantity"):
+        p.add_argument(f"--{name}", default=None, help=f"only this {name} (default: every one)")
+    p.add_argument("--url", default=None, metavar="URL",
+                   help=f"the exporter (default: http://{DEFAULT_LISTEN.replace('0.0.0.0', '127.0.0.1')})")
+    p.add_argument("--results.file", dest="results_file", metavar="PATH",
+                   help="append the acceptance to this results file instead (the exporter must not be running)")
+    return p
+
+
+def run_accept(args: argparse.Namespace) -> int:
+    import time
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from .results import SCOPE, Acceptance, ResultsWriter
+
+    scope = {k: getattr(args, k) for k in SCOPE if getattr(args, k) is not None}
+    if args.results_file:
+        writer = ResultsWriter(args.results_file)
+        ok = writer.write_acceptance(Acceptance(at=time.time(), **scope))
+        writer.close()
+        print(f"recorded in {args.results_file}" if ok else f"cannot write {args.results_file}")
+        return 0 if ok else 1
+    base = args.url or "http://" + DEFAULT_LISTEN.replace("0.0.0.0", "127.0.0.1")
+    url = base.rstrip("/") + "/-/accept?" + urllib.parse.urlencode(scope)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10) as resp:
+            print(resp.read().decode().strip())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode().strip() or str(exc), file=sys.stderr)
+    except OSError as exc:
+        print(f"cannot reach the exporter at {base}: {exc}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "accept":
+        return run_accept(_accept_parser().parse_args(argv[1:]))
     if argv and argv[0] == "bench":
         args = _bench_parser().parse_args(argv[1:])
         _setup_logging(args.log_level)

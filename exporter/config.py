@@ -32,6 +32,7 @@ from .config_types import (
     LabelValue,
     Options,
     Regex,
+    Regression,
     Strict,
     default_ollama_url,
     parse_duration,
@@ -44,6 +45,7 @@ from .sweeps import Sweep, case_name, points
 
 __all__ = [
     "DEFAULT_OLLAMA_URL", "LABEL_VALUE_MAX_LEN", "Auth", "Case", "CaseSpec", "Config", "ConfigError", "Expect",
+    "Regression",
     "Options",
     "Scenario", "ScenarioSpec", "Slo", "Sweep", "Target", "TargetFile", "build_config", "default_ollama_url",
     "expand_env", "load_file", "load_text", "parse_duration", "resolve_targets", "url_port", "valid_name",
@@ -205,6 +207,7 @@ class ScenarioSpec(Strict):
     cases: dict[str, CaseSpec] = Field(min_length=1)
     sweep: Optional[Sweep] = None
     slo: Optional[Slo] = None  # for every case that has none of its own
+    regression: Regression = Regression()
 
     @field_validator("keep_alive", mode="before")
     @classmethod
@@ -276,6 +279,7 @@ class Scenario:
     unique_prompt: bool = False
     # What `targets:` named (target names or target_files groups); None means every target.
     selector: Optional[tuple[str, ...]] = None
+    regression: Regression = Regression()
 
     def series_per_target(self) -> int:
         return len(self.cases) * len(self.concurrency)
@@ -338,6 +342,7 @@ def _scenario(spec: ScenarioSpec, cases: tuple[Case, ...]) -> Scenario:
         cases=cases,
         unique_prompt=spec.unique_prompt,
         selector=tuple(spec.targets) if spec.targets is not None else None,
+        regression=spec.regression,
     )
 
 

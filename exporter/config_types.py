@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Annotated, Any, Iterable, Optional
+from typing import Annotated, Any, Iterable, Literal, Optional
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -21,8 +21,9 @@ LABEL_VALUE_MAX_LEN = 64
 MAX_DURATION_S = 366 * 86400
 NAME_RULE = f"must be 1-{LABEL_VALUE_MAX_LEN} characters of letters, digits and _.:@=/+,-"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:@=/+,-]{1,%d}$" % LABEL_VALUE_MAX_LEN)
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+# Days and weeks too: regression baselines and accept_after are spans of days.
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 
 
 def valid_name(value: str) -> bool:
@@ -203,3 +204,23 @@ class Expect(Strict):
         if self.contains is not None:
             return self.contains in answer
         return answer.strip() == (self.equals or "").strip()
+
+
+class Regression(Strict):
+    """A scenario's regression alerts (docs/regression.md): `regression: {recent: 15m, baseline: 7d,
+    seasonality: auto, accept_after: 7d}`."""
+
+    recent: Duration = 15 * 60.0  # the recent window: last max(3 runs, this)
+    baseline: Duration = 7 * 86400.0  # the history the noise and the daily profile are measured on
+    seasonality: Literal["auto", "daily", "off"] = "auto"  # compare with the same time of day
+    accept_after: Duration = 7 * 86400.0  # a regression not accepted by then becomes the new normal
+
+    @model_validator(mode="after")
+    def _spans(self):
+        if self.baseline < 86400:
+            raise ValueError("baseline must be at least 1d: the reference is the day before the recent window")
+        if self.recent > 6 * 3600:
+            raise ValueError("recent must be at most 6h")
+        if self.accept_after < 3600:
+            raise ValueError("accept_after must be at least 1h")
+        return self

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import bcrypt
@@ -24,6 +25,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from . import __version__
 from .config import Config
 from .exposition import CachedExposition
+from .results import SCOPE as ACCEPT_SCOPE
 
 log = logging.getLogger(__name__)
 # Our names are all legacy-safe, so the classic text format is what generate_latest writes;
@@ -78,11 +80,14 @@ def create_app(
     reload: Optional[Callable[[], tuple[bool, str]]] = None,
     ready: Callable[[], bool] = lambda: True,
     landing: Callable[[], LandingPage] = LandingPage,
+    accept: Optional[Callable[[dict], tuple[int, str]]] = None,
 ) -> Callable:
     """WSGI app; /metrics serves the exposition's last background rendering (text format 0.0.4).
 
     `reload` returns (ok, message) and may be absent (then /-/reload is 404); `ready` says
-    whether the probes run; `landing` gives the landing page's current contents.
+    whether the probes run; `landing` gives the landing page's current contents; `accept`
+    takes a scope (target, scenario, model, case, concurrency, start, quantity: None matches any)
+    and returns (series accepted, message): POST /-/accept?target=...&case=... (docs/regression.md).
     """
 
     def app(environ, start_response):
@@ -106,6 +111,19 @@ def create_app(
                 return reply("405 Method Not Allowed", b"use POST to reload the config\n")
             ok, message = reload()
             return reply("200 OK" if ok else "500 Internal Server Error", (message + "\n").encode())
+        if path == "/-/accept" and accept is not None:
+            if method != "POST":
+                return reply("405 Method Not Allowed", b"use POST to accept the current level as the new reference\n")
+            query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=False)
+            unknown = sorted(set(query) - set(ACCEPT_SCOPE))
+            if unknown:
+                message = f"unknown parameter(s): {', '.join(unknown)}; use {', '.join(ACCEPT_SCOPE)}\n"
+                return reply("400 Bad Request", message.encode())
+            if "target" not in query:
+                return reply("400 Bad Request", b"target is required (and scenario, model, case, concurrency, "
+                                                b"start, quantity narrow it)\n")
+            n, message = accept({k: query[k][-1] if k in query else None for k in ACCEPT_SCOPE})
+            return reply("200 OK" if n else "404 Not Found", (message + "\n").encode())
         if method not in ("GET", "HEAD"):
             return reply("405 Method Not Allowed", b"method not allowed\n")
         if path == "/":

@@ -11,11 +11,9 @@ Per series (target, scenario, model, case, concurrency, start, quantity):
 - the recent window is the last max(recent_runs, recent_seconds) of runs, and its
   quantiles are exact quantiles of the raw request values it holds (numpy's default,
   linear interpolation between order statistics);
-- the baseline is the per-run medians older than the recent window and at most a day old
-  (a slow schedule reaches back further, for enough runs): their median, and their
-  robust standard deviation 1.4826 x MAD as the noise;
-- the regression threshold is the relative change that counts as worse than a tolerance
-  by more than the noise explains, at a false-alert budget per four weeks (threshold()).
+- exporter/regression.py judges the recent median against a reference level that holds
+  through a regression, at a threshold measured on the series' own history (docs/regression.md);
+  the gauges publish its verdict, and prometheus/rules/regression.yml compares them.
 
 Time comes from the records (the newest ended_at of a run), never from the clock, so
 the results file can rebuild the same state after a restart and a simulation can
@@ -30,13 +28,24 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
+from prometheus_client.core import GaugeMetricFamily
+
 from .keyspace import CASE
-from .live_window import Policy, Series, Snapshot, quantile, threshold
-from .results import ProbeResult, RunSummary, parse_results_line, read_tail_lines, results_file_parts
+from .live_window import Policy, Series, Snapshot, quantile
+from .regression import Detector, Settings
+from .results import (
+    Acceptance,
+    ProbeResult,
+    RunSummary,
+    iter_lines,
+    parse_acceptance_line,
+    parse_results_line,
+    results_file_parts,
+)
 from .sinks import Sink
 from .state import Part, StateStore
 from .textformat import Family, Labels, fmt
@@ -58,6 +67,9 @@ QUANTITIES: dict[str, Callable[[ProbeResult], Optional[float]]] = {
 LOWER_IS_WORSE = frozenset({"output_tokens_per_second", "prompt_tokens_per_second"})
 
 MAX_RUNS_IN_FLIGHT = 256
+# The rebuild streams the file, so this bounds the time it takes, not memory: 4 weeks of
+# scenarios/default.yaml on 10 targets are about 1.6 GB.
+REBUILD_MAX_BYTES = 4 << 30
 BG = " Computed by the exporter from the measured requests of scheduled probe runs."
 
 
@@ -71,32 +83,57 @@ RECENT_REQUESTS = Family("llm_probe_recent_requests", "gauge", "Successful reque
 RECENT_RUNS = Family("llm_probe_recent_runs", "gauge", "Runs in the recent window." + BG)
 BASELINE_MEDIAN = Family(
     "llm_probe_baseline_median", "gauge",
-    "Median of the per-run medians over the baseline (the 24 h before the recent window)." + BG)
+    "Reference level of the recent median: the median over the day before the recent window, "
+    "without the time-of-day profile; it does not follow a regression until it is accepted." + BG)
+EXPECTED = Family(
+    "llm_probe_regression_expected", "gauge",
+    "What the recent median is compared with: the reference level at this time of day (with the "
+    "daily profile where the case has one), in the unit of `quantity`." + BG)
 BASELINE_NOISE = Family(
     "llm_probe_baseline_noise", "gauge",
-    "Run-to-run noise: 1.4826 x MAD of the per-run medians in the baseline, in the unit of `quantity`." + BG)
-BASELINE_RUNS = Family("llm_probe_baseline_runs", "gauge", "Runs in the baseline." + BG)
+    "How much the recent median varies around its reference when nothing changed, measured on the "
+    "case's history (robust standard deviation), in the unit of `quantity`." + BG)
+BASELINE_RUNS = Family("llm_probe_baseline_runs", "gauge", "Runs in the history the noise is measured on." + BG)
 THRESHOLD_RATIO = Family(
     "llm_probe_regression_threshold_ratio", "gauge",
-    "Relative change of the recent median against the baseline that counts as a regression: "
-    "max(minimum effect, K x standard error / baseline)." + BG)
-LIVE_FAMILIES = (RECENT_QUANTILE, RECENT_REQUESTS, RECENT_RUNS, BASELINE_MEDIAN, BASELINE_NOISE, BASELINE_RUNS,
-                 THRESHOLD_RATIO)
+    "Relative change of the recent median against llm_probe_regression_expected that counts as a "
+    "regression now; lower while a regression episode is going on, so that it keeps firing." + BG)
+IMPROVEMENT = Family(
+    "llm_probe_regression_improvement_ratio", "gauge",
+    "Relative improvement of the recent median beyond the noise (0 when there is none); never pages." + BG)
+EPISODE_START = Family(
+    "llm_probe_regression_since_timestamp_seconds", "gauge",
+    "Start of the regression episode going on (the recent window that first crossed); absent when none. "
+    "It ends when the level is back, or accepted (`ollama-perf-exporter accept`, POST /-/accept, or after "
+    "accept_after)." + BG)
+SEASONAL = Family(
+    "llm_probe_regression_seasonal", "gauge",
+    "1 if the case is compared with the same time of day (its history shows a daily cycle), else 0." + BG)
+HISTORY = Family(
+    "llm_probe_regression_history_seconds", "gauge",
+    "Span of the history the threshold and the daily profile are measured on; shorter than the "
+    "baseline setting while the case is new." + BG)
+LIVE_FAMILIES = (RECENT_QUANTILE, RECENT_REQUESTS, RECENT_RUNS, BASELINE_MEDIAN, EXPECTED, BASELINE_NOISE,
+                 BASELINE_RUNS, THRESHOLD_RATIO, IMPROVEMENT, EPISODE_START, SEASONAL, HISTORY)
+SETTING_NAMES = ("recent", "baseline", "accept_after", "seasonality")
+SEASONALITY_CODE = {"off": 0, "auto": 1, "daily": 2}
 
 
 class LiveCase:
-    """The live windows of one case key: a Series per (start, quantity), and what each last published."""
+    """The live windows of one case key: per (start, quantity) a Series, its regression Detector,
+    and what each last published."""
 
-    __slots__ = ("series", "published")
+    __slots__ = ("series", "detectors", "published")
 
     def __init__(self):
         self.series: dict[tuple[str, str], Series] = {}
-        self.published: dict[tuple[str, str], tuple[Snapshot, int]] = {}
+        self.detectors: dict[tuple[str, str], Detector] = {}
+        self.published: dict[tuple[str, str], Snapshot] = {}
 
     def render(self, key: tuple) -> dict[str, str]:
         out: dict[str, list[str]] = {f.name: [] for f in LIVE_FAMILIES}
         case_labels = Labels(SERIES_LABELS[:5], key)
-        for (start, quantity), (s, baseline_runs) in self.published.items():
+        for (start, quantity), s in self.published.items():
             labels = case_labels.plus(SERIES_LABELS[5:], (start, quantity))
             text = labels.text
             head, tail = labels.around("quantile")
@@ -104,16 +141,41 @@ class LiveCase:
             q.extend(f"{RECENT_QUANTILE.name}{head}{_qlabel(p)}{tail} {fmt(v)}\n" for p, v in s.quantiles.items())
             q.append(f"{RECENT_QUANTILE.name}_count{text} {fmt(s.recent_requests)}\n")
             q.append(f"{RECENT_QUANTILE.name}_sum{text} {fmt(s.recent_sum)}\n")
-            values = [(RECENT_REQUESTS, s.recent_requests), (RECENT_RUNS, s.recent_runs),
-                      (BASELINE_RUNS, baseline_runs)]
-            # Too few runs to judge against: no baseline is better than a wrong one.
-            if s.baseline:
-                values += [(BASELINE_MEDIAN, s.baseline.median), (BASELINE_NOISE, s.baseline.noise)]
-                if s.threshold is not None:
-                    values.append((THRESHOLD_RATIO, s.threshold))
+            v = s.regression
+            values = [(RECENT_REQUESTS, s.recent_requests), (RECENT_RUNS, s.recent_runs), (BASELINE_RUNS, v.runs),
+                      (HISTORY, v.history_s)]
+            # Too little history to judge against: no threshold is better than a wrong one.
+            if v.threshold is not None:
+                values += [(BASELINE_MEDIAN, v.reference), (EXPECTED, v.expected),
+                           (BASELINE_NOISE, v.noise * v.reference), (THRESHOLD_RATIO, v.threshold),
+                           (IMPROVEMENT, v.improvement), (SEASONAL, 1 if v.seasonal else 0)]
+            if v.since is not None:
+                values.append((EPISODE_START, v.since))
             for family, value in values:
                 out[family.name].append(f"{family.name}{text} {fmt(value)}\n")
         return {name: "".join(lines) for name, lines in out.items()}
+
+
+class RegressionSettings:
+    """llm_probe_regression_setting_seconds{scenario, setting}: the settings in force, read from the
+    running config at scrape time (no state of its own, so a removed scenario leaves with its config)."""
+
+    def __init__(self, live: "LiveStats"):
+        self.live = live
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "llm_probe_regression_setting_seconds",
+            "Regression settings in force per scenario (recent, baseline, accept_after), in seconds; "
+            "seasonality: 0 off, 1 auto, 2 daily.", labels=["scenario", "setting"])
+        for name, st in sorted(self.live.scenario_settings().items()):
+            for setting, value in zip(SETTING_NAMES, (st.recent_s, st.baseline_s, st.accept_after_s,
+                                                      SEASONALITY_CODE[st.seasonality])):
+                family.add_metric([name, setting], value)
+        yield family
 
 
 class LiveStats(Sink):
@@ -123,8 +185,11 @@ class LiveStats(Sink):
 
     PART = "live"
 
-    def __init__(self, store: StateStore, policy: Policy = Policy()):
+    def __init__(self, store: StateStore, policy: Policy = Policy(), settings: Settings = Settings()):
         self.policy = policy
+        self.settings = settings  # for scenarios that configure() has not given their own
+        self._by_scenario: dict[str, Settings] = {}
+        self.settings_collector = RegressionSettings(self)
         self.store = store
         store.add_part(Part(CASE, self.PART, LIVE_FAMILIES, lambda key, ctx: LiveCase(),
                             lambda key, state, ctx: state.render(key)))
@@ -133,6 +198,39 @@ class LiveStats(Sink):
         # Runs already closed: a straggler that ends after its run's summary is not a new run.
         self._closed: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+
+    # ---- settings ----
+    def configure(self, config) -> None:
+        """Take each scenario's `regression:` settings; series already kept follow them."""
+        with self._lock:
+            self._by_scenario = {sc.name: to_settings(getattr(sc, "regression", None), self.settings)
+                                 for sc in config.scenarios}
+
+        def follow(state: LiveCase, ctx, key) -> Optional[bool]:
+            st = self._settings(key[1])
+            changed = False
+            for sub, det in state.detectors.items():
+                if det.s != st:
+                    det.s = st
+                    state.series[sub].policy = self._policy(st)
+                    changed = True
+            return None if changed else False
+
+        for key in self.store.keys(CASE):
+            self.store.update(CASE, key, self.PART, lambda state, ctx, key=key: follow(state, ctx, key))
+
+    def scenario_settings(self) -> dict[str, Settings]:
+        with self._lock:
+            return dict(self._by_scenario)
+
+    def _settings(self, scenario: str) -> Settings:
+        return self._by_scenario.get(scenario, self.settings)
+
+    def _policy(self, st: Settings) -> Policy:
+        p = self.policy
+        if p.recent_seconds == st.recent_s:
+            return p
+        return Policy(p.recent_runs, st.recent_s, p.recent_max_runs, p.recent_max_values)
 
     # ---- sink interface ----
     def on_result(self, r: ProbeResult) -> None:
@@ -169,7 +267,8 @@ class LiveStats(Sink):
                 values.setdefault(base + (quantity,), []).append(v)
 
     def _finish(self, pending: Optional[list], fallback_end: float, publish: bool) -> set[tuple]:
-        """Close a run: one median per series, at the time of the run's newest record.
+        """Close a run: one median per series, at the time of the run's newest record, and the
+        regression verdict after it (every run, published or not: a rebuild replays them all).
         Returns the case keys it reached (those still in the key space)."""
         if pending is None:
             return set()
@@ -180,93 +279,172 @@ class LiveStats(Sink):
 
         touched = set()
         for case_key, runs in by_case.items():
-            def add(state: LiveCase, ctx, runs=runs) -> Optional[bool]:
+            def add(state: LiveCase, ctx, runs=runs, case_key=case_key) -> Optional[bool]:
                 for sub, values in runs:
                     series = state.series.get(sub)
                     if series is None:
-                        series = state.series[sub] = Series(self.policy)
+                        st = self._settings(case_key[1])
+                        series = state.series[sub] = Series(self._policy(st))
+                        state.detectors[sub] = Detector(st, sub[1] not in LOWER_IS_WORSE)
                     series.add_run(t, values)
+                    det = state.detectors[sub]
+                    det.add_run(t, series.medians[-1])
+                    recent = series.recent_count(t)
+                    window = series.recent_values(recent)
+                    det.judge(t, quantile(window, 0.5), series.times[-recent])
                     if publish:
-                        self._publish(state, sub, t)
+                        state.published[sub] = self._snapshot(det, window, recent)
                 return None if publish else False
 
             if self.store.update(CASE, case_key, self.PART, add):
                 touched.add(case_key)
         return touched
 
-    def _publish(self, state: LiveCase, sub: tuple, now: float) -> None:
+    @staticmethod
+    def _snapshot(det: Detector, window: list, recent: int) -> Snapshot:
+        return Snapshot(
+            quantiles={q: quantile(window, q) for q in QUANTILES},
+            recent_requests=len(window),
+            recent_sum=math.fsum(window),
+            recent_runs=recent,
+            regression=replace(det.verdict),
+        )
+
+    @classmethod
+    def _republish(cls, state: LiveCase, sub: tuple) -> None:
         series = state.series[sub]
-        s = self._snapshot(series, now)
-        state.published[sub] = (s, s.baseline.runs if s.baseline else _baseline_runs(series, s.recent_runs))
+        recent = series.recent_count(series.times[-1])
+        state.published[sub] = cls._snapshot(state.detectors[sub], series.recent_values(recent), recent)
 
     def snapshot(self, key: tuple) -> Optional[Snapshot]:
         def read(state: LiveCase, ctx) -> Optional[Snapshot]:
-            series = state.series.get(tuple(key[5:]))
+            sub = tuple(key[5:])
+            series = state.series.get(sub)
             if series is None or not len(series.times):
                 return None
-            return self._snapshot(series, series.times[-1])
+            recent = series.recent_count(series.times[-1])
+            return self._snapshot(state.detectors[sub], series.recent_values(recent), recent)
 
         return self.store.read(CASE, tuple(key[:5]), self.PART, read)
 
-    def _snapshot(self, series: Series, now: float) -> Snapshot:
-        recent = series.recent_count(now)
-        values = series.recent_values(recent)
-        base = series.baseline(now, recent)
-        return Snapshot(
-            quantiles={q: quantile(values, q) for q in QUANTILES},
-            recent_requests=len(values),
-            recent_sum=math.fsum(values),
-            recent_runs=recent,
-            baseline=base,
-            threshold=threshold(self.policy, base, recent, len(values)) if base else None,
-        )
+    # ---- accepting a new level ----
+    def accept(self, a: Acceptance, publish: bool = True) -> int:
+        """Take the recent level of every series in scope as its new reference (ends its episode).
+        Returns how many series it applied to."""
+        count = 0
+        for case_key in self.store.keys(CASE):
+            if not all(want is None or str(want) == got
+                       for want, got in zip((a.target, a.scenario, a.model, a.case, a.concurrency), case_key)):
+                continue
+
+            def apply(state: LiveCase, ctx, case_key=case_key) -> Optional[bool]:
+                nonlocal count
+                n = 0
+                for sub, det in state.detectors.items():
+                    if a.matches(case_key + sub) and det.accept():
+                        n += 1
+                        series = state.series[sub]
+                        recent = series.recent_count(series.times[-1])
+                        window = series.recent_values(recent)
+                        det.judge(series.times[-1], quantile(window, 0.5), series.times[-recent])
+                        if publish:
+                            state.published[sub] = self._snapshot(det, window, recent)
+                count += n
+                return None if (n and publish) else False
+
+            self.store.update(CASE, case_key, self.PART, apply)
+        return count
 
     # ---- restart ----
-    def rebuild(self, path: str | os.PathLike, max_bytes: int = 32 << 20) -> "RebuildStats":
-        """Rebuild the windows from the end of the results file, and of its rotated files as far
-        as the baseline span (baseline_max_seconds) reaches, reading at most max_bytes in all.
-        Only the numbers LiveStats keeps are held, never the records. Runs are closed in the
-        order they ended; then every series is published as the live path would have left it."""
+    def span(self) -> float:
+        """How far back a rebuild must read: the longest history (baseline) plus the reference's day."""
+        settings = [self.settings, *self.scenario_settings().values()]
+        return max(st.baseline_s for st in settings) + max(st.reference_s for st in settings)
+
+    def rebuild(self, path: str | os.PathLike, max_bytes: int = REBUILD_MAX_BYTES) -> "RebuildStats":
+        """Rebuild the state from the results file, and its rotated files as far back as span()
+        reaches, reading at most max_bytes in all: the runs, and the acceptances, replayed in the
+        order of their times exactly as the live path met them, streamed (memory holds the state,
+        never the file). configure() and the key space first: each scenario's settings apply, and
+        only the current config's cases are rebuilt."""
         began = time.monotonic()
         path = Path(path)
-        span = self.policy.baseline_max_seconds
-        runs: dict[str, list] = {}
-        records = read = 0
-        newest = -math.inf
+        span = self.span()
+        parts: list[tuple[Path, int]] = []
+        read = 0
+        newest = None
         try:
             for part in results_file_parts(path):
-                lines, n = read_tail_lines(part, max_bytes - read)
-                read += n
-                oldest = None
-                for line in lines:
+                size = part.stat().st_size
+                if newest is None:
+                    newest = _last_time(part)
+                start = max(size - (max_bytes - read), 0)
+                if newest is not None:  # skip what is older than the span (an hour of margin)
+                    start = max(start, _offset_of(part, newest - span - 3600))
+                parts.append((part, start))
+                read += size - start
+                first = _first_time(part, start)
+                if read >= max_bytes or (newest is not None and first is not None and newest - first >= span):
+                    break
+        except OSError as exc:
+            # The exporter starts anyway; the history builds up again from new runs.
+            log.error("cannot rebuild live statistics from %s: %s", path, exc)
+            parts = []
+        oldest = (newest - span) if newest is not None else -math.inf
+        runs: dict[str, list] = {}
+        accepts: list[Acceptance] = []
+        records = kept = 0
+        touched: set = set()
+        latest = -math.inf
+
+        def close(upto: float) -> None:
+            nonlocal kept
+            accepts.sort(key=lambda a: a.at)
+            ready = sorted((p for p in runs.values() if p[0] < upto), key=lambda p: p[0])
+            for pending in ready:
+                while accepts and accepts[0].at <= pending[0]:
+                    self.accept(accepts.pop(0), publish=False)
+                if pending[0] >= oldest:
+                    touched.update(self._finish(pending, pending[0], publish=False))
+                    kept += 1
+            for pending in ready:
+                runs.pop(pending[2], None)
+            while accepts and accepts[0].at < upto:
+                self.accept(accepts.pop(0), publish=False)
+
+        try:
+            for part, start in reversed(parts):
+                for n, line in enumerate(iter_lines(part, start)):
+                    a = parse_acceptance_line(line)
+                    if a is not None:
+                        accepts.append(a)
+                        continue
                     r = parse_results_line(line)
                     if r is None:
                         continue
                     records += 1
-                    oldest = r.ended_at if oldest is None else oldest
-                    newest = max(newest, r.ended_at)
+                    latest = max(latest, r.ended_at)
                     if r.ok and r.run_id:
+                        if r.run_id not in runs:
+                            runs[r.run_id] = [r.ended_at, {}, r.run_id]
                         self._collect(r, runs)
-                if read >= max_bytes or (oldest is not None and newest - oldest >= span):
-                    break
+                    if n % 4096 == 4095:
+                        # A run's records are near each other in the file: an hour behind
+                        # the newest record, every run has all of its records.
+                        close(latest - 3600)
         except OSError as exc:
-            # The exporter starts anyway; the baseline builds up again from new runs.
             log.error("cannot rebuild live statistics from %s: %s", path, exc)
-        # Whole runs, judged by their newest record as the live path does.
-        kept = sorted((p for p in runs.values() if p[0] >= newest - span), key=lambda p: p[0])
-        touched: set[tuple] = set()
-        for pending in kept:
-            touched.update(self._finish(pending, pending[0], publish=False))
+        close(math.inf)
 
         def publish(state: LiveCase, ctx) -> None:
-            for sub, series in state.series.items():
-                self._publish(state, sub, series.times[-1])
+            for sub in state.series:
+                self._republish(state, sub)
 
         series_count = 0
         for key in touched:
             self.store.update(CASE, key, self.PART, publish)
             series_count += self.store.read(CASE, key, self.PART, lambda state, ctx: len(state.series)) or 0
-        stats = RebuildStats(records, len(kept), series_count, read, time.monotonic() - began)
+        stats = RebuildStats(records, kept, series_count, read, time.monotonic() - began)
         log.info(
             "live statistics rebuilt from %s: %d records, %d runs, %d series (%.1f MB read, %.2fs)",
             path, stats.records, stats.runs, stats.series, stats.bytes_read / 1e6, stats.seconds,
@@ -290,5 +468,46 @@ def _qlabel(q: float) -> str:
 QUANTILE_TEXT = {q: repr(q) for q in QUANTILES}
 
 
-def _baseline_runs(series: Series, recent: int) -> int:
-    return max(len(series.times) - recent, 0)
+def _first_time(part: Path, start: int) -> Optional[float]:
+    for line in iter_lines(part, start):
+        r = parse_results_line(line)
+        if r is not None:
+            return r.ended_at
+    return None
+
+
+def _offset_of(part: Path, t: float) -> int:
+    """A byte offset of the file before which every record ended before t (records are appended
+    in time order; binary search on the lines found after a few offsets)."""
+    lo, hi = 0, part.stat().st_size
+    with open(part, "rb") as f:
+        while hi - lo > 1 << 16:
+            mid = (lo + hi) // 2
+            f.seek(mid)
+            f.readline()
+            r = parse_results_line(f.readline())
+            if r is not None and r.ended_at < t:
+                lo = mid
+            else:
+                hi = mid
+    return lo
+
+
+def _last_time(part: Path) -> Optional[float]:
+    size = part.stat().st_size
+    with open(part, "rb") as f:
+        f.seek(max(size - (1 << 20), 0))
+        lines = f.read().split(b"\n")
+    for line in reversed(lines[1:] if size > (1 << 20) else lines):
+        r = parse_results_line(line)
+        if r is not None:
+            return r.ended_at
+    return None
+
+
+def to_settings(model, default: Settings) -> Settings:
+    """config.Regression (or None) -> regression.Settings."""
+    if model is None:
+        return default
+    return replace(default, recent_s=float(model.recent), baseline_s=float(model.baseline),
+                   seasonality=str(model.seasonality), accept_after_s=float(model.accept_after))

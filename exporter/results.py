@@ -256,7 +256,14 @@ class ResultsWriter:
 
     def write(self, record: ProbeResult) -> bool:
         """True if the line is in the file; False (logged) if it could not be written."""
-        line = (json.dumps(record.to_dict(), separators=(",", ":"), allow_nan=False) + "\n").encode()
+        return self._write(record.to_dict())
+
+    def write_acceptance(self, a: "Acceptance") -> bool:
+        """Record that the user accepted a new level (LiveStats.rebuild replays it)."""
+        return self._write(a.to_dict())
+
+    def _write(self, d: dict) -> bool:
+        line = (json.dumps(d, separators=(",", ":"), allow_nan=False) + "\n").encode()
         with self._lock:
             if self._closed:
                 # Shutting down: a probe that outlived the grace period is not recorded.
@@ -300,18 +307,73 @@ def read_results(path: str | os.PathLike) -> Iterator[ProbeResult]:
                 d = json.loads(raw)
                 if not isinstance(d, dict):
                     raise ValueError("not an object")
+                if d.get("kind") == ACCEPT:
+                    continue  # an acceptance of a new regression reference, not a request
                 yield ProbeResult.from_dict(d)
             except (ValueError, TypeError) as exc:
                 log.warning("%s:%d: skipping unreadable line: %s", path, lineno, exc)
 
 
 def parse_results_line(line: bytes) -> Optional[ProbeResult]:
-    """One results-file line -> a record; None for a blank, torn or garbled one."""
+    """One results-file line -> a record; None for a blank, torn or garbled one, or an acceptance."""
     try:
         d = json.loads(line)
-        return ProbeResult.from_dict(d) if isinstance(d, dict) else None
+        return ProbeResult.from_dict(d) if isinstance(d, dict) and d.get("kind") != ACCEPT else None
     except (ValueError, TypeError):
         return None
+
+
+ACCEPT = "accept"
+SCOPE = ("target", "scenario", "model", "case", "concurrency", "start", "quantity")
+
+
+@dataclass
+class Acceptance:
+    """A results-file line that is not a request: the user accepted the current level of the series
+    in scope as their new regression reference (every field left None matches anything)."""
+
+    at: float
+    target: Optional[str] = None
+    scenario: Optional[str] = None
+    model: Optional[str] = None
+    case: Optional[str] = None
+    concurrency: Optional[str] = None
+    start: Optional[str] = None
+    quantity: Optional[str] = None
+
+    def matches(self, key: tuple) -> bool:
+        """key: (target, scenario, model, case, concurrency, start, quantity) of a live series."""
+        return all(want is None or str(want) == got for want, got in zip((getattr(self, f) for f in SCOPE), key))
+
+    def to_dict(self) -> dict:
+        return {"kind": ACCEPT, "at": self.at, **{f: getattr(self, f) for f in SCOPE if getattr(self, f) is not None}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Acceptance":
+        return cls(at=float(d["at"]), **{f: (str(d[f]) if d.get(f) is not None else None) for f in SCOPE})
+
+
+def parse_acceptance_line(line: bytes) -> Optional[Acceptance]:
+    """An acceptance line -> Acceptance; None for anything else. Cheap on request lines."""
+    if b'"kind":"accept"' not in line:
+        return None
+    try:
+        d = json.loads(line)
+        return Acceptance.from_dict(d) if isinstance(d, dict) and d.get("kind") == ACCEPT else None
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def iter_lines(path: Path, start: int) -> Iterator[bytes]:
+    """The complete lines of a file from byte `start` (the first, partial, line skipped when
+    start > 0), streamed in blocks: memory does not grow with the file."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        if start > 0:
+            f.readline()
+        for line in f:
+            if line.endswith(b"\n"):
+                yield line[:-1]
 
 
 def read_tail_lines(path: Path, budget: int) -> tuple[Iterator[bytes], int]:

@@ -16,7 +16,7 @@ from .http import LandingPage
 from .keyspace import Keyspace
 from .live_stats import LiveStats
 from .metrics import ExporterMetrics, ProbeMetrics
-from .results import ResultsWriter
+from .results import Acceptance, ResultsWriter
 from .scheduler import ProbeScheduler
 from .server_stats import ServerStats
 from .shard import Shard
@@ -49,6 +49,7 @@ class Exporter:
         self.store = StateStore()
         self.probe_metrics = ProbeMetrics(self.store)
         self.live_stats = LiveStats(self.store)
+        self.registry.register(self.live_stats.settings_collector)
         self.server_stats = ServerStats(self.store)
         self.writer = (ResultsWriter(results_path, max_bytes=results_max_bytes, keep=results_keep)
                        if results_path else None)
@@ -103,6 +104,7 @@ class Exporter:
         # One step: from here on, a record or a poll for a key the config no longer has is
         # dropped by the store, and /metrics holds exactly this config's keys.
         self.store.swap(Keyspace.of(config))
+        self.live_stats.configure(config)  # each scenario's regression settings (before a rebuild replays)
         self.server_stats.set_targets(config.targets)
         self.scheduler.apply(config)
         if loaded:
@@ -151,7 +153,23 @@ class Exporter:
         """The WSGI app serving this exporter."""
         from .http import create_app
 
-        return create_app(self.exposition, reload=self.reload, ready=self.ready, landing=self.landing)
+        return create_app(self.exposition, reload=self.reload, ready=self.ready, landing=self.landing,
+                          accept=self.accept)
+
+    def accept(self, scope: dict) -> tuple[int, str]:
+        """Accept the current level of the series in scope as their new regression reference:
+        recorded in the results file (a restart replays it), then applied. Returns (series, message)."""
+        a = Acceptance(at=time.time(), **scope)
+        n = self.live_stats.accept(a)
+        what = ", ".join(f"{k}={v}" for k, v in scope.items() if v is not None) or "every series"
+        if not n:
+            return 0, f"no series with a regression reference matches ({what})"
+        self.exposition.invalidate()
+        log.info("accepted the current level of %d series (%s) as their regression reference", n, what)
+        message = f"accepted the current level of {n} series ({what})"
+        if self.writer and not self.writer.write_acceptance(a):
+            message += "; the results file could not record it, so a restart will not keep it"
+        return n, message
 
     def shutdown(self, grace: float = 10.0) -> bool:
         """Stop probing; True if every run ended within the grace period."""

@@ -265,3 +265,24 @@ def test_one_case_name_rule_for_literal_and_swept_names():
     found = problems("scenarios: [{name: s, model: m, cases: {'x y': {prompt: p}}, sweep: {top_k: [1]}}]")
     assert found == ["scenarios[0].cases.x y swept at top_k=1: case name 'x y@top_k=1' "
                      "must be 1-64 characters of letters, digits and _.:@=/+,-"]
+
+
+def test_regression_settings_per_scenario_with_defaults():
+    cfg = load_text("""
+scenarios:
+  - {name: a, model: m, cases: {x: {prompt: p}}}
+  - name: b
+    model: m
+    regression: {recent: 30m, baseline: 2w, seasonality: daily, accept_after: 3d}
+    cases: {x: {prompt: p}}
+""")
+    a, b = cfg.scenarios
+    assert (a.regression.recent, a.regression.baseline, a.regression.seasonality, a.regression.accept_after) == (
+        900, 7 * 86400, "auto", 7 * 86400)
+    assert (b.regression.recent, b.regression.baseline, b.regression.seasonality, b.regression.accept_after) == (
+        1800, 14 * 86400, "daily", 3 * 86400)
+    for bad, where in (("{seasonality: weekly}", "regression.seasonality"), ("{baseline: 6h}", "regression"),
+                       ("{recnt: 5m}", "regression.recnt"), ("{accept_after: soon}", "regression.accept_after")):
+        with pytest.raises(ConfigError) as exc:
+            load_text(f"scenarios: [{{name: s, model: m, regression: {bad}, cases: {{x: {{prompt: p}}}}}}]")
+        assert any(where in p for p in exc.value.problems), exc.value.problems

@@ -172,7 +172,8 @@ def test_percentiles_are_exact_statistics_not_bucket_interpolations():
     overview = " ".join(t["expr"] for p in _panels(_load("overview.json")) for t in p.get("targets", []))
     for q in ("0.5", "0.9", "0.95", "0.99"):
         assert f'quantile="{q}"' in overview
-    for metric in ("llm_probe_recent_quantile", "llm_probe_baseline_median", "llm_probe_baseline_noise",
+    for metric in ("llm_probe_recent_quantile", "llm_probe_baseline_median", "llm_probe_regression_expected",
+                   "llm_probe_regression_threshold_ratio",
                    "llm_probe_slo_good_requests_total", "llm_probe_slo_requests_total"):
         assert metric in overview, metric
 
@@ -495,13 +496,14 @@ def _exporter_config(fake_url, marker):
 
 
 def _seed_results(path, now):
-    """Runs of the `default` scenario one to two hours ago, as an earlier exporter would have written
-    them: the exact statistics rebuild their baseline from the results file at start-up."""
+    """Runs of the `default` scenario every 5 minutes over the 17 hours before now, as an earlier
+    exporter would have written them: the exact statistics rebuild their history from the results
+    file at start-up, long enough for a regression threshold (docs/regression.md)."""
     from exporter.results import ProbeResult
 
     with open(path, "w", encoding="utf-8") as f:
-        for i in range(12):
-            ended = now - 7200 + i * 300
+        for i in range(204):
+            ended = now - 61200 + i * 300
             for case, ttft in (("short", 0.012), ("long", 0.015)):
                 r = ProbeResult(target="local", scenario="default", model="tiny", case=case, run_id=f"seed-{i}",
                                 started_at=ended - 0.05, ended_at=ended, ok=True, ttft_s=ttft * (1 + i % 3 / 50),

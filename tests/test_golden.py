@@ -89,8 +89,8 @@ def render(tmp_path) -> str:
         sinks = FanOut([probe_metrics, live_stats, exposition, ResultsFileSink(
             writer, exporter_metrics.results_lines, exporter_metrics.results_errors)])
         try:
-            # Eight earlier hourly runs: enough history for a baseline, its noise and a threshold.
-            for k in range(8, 0, -1):
+            # Thirty earlier hourly runs: enough history for a reference, its noise and a threshold.
+            for k in range(30, 0, -1):
                 sinks.on_result(_ok("short", "warm", offset=-3600.0 * k, run_id=f"h{k}", ttft=0.25 + 0.0625 * (k % 3)))
                 sinks.on_run(RunSummary("t1", "s", f"h{k}", T0 - 3600 * k, T0 - 3600 * k + 3, requests=1, failures=0))
             sinks.on_result(_ok("short", "cold"))

@@ -1,0 +1,375 @@
+"""Regression detection for one series: a reference level that holds, judged against a threshold
+measured on the series' own history (docs/regression.md).
+
+Pure numbers, no Prometheus and no clock: times come from the records, so replaying the same runs
+(and acceptances) in order rebuilds the same state after a restart.
+
+In log space, worse positive (y = log value, or -log value for tokens/s):
+- history: the runs are grouped in blocks of w = max(recent, the schedule's interval),
+  on a fixed time grid; a block's number is the median of its runs' medians. Blocks cover the
+  baseline span (7 d); blocks of an alert episode are left out of it.
+- the daily profile (seasonality): per slot of the day, the median of the blocks' deviations over
+  the days of history; used when, measured out of sample (each day against the profile of the
+  other days), it makes the blocks scatter less (auto), or always (daily).
+- the reference: the median of the deseasonalised blocks of the last day before the recent window;
+  it follows slow drift, but never the blocks of an alert episode, so a regression stays one.
+- the level test: the recent statistic minus reference and profile, d. Its null distribution is
+  measured by computing the same statistic on every block of the history against the reference
+  it had then (a rolling median of the day before it): centre, robust spread, and lag-1
+  autocorrelation rho. The threshold is centre + z x spread, z such that a Gaussian AR(1) with that
+  rho crosses it upward less than the false-alert budget over four weeks, widened for the spread
+  being estimated from n (1 - rho) / (1 + rho) effective blocks.
+- the jump test: the recent statistic minus the median of the 4 blocks before it, against its own
+  null measured the same way; catches a step quickly when the level drifts slowly.
+- an alert episode starts when either test fires, and holds while d stays above
+  min(spread, threshold / 2): it ends when the level is back, or when it is accepted (by the user,
+  or after accept_after), which moves the history to the new level.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional
+
+from .thresholds import median as _median
+from .thresholds import spread, threshold_of
+
+DAY = 86400.0
+FOUR_WEEKS = 28 * DAY
+ADMITTED, HELD, EXCLUDED = 0, 1, 2
+IMPROVEMENT_S = 3600.0  # how long an improvement must last before it becomes the new level
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Per scenario (config `regression:`); the defaults are measured with `make alert-eval`."""
+
+    recent_s: float = 15 * 60.0
+    baseline_s: float = 7 * DAY
+    seasonality: str = "auto"  # auto | daily | off
+    accept_after_s: float = 7 * DAY
+    min_effect: float = 0.08
+    false_alerts_per_4_weeks: float = 0.5
+    recent_runs: int = 3
+    reference_s: float = DAY
+    min_blocks: int = 8
+    # A crossing becomes an episode (and the alert fires) when it has lasted this long, or on a
+    # slower schedule when two runs in a row cross: a burst of load that lifts the recent median
+    # for minutes, or one odd run, is not a regression.
+    confirm_s: float = 600.0
+    jump_blocks: int = 4
+
+
+@dataclass
+class Verdict:
+    """What the gauges of one series say about regressions (ratios relative, worse positive)."""
+
+    expected: Optional[float] = None  # the recent median's expected value: reference x time of day, in the unit
+    reference: Optional[float] = None  # the reference level, in the unit
+    threshold: Optional[float] = None  # the relative change that counts now (lower during an episode)
+    noise: Optional[float] = None  # robust spread of the recent statistic around its reference, relative
+    change: Optional[float] = None  # the recent median's relative change against `expected`
+    improvement: float = 0.0  # relative improvement beyond the noise, else 0
+    firing: bool = False
+    since: Optional[float] = None  # start of the current alert episode
+    seasonal: bool = False
+    history_s: float = 0.0  # span of the usable history
+    blocks: int = 0  # blocks in the history
+    runs: int = 0  # runs in the history
+
+
+@dataclass
+class Null:
+    ref: float
+    profile: Optional[list]  # per slot of the day, or None
+    slot_s: float
+    t_level: float
+    c_level: float
+    t_jump: Optional[float]
+    spread: float
+    blocks: int
+    runs: int
+    history_s: float
+
+
+class Detector:
+    """One series (one quantity of one case, cold or warm) over time."""
+
+    def __init__(self, settings: Settings = Settings(), higher_is_worse: bool = True):
+        self.s = settings
+        self.sign = 1.0 if higher_is_worse else -1.0
+        self.w: Optional[float] = None
+        self.gap = 60.0  # the schedule's interval, as observed
+        self._early: list = []  # (t, y) until the schedule (and so the block length) is known
+        self._bin: Optional[int] = None
+        self._cur: list = []
+        self.blocks: deque = deque()  # [start, y, state, runs]
+        self.since: Optional[float] = None
+        self.cause = ""  # what started the current episode: level | jump
+        self._pending: Optional[tuple] = None  # (since when, recent window start) of a crossing not yet confirmed
+        self._better: Optional[tuple] = None  # (since when, runs) the level has been better than the noise explains
+        self.improved = (0.0, -math.inf)  # the last improvement taken as the new level: (ratio, when)
+        self._null: Optional[Null] = None
+        self._next = -math.inf
+        self._d: Optional[float] = None
+        self.verdict = Verdict()
+
+    # ---- runs ----
+    def add_run(self, t: float, value: float) -> None:
+        if not value > 0 or not math.isfinite(value):
+            return
+        y = self.sign * math.log(value)
+        if self.w is None:
+            self._early.append((t, y))
+            if len(self._early) < 4:
+                return
+            times = [a for a, _ in self._early]
+            gap = _median([b - a for a, b in zip(times, times[1:])])
+            self.gap = max(gap, 1.0)
+            self.w = 60.0 * math.ceil(max(self.s.recent_s, gap) / 60.0)
+            early, self._early = self._early, []
+            for a, b in early:
+                self._add(a, b)
+            return
+        self._add(t, y)
+
+    def _add(self, t: float, y: float) -> None:
+        b = math.floor(t / self.w)
+        if self._bin is not None and b != self._bin and self._cur:
+            self._close()
+        self._bin = b
+        self._cur.append(y)
+
+    def _close(self) -> None:
+        start = self._bin * self.w
+        state = HELD if self.since is not None and start + self.w > self.since else ADMITTED
+        self.blocks.append([start, _median(self._cur), state, len(self._cur)])
+        self._cur = []
+        while self.blocks and self.blocks[0][0] < start - self.s.baseline_s:
+            self.blocks.popleft()
+
+    # ---- the null: how the statistics vary when nothing changed ----
+    def _slots(self) -> int:
+        return max(1, min(96, round(DAY / self.w)))
+
+    def _refresh(self, now: float) -> None:
+        adm = [b for b in self.blocks if b[2] == ADMITTED]
+        runs = sum(b[3] for b in adm)
+        span = (now - adm[0][0]) if adm else 0.0
+        self.verdict.history_s, self.verdict.blocks, self.verdict.runs = span, len(adm), runs
+        if len(adm) < self.s.min_blocks:
+            self._null = None
+            return
+        w, s = self.w, self.s
+        ys = [b[1] for b in adm]
+        profile, loo = self._season(adm, span)
+        z = [y - p for y, p in zip(ys, loo)] if profile else ys
+        # The level statistic over the history: each block's median (the recent window's statistic
+        # at the block's end) against the reference it had then.
+        # k blocks make a recent window (1 on a fast schedule; 3 on an hourly one, a block a run):
+        # the statistic over the history is the median of k consecutive blocks.
+        k = max(1, round(max(s.recent_s, s.recent_runs * self.gap) / w))
+        zk = z if k == 1 else [_median(z[max(i - k + 1, 0):i + 1]) for i in range(len(z))]
+        yk = ys if k == 1 else [_median(ys[max(i - k + 1, 0):i + 1]) for i in range(len(ys))]
+        level, window, lo = [], [], 0
+        for i, b in enumerate(adm):
+            j = i - k - 1  # the block just before a recent window overlaps it: it is not its reference
+            if j >= 0:
+                bisect.insort(window, z[j])
+            while lo <= j and adm[lo][0] < b[0] - s.reference_s - w:
+                del window[bisect.bisect_left(window, z[lo])]
+                lo += 1
+            # Only against a reference of at least half its span: a shorter one would hide the
+            # slow part of the noise (drift, the daily cycle) from the null.
+            if i >= k - 1 and window and b[0] - adm[lo][0] >= s.reference_s / 2:
+                level.append(zk[i] - _quick_median(window))
+        tests = FOUR_WEEKS / w
+        budget = s.false_alerts_per_4_weeks / 2  # two tests share it
+        if len(level) < s.min_blocks:
+            self._null = None
+            return
+        per_block = max(1, round(w / self.gap))
+        t_level, sd = threshold_of(level, tests, budget, per_block)
+        t_level = max(t_level, math.log1p(s.min_effect))
+        # The jump statistic: a block against the median of the jump_blocks before the one before it.
+        p = s.jump_blocks
+        jumps = []
+        for i in range(p + k, len(adm)):
+            if adm[i][0] - adm[i - p - k][0] <= (p + k) * w * 1.5:
+                jumps.append(yk[i] - _median(ys[i - p - k:i - k]))
+        t_jump = threshold_of(jumps, tests, budget, per_block)[0] if len(jumps) >= s.min_blocks else None
+        # The reference: the day before the recent window (its k blocks and the one it overlaps
+        # are not part of it, as in the null above).
+        recent = [zz for b, zz in zip(adm, z) if now - s.reference_s - w <= b[0] < now - (k + 1) * w]
+        ref = _median(recent if len(recent) >= 4 else z)
+        self._null = Null(ref, profile, DAY / self._slots(), t_level, _median(level), t_jump, sd, len(adm), runs, span)
+
+    def _season(self, adm: list, span: float):
+        """The daily profile (per slot, smoothed) and each block's out-of-sample profile value,
+        or (None, None) when the history shows no daily cycle worth following."""
+        mode = self.s.seasonality
+        if mode == "off" or span < (3 if mode == "auto" else 2) * DAY:
+            return None, None
+        n = self._slots()
+        slot_s = DAY / n
+        centre = _median([b[1] for b in adm])
+        cells: dict = {}
+        for b in adm:
+            mid = b[0] + self.w / 2
+            cells.setdefault((int(mid // DAY), int((mid % DAY) // slot_s)), []).append(b[1] - centre)
+        per_slot: list[dict] = [dict() for _ in range(n)]
+        for (day, slot), v in cells.items():
+            per_slot[slot][day] = _median(v)
+
+        def smooth(raw: list) -> list:
+            # A 3-slot running mean where slots are short (w <= 1 h); a long slot is already smooth.
+            return [(raw[i - 1] + raw[i] + raw[(i + 1) % n]) / 3 if n >= 24 else raw[i] for i in range(n)]
+
+        full = smooth([_median(list(d.values())) if d else 0.0 for d in per_slot])
+        days = sorted({day for day, _ in cells})
+        loo_by_day = {}
+        for day in days:
+            raw = []
+            for d in per_slot:
+                others = [v for k, v in d.items() if k != day]
+                raw.append(_median(others) if others else 0.0)
+            loo_by_day[day] = smooth(raw)
+        loo = []
+        for b in adm:
+            mid = b[0] + self.w / 2
+            loo.append(loo_by_day[int(mid // DAY)][int((mid % DAY) // slot_s)])
+        if mode == "auto":
+            flat = spread([b[1] for b in adm])[1]
+            seasonal = spread([b[1] - p for b, p in zip(adm, loo)])[1]
+            if not seasonal < 0.9 * flat:
+                return None, None
+        return full, loo
+
+    def _profile_at(self, null: Null, t: float) -> float:
+        if not null.profile:
+            return 0.0
+        n = len(null.profile)
+        pos = (t % DAY) / null.slot_s - 0.5
+        i = math.floor(pos)
+        f = pos - i
+        return (1 - f) * null.profile[i % n] + f * null.profile[(i + 1) % n]
+
+    # ---- judging the recent window ----
+    def judge(self, now: float, recent_value: float, recent_start: float) -> Verdict:
+        """The verdict after a run: recent_value is the recent window's median, which began at recent_start."""
+        v = self.verdict
+        if self.w is None or not recent_value > 0:
+            return v
+        if now >= self._next:
+            self._refresh(now)
+            # Hourly while the history is young; then every 6 hours (7 days of history change
+            # little in 6 hours, and a restart replays every refresh).
+            step = max(self.w, 3600.0 if self.verdict.history_s < 2 * DAY else 6 * 3600.0)
+            self._next = (math.floor(now / step) + 1) * step
+        yr = self.sign * math.log(recent_value)
+        jump = None
+        before = []
+        for k in range(len(self.blocks) - 1, -1, -1):
+            b = self.blocks[k]
+            if b[0] + self.w <= recent_start:
+                before.append(b[1])
+                if len(before) > self.s.jump_blocks:
+                    break
+        if len(before) == self.s.jump_blocks + 1:
+            jump = yr - _median(before[1:])
+        null = self._null
+        if null is None:
+            self._d = None
+            v.expected = v.reference = v.threshold = v.noise = v.change = None
+            v.firing, v.improvement, v.seasonal = False, 0.0, False
+            return v
+        expected = null.ref + self._profile_at(null, (recent_start + now) / 2)
+        d = yr - expected
+        self._d = d
+        # The episode lasts until the level is back at its reference (the centre of its null).
+        t_return = min(max(null.c_level, 0.0), null.t_level / 2)
+        if self.since is None:
+            by_jump = (jump is not None and null.t_jump is not None and jump > null.t_jump
+                       and d > max(math.log1p(self.s.min_effect), t_return))
+            crossing = d > null.t_level or by_jump
+            if not crossing:
+                self._pending = None
+            elif self._pending is None:
+                self._pending = (now, recent_start, 0)
+            if crossing:
+                self._pending = self._pending[:2] + (self._pending[2] + 1,)
+            # Confirmed when it has lasted confirm_s; on a schedule slower than that, when two runs
+            # in a row cross.
+            if crossing and (now - self._pending[0] >= self.s.confirm_s if self.gap < self.s.confirm_s
+                             else self._pending[2] >= 2):
+                self.since = self._pending[1]
+                self._pending = None
+                self.cause = "level" if d > null.t_level else "jump"
+                for k in range(len(self.blocks) - 1, -1, -1):
+                    b = self.blocks[k]
+                    if b[0] + self.w <= recent_start:
+                        break
+                    if b[2] == ADMITTED:
+                        b[2] = HELD
+            # An improvement beyond the noise that lasts (an hour, and 3 runs) is taken as the new
+            # level (it never pages): shown for a day by the improvement gauge. Taking noise for
+            # an improvement would move the reference down, hence the longer wait than for a
+            # regression.
+            if d < -null.t_level:
+                if self._better is None:
+                    self._better = (now, 0)
+                self._better = (self._better[0], self._better[1] + 1)
+                if now - self._better[0] >= max(IMPROVEMENT_S, 2 * self.gap) and self._better[1] >= 3:
+                    self._better = None
+                    self.improved = (self._ratio(-d), now)
+                    self.accept()
+                    return self.judge(now, recent_value, recent_start)
+            else:
+                self._better = None
+        elif d <= t_return:
+            self._end(EXCLUDED)
+        elif now - self.since >= self.s.accept_after_s:
+            self.accept()
+            return self.judge(now, recent_value, recent_start)
+        t = t_return if self.since is not None else null.t_level
+        v.expected = math.exp(self.sign * expected)
+        v.reference = math.exp(self.sign * null.ref)
+        v.threshold = self._ratio(t)
+        v.noise = math.expm1(null.spread)
+        v.change = self._ratio(d)
+        v.firing = self.since is not None
+        v.since = self.since
+        v.improvement = self.improved[0] if now - self.improved[1] < DAY else 0.0
+        v.seasonal = null.profile is not None
+        return v
+
+    def _ratio(self, x: float) -> float:
+        """A log change (worse positive) as the relative change the rule computes."""
+        return math.expm1(x) if self.sign > 0 else -math.expm1(-x)
+
+    def _end(self, state: int) -> None:
+        for b in self.blocks:
+            if b[2] == HELD:
+                b[2] = state
+        self.since = None
+
+    def accept(self) -> bool:
+        """Take the recent level as the new normal: the history moves to it, the episode ends."""
+        if self._d is None:
+            return False
+        d = self._d
+        for b in self.blocks:
+            if b[2] != HELD:
+                b[1] += d
+        self._end(ADMITTED)
+        self._next = -math.inf
+        self._d = 0.0
+        return True
+
+
+def _quick_median(s: list) -> float:
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])

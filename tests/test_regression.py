@@ -1,0 +1,133 @@
+"""The regression detector (exporter/regression.py) on simulated runs: counts and detections, no clock."""
+
+import math
+import random
+from statistics import median
+
+import pytest
+
+from exporter.regression import Detector, Settings
+from exporter.thresholds import spread, threshold_of, z_for
+
+T0 = 1_780_000_000.0
+DAY = 86400.0
+
+
+def drive(det, minutes, level, rng, start=0, every=60, window=15, noise=0.05, history=None):
+    """A run every `every` seconds with one request: value = level(t) x lognormal noise.
+    Returns the minutes (from T0) at which the detector's episode was on."""
+    history = history if history is not None else []
+    on = []
+    for i in range(start, start + minutes * 60 // every):
+        t = T0 + i * every
+        v = level(t) * math.exp(rng.gauss(0, noise))
+        history.append((t, v))
+        det.add_run(t, v)
+        recent = history[-max(window * 60 // every, 3):]
+        verdict = det.judge(t, median(v for _, v in recent), recent[0][0])
+        if verdict.firing:
+            on.append((t - T0) / 60)
+    return on
+
+
+def test_z_for_follows_budget_tests_and_correlation():
+    assert z_for(2688, 0.0, 0.25) > z_for(2688, 0.0, 1.0) > z_for(224, 0.0, 1.0)
+    # Correlated values cross a level less often than independent ones: a lower z does.
+    assert z_for(2688, 0.9, 0.25) < z_for(2688, 0.0, 0.25)
+    assert 3.5 < z_for(2688, 0.0, 0.25) < 4.0
+
+
+def test_spread_is_robust_and_consistent_for_normal_data():
+    rng = random.Random(1)
+    xs = [rng.gauss(0, 1) for _ in range(4000)]
+    c, sd = spread(xs)
+    assert abs(c) < 0.1 and sd == pytest.approx(1.0, rel=0.05)
+    c2, sd2 = spread(xs + [50.0] * 100)  # 2.5 % of outliers move it little
+    assert sd2 == pytest.approx(sd, rel=0.15)
+
+
+def test_threshold_widens_for_heavy_tails_and_autocorrelation():
+    rng = random.Random(2)
+    normal = [rng.gauss(0, 1) for _ in range(600)]
+    heavy = [x + (rng.expovariate(0.5) if rng.random() < 0.08 else 0.0) for x in normal]
+    x, drifting = 0.0, []
+    for _ in range(600):
+        x = 0.9 * x + math.sqrt(1 - 0.81) * rng.gauss(0, 1)
+        drifting.append(x)
+    t_normal = threshold_of(normal, 2688, 0.25)[0]
+    assert threshold_of(heavy, 2688, 0.25)[0] > 1.2 * t_normal
+    # Drifting values: fewer independent blocks to know the spread from, so a wider margin per sd.
+    t_drift, sd_drift = threshold_of(drifting, 2688, 0.25)
+    assert t_drift / sd_drift > t_normal / spread(normal)[1]
+
+
+def test_a_step_fires_holds_for_days_and_ends_when_accepted():
+    rng = random.Random(3)
+    det = Detector(Settings())
+    hist = []
+    step_at = T0 + 2 * DAY
+    on = drive(det, 5 * 1440, lambda t: 1.0 if t < step_at else 1.5, rng, history=hist)
+    assert on, "a +50% step must fire"
+    first = on[0] - 2 * 1440
+    assert 0 < first <= 30  # minutes after the step
+    # Quiet before the step; then firing without a break for the 3 days since.
+    assert all(m >= 2 * 1440 for m in on)
+    assert len(on) >= (5 * 1440 - on[0]) - 1
+    assert det.verdict.firing and det.verdict.since is not None
+    assert det.verdict.reference == pytest.approx(1.0, rel=0.05)
+    assert det.accept()
+    on = drive(det, 1440, lambda t: 1.5, rng, start=5 * 1440, history=hist)
+    assert not on and not det.verdict.firing
+    assert det.verdict.reference == pytest.approx(1.5, rel=0.05)
+
+
+def test_an_episode_ends_when_the_level_is_back_and_accept_after_moves_the_reference():
+    rng = random.Random(4)
+    det = Detector(Settings(accept_after_s=DAY))
+    hist = []
+    a, b = T0 + 2 * DAY, T0 + 2 * DAY + 6 * 3600
+    on = drive(det, 3 * 1440, lambda t: 1.5 if a <= t < b else 1.0, rng, history=hist)
+    assert on and max(on) < (b - T0) / 60 + 30  # back to normal: it stops
+    # A step that lasts past accept_after (1 day here) becomes the new normal.
+    c = T0 + 3 * DAY
+    on = drive(det, 3 * 1440, lambda t: 1.4, rng, start=3 * 1440, history=hist)
+    assert on and (c - T0) / 60 <= on[0] <= (c - T0) / 60 + 30
+    assert (c - T0) / 60 + 1430 <= max(on) <= (c - T0) / 60 + 1500
+    assert det.verdict.reference == pytest.approx(1.4, rel=0.05)
+
+
+def test_improvement_shows_and_never_fires():
+    rng = random.Random(5)
+    det = Detector(Settings())
+    on = drive(det, 2 * 1440 + 600, lambda t: 1.0 if t < T0 + 2 * DAY else 0.6, rng, noise=0.03)
+    assert not on
+    assert det.verdict.improvement > 0.3  # taken as the new level at once, shown for a day
+    assert det.verdict.reference == pytest.approx(0.6, rel=0.05)
+
+
+def test_a_daily_cycle_is_followed_only_where_the_history_shows_one():
+    def cycle(t):
+        return 1 + 0.15 * math.sin(2 * math.pi * (t % DAY) / DAY)
+
+    rng = random.Random(6)
+    seasonal = Detector(Settings())
+    on = drive(seasonal, 5 * 1440, cycle, rng)
+    assert seasonal.verdict.seasonal and not on
+    flat = Detector(Settings())
+    drive(flat, 5 * 1440, lambda t: 1.0, rng)
+    assert not flat.verdict.seasonal
+    off = Detector(Settings(seasonality="off"))
+    drive(off, 5 * 1440, cycle, rng)
+    assert not off.verdict.seasonal
+    # Too short a history: no profile yet, and the gauge of its span says so.
+    young = Detector(Settings())
+    drive(young, 1440, cycle, rng)
+    assert not young.verdict.seasonal and young.verdict.history_s < 1.1 * DAY
+
+
+def test_tokens_per_second_lower_is_worse():
+    rng = random.Random(7)
+    det = Detector(Settings(), higher_is_worse=False)
+    on = drive(det, 3 * 1440, lambda t: 40.0 if t < T0 + 2 * DAY else 28.0, rng)
+    assert on and on[0] - 2 * 1440 <= 30
+    assert det.verdict.change == pytest.approx(0.3, abs=0.05)  # 30 % fewer tokens/s
