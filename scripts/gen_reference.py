@@ -54,6 +54,9 @@ LABELS_WITHOUT_SAMPLES = {
     "llm_server_process_cpu_seconds_total": ["target"],
     "llm_server_process_resident_memory_bytes": ["target"],
     "llm_server_processes": ["target"],
+    # Present only during a regression episode, which the golden records do not make.
+    "llm_probe_regression_since_timestamp_seconds": ["case", "concurrency", "model", "quantity", "scenario", "start",
+                                                     "target"],
 }
 
 # Suffixes of the sample names of a family, and the label a histogram or summary adds itself.
