@@ -94,7 +94,7 @@ bench: install
 	$(PY) benchmarks/probe_bench.py $(BENCH_ARGS)
 
 # Regression alerts measured: LiveStats and prometheus/rules/regression.yml over 4 simulated weeks
-# of real servers' noise per schedule (15 s: 2 weeks), about 16 minutes on 2 cores;
+# of real servers' noise per schedule (15 s: 2 weeks), 6 minutes on 2 free cores (16 on busy ones);
 # ALERT_EVAL_ARGS=--quick (4 days, checked against promtool) for ~15 s; ALERT_EVAL_ARGS="--rebuild 7,10"
 # times a restart's rebuild from 7 days of scenarios/default.yaml on 10 targets.
 alert-eval: install system-deps
