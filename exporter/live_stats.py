@@ -26,25 +26,21 @@ import logging
 import math
 import os
 import threading
-import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Callable, Optional
 
 from prometheus_client.core import GaugeMetricFamily
 
+from . import live_restart
 from .keyspace import CASE
+from .live_restart import REBUILD_MAX_BYTES, RebuildStats
 from .live_window import Policy, Series, Snapshot, quantile
 from .regression import Detector, Settings
 from .results import (
     Acceptance,
     ProbeResult,
     RunSummary,
-    iter_lines,
-    parse_acceptance_line,
-    parse_results_line,
-    results_file_parts,
 )
 from .sinks import Sink
 from .state import Part, StateStore
@@ -67,9 +63,6 @@ QUANTITIES: dict[str, Callable[[ProbeResult], Optional[float]]] = {
 LOWER_IS_WORSE = frozenset({"output_tokens_per_second", "prompt_tokens_per_second"})
 
 MAX_RUNS_IN_FLIGHT = 256
-# The rebuild streams the file, so this bounds the time it takes, not memory: 4 weeks of
-# scenarios/default.yaml on 10 targets are about 1.6 GB.
-REBUILD_MAX_BYTES = 4 << 30
 BG = " Computed by the exporter from the measured requests of scheduled probe runs."
 
 
@@ -361,104 +354,9 @@ class LiveStats(Sink):
         settings = [self.settings, *self.scenario_settings().values()]
         return max(st.baseline_s for st in settings) + max(st.reference_s for st in settings)
 
-    def rebuild(self, path: str | os.PathLike, max_bytes: int = REBUILD_MAX_BYTES) -> "RebuildStats":
-        """Rebuild the state from the results file, and its rotated files as far back as span()
-        reaches, reading at most max_bytes in all: the runs, and the acceptances, replayed in the
-        order of their times exactly as the live path met them, streamed (memory holds the state,
-        never the file). configure() and the key space first: each scenario's settings apply, and
-        only the current config's cases are rebuilt."""
-        began = time.monotonic()
-        path = Path(path)
-        span = self.span()
-        parts: list[tuple[Path, int]] = []
-        read = 0
-        newest = None
-        try:
-            for part in results_file_parts(path):
-                size = part.stat().st_size
-                if newest is None:
-                    newest = _last_time(part)
-                start = max(size - (max_bytes - read), 0)
-                if newest is not None:  # skip what is older than the span (an hour of margin)
-                    start = max(start, _offset_of(part, newest - span - 3600))
-                parts.append((part, start))
-                read += size - start
-                first = _first_time(part, start)
-                if read >= max_bytes or (newest is not None and first is not None and newest - first >= span):
-                    break
-        except OSError as exc:
-            # The exporter starts anyway; the history builds up again from new runs.
-            log.error("cannot rebuild live statistics from %s: %s", path, exc)
-            parts = []
-        oldest = (newest - span) if newest is not None else -math.inf
-        runs: dict[str, list] = {}
-        accepts: list[Acceptance] = []
-        records = kept = 0
-        touched: set = set()
-        latest = -math.inf
-
-        def close(upto: float) -> None:
-            nonlocal kept
-            accepts.sort(key=lambda a: a.at)
-            ready = sorted((p for p in runs.values() if p[0] < upto), key=lambda p: p[0])
-            for pending in ready:
-                while accepts and accepts[0].at <= pending[0]:
-                    self.accept(accepts.pop(0), publish=False)
-                if pending[0] >= oldest:
-                    touched.update(self._finish(pending, pending[0], publish=False))
-                    kept += 1
-            for pending in ready:
-                runs.pop(pending[2], None)
-            while accepts and accepts[0].at < upto:
-                self.accept(accepts.pop(0), publish=False)
-
-        try:
-            for part, start in reversed(parts):
-                for n, line in enumerate(iter_lines(part, start)):
-                    a = parse_acceptance_line(line)
-                    if a is not None:
-                        accepts.append(a)
-                        continue
-                    r = parse_results_line(line)
-                    if r is None:
-                        continue
-                    records += 1
-                    latest = max(latest, r.ended_at)
-                    if r.ok and r.run_id:
-                        if r.run_id not in runs:
-                            runs[r.run_id] = [r.ended_at, {}, r.run_id]
-                        self._collect(r, runs)
-                    if n % 4096 == 4095:
-                        # A run's records are near each other in the file: an hour behind
-                        # the newest record, every run has all of its records.
-                        close(latest - 3600)
-        except OSError as exc:
-            log.error("cannot rebuild live statistics from %s: %s", path, exc)
-        close(math.inf)
-
-        def publish(state: LiveCase, ctx) -> None:
-            for sub in state.series:
-                self._republish(state, sub)
-
-        series_count = 0
-        for key in touched:
-            self.store.update(CASE, key, self.PART, publish)
-            series_count += self.store.read(CASE, key, self.PART, lambda state, ctx: len(state.series)) or 0
-        stats = RebuildStats(records, kept, series_count, read, time.monotonic() - began)
-        log.info(
-            "live statistics rebuilt from %s: %d records, %d runs, %d series (%.1f MB read, %.2fs)",
-            path, stats.records, stats.runs, stats.series, stats.bytes_read / 1e6, stats.seconds,
-        )
-        return stats
-
-
-@dataclass
-class RebuildStats:
-    records: int
-    runs: int
-    series: int
-    bytes_read: int
-    seconds: float
+    def rebuild(self, path: str | os.PathLike, max_bytes: int = REBUILD_MAX_BYTES) -> RebuildStats:
+        """The state rebuilt from the results file (live_restart.py); configure() and the key space first."""
+        return live_restart.rebuild(self, path, max_bytes)
 
 
 def _qlabel(q: float) -> str:
@@ -466,43 +364,6 @@ def _qlabel(q: float) -> str:
 
 
 QUANTILE_TEXT = {q: repr(q) for q in QUANTILES}
-
-
-def _first_time(part: Path, start: int) -> Optional[float]:
-    for line in iter_lines(part, start):
-        r = parse_results_line(line)
-        if r is not None:
-            return r.ended_at
-    return None
-
-
-def _offset_of(part: Path, t: float) -> int:
-    """A byte offset of the file before which every record ended before t (records are appended
-    in time order; binary search on the lines found after a few offsets)."""
-    lo, hi = 0, part.stat().st_size
-    with open(part, "rb") as f:
-        while hi - lo > 1 << 16:
-            mid = (lo + hi) // 2
-            f.seek(mid)
-            f.readline()
-            r = parse_results_line(f.readline())
-            if r is not None and r.ended_at < t:
-                lo = mid
-            else:
-                hi = mid
-    return lo
-
-
-def _last_time(part: Path) -> Optional[float]:
-    size = part.stat().st_size
-    with open(part, "rb") as f:
-        f.seek(max(size - (1 << 20), 0))
-        lines = f.read().split(b"\n")
-    for line in reversed(lines[1:] if size > (1 << 20) else lines):
-        r = parse_results_line(line)
-        if r is not None:
-            return r.ended_at
-    return None
 
 
 def to_settings(model, default: Settings) -> Settings:
