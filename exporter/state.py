@@ -30,21 +30,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.utils import floatToGoString
 
 from .keyspace import CASE, KINDS, RUN, SERVER, CaseContext, Keyspace, RunContext
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    type: str  # counter | gauge | histogram | summary
-    help: str
-
-    @property
-    def header(self) -> str:
-        doc = self.help.replace("\\", r"\\").replace("\n", r"\n")
-        return f"# HELP {self.name} {doc}\n# TYPE {self.name} {self.type}\n"
+from .textformat import Family
 
 
 @dataclass(frozen=True)
@@ -57,18 +45,6 @@ class Part:
     families: tuple[Family, ...]
     new: Callable[[Any, Any], Any]  # (key, context) -> state
     render: Callable[[Any, Any, Any], dict[str, str]]
-
-
-def escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def sample(name: str, labels: dict[str, str], value: float) -> str:
-    """One sample line of the text format 0.0.4, labels in sorted order as prometheus_client writes them."""
-    if labels:
-        inner = ",".join(f'{k}="{escape(str(labels[k]))}"' for k in sorted(labels))
-        return f"{name}{{{inner}}} {floatToGoString(value)}\n"
-    return f"{name} {floatToGoString(value)}\n"
 
 
 DEFAULT_CONTEXT = {CASE: CaseContext(), RUN: RunContext(), SERVER: None}
