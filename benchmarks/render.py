@@ -162,6 +162,20 @@ def fleet(report: dict) -> list:
                    "gzip s"], rows)]
 
 
+def beside_prometheus(report: dict) -> list:
+    rows_in = report.get("beside_prometheus") or []
+    if not rows_in:
+        return []
+    rows = [[r["condition"], r["concurrency"], r["client"], r["requests"], r["failures"], dist(r["ttft_error"]),
+             dist(r["gap_error"]), fmt(r.get("prometheus_cores"), 2)] for r in rows_in]
+    return [f"\n\n### 4c. Probes beside a busy Prometheus ({rows_in[0]['series']} series scraped every second, "
+            "recording rules every second)\n",
+            "The same process's probes, quiet and with a real Prometheus beside them on the same cores "
+            "(benchmarks/beside_prometheus.py); Prometheus cores: its CPU over the measurement.\n",
+            table(["condition", "conc.", "client", "requests", "fail", "TTFT error p50 / p99 / max",
+                   "gap error p50 / p99 / max", "Prometheus cores"], rows)]
+
+
 def memory(report: dict) -> list:
     rows = []
     for r in report["memory"]:
@@ -185,7 +199,8 @@ def goals(report: dict) -> list:
 
 
 # RESULTS.md in order. A section reads its workload's rows as report[key] (see workloads.WORKLOADS).
-SECTIONS = (header, ttft, api, busy, interference, gaps, cost, capacity, scrape, fleet, memory, goals)
+SECTIONS = (header, ttft, api, busy, interference, gaps, cost, capacity, scrape, fleet, beside_prometheus, memory,
+            goals)
 
 
 def render(report: dict) -> str:

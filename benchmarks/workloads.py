@@ -298,6 +298,12 @@ def section_api(server, clients, quick: bool) -> list:
     return out
 
 
+def section_beside_prometheus(server, clients, quick: bool) -> list:
+    from benchmarks.beside_prometheus import section_beside_prometheus as measure
+
+    return measure(server, clients, quick)
+
+
 WORKLOADS = (
     Workload("ttft", section_ttft),
     Workload("api", section_api),
@@ -308,5 +314,6 @@ WORKLOADS = (
     Workload("capacity", section_capacity),
     Workload("scrape", section_scrape),
     Workload("fleet", section_fleet),
+    Workload("beside_prometheus", section_beside_prometheus),
     Workload("memory", section_memory),
 )
