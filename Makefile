@@ -44,7 +44,7 @@ ollama:
 	scripts/install-ollama.sh
 
 # Builds Prometheus 3 (prometheus, promtool) and Alertmanager (alertmanager, amtool) at the
-# versions docker-compose.yml pins, into the same cache (about 10 minutes once per machine).
+# versions docker-compose.yml pins, into the same cache (about 12 minutes once per machine).
 prometheus:
 	scripts/install-prometheus.sh
 

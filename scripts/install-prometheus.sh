@@ -66,7 +66,7 @@ if cached; then
 fi
 
 echo "prometheus $PROMETHEUS_VERSION ($PROMETHEUS_MODULE_VERSION), alertmanager $ALERTMANAGER_VERSION:" \
-    "building with $go_version into $BIN_DIR (about 10 minutes on 2 cores)" >&2
+    "building with $go_version into $BIN_DIR (about 12 minutes on 2 cores)" >&2
 # Builds of other versions or another Go are stale here: remove them.
 for old in "$CACHE_DIR"/prometheus-*/; do
     [[ -d "$old" && "$old" != "$CACHE_DIR/prometheus-$PROMETHEUS_VERSION-$BUILD_KEY/" ]] && rm -rf "$old"
