@@ -8,7 +8,7 @@ CONFIG ?= scenarios/default.yaml
 RESULTS ?= results.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast test-stack run bench reliability soak alert-eval install system-deps ollama helm helm-files check clean
+.PHONY: test test-fast test-stack run bench reliability soak alert-eval install system-deps ollama prometheus helm helm-files check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,18 +21,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# promtool/prometheus for rule and scrape tests, amtool for Alertmanager routing tests,
 # docker-compose to validate and run the compose file, Docker's engine (docker.io) and
-# debootstrap for the stack test (its own dockerd, images from a Debian root filesystem;
-# Prometheus and Alertmanager images carry these same Debian binaries),
+# debootstrap for the stack test (its own dockerd, images from a Debian root filesystem),
 # node_exporter for the live bottleneck tests (real host series),
-# a C/C++ toolchain for Ollama's cgo build.
+# a C/C++ toolchain for Ollama's cgo build. Prometheus, promtool, Alertmanager and amtool are
+# built from Go modules at the compose file's pins instead (PROM_PATH below).
 system-deps:
 	@missing=""; \
-	command -v promtool >/dev/null || missing="$$missing prometheus"; \
-	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
-	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v prometheus-node-exporter >/dev/null || command -v node_exporter >/dev/null || missing="$$missing prometheus-node-exporter"; \
 	command -v g++ >/dev/null || missing="$$missing build-essential"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
@@ -47,6 +43,15 @@ system-deps:
 ollama:
 	scripts/install-ollama.sh
 
+# Builds Prometheus 3 (prometheus, promtool) and Alertmanager (alertmanager, amtool) at the
+# versions docker-compose.yml pins, into the same cache (about 12 minutes once per machine).
+prometheus:
+	scripts/install-prometheus.sh
+
+# Every target that runs prometheus, promtool, alertmanager or amtool starts its recipe with this:
+# the Go-built binaries first on PATH, so tests and tools run the versions the stack pins.
+PROM_PATH = PROM_BIN_DIR="$$(scripts/install-prometheus.sh)" && export PATH="$$PROM_BIN_DIR:$$PATH"
+
 # Builds Helm v3.22.0 with Go into the same cache and fetches the Prometheus Operator CRDs; and
 # the Operator's config reloader (the chart's config-watcher sidecar) for its test.
 helm:
@@ -59,6 +64,7 @@ helm-files:
 	scripts/sync-helm-files.sh
 
 test: install system-deps
+	$(PROM_PATH) && \
 	OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && \
 	helm_out="$$(scripts/install-helm.sh)" && HELM_BIN="$$(echo "$$helm_out" | sed -n 1p)" && \
 	PROMETHEUS_OPERATOR_CRDS="$$(echo "$$helm_out" | sed -n 2p)" && export HELM_BIN PROMETHEUS_OPERATOR_CRDS && \
@@ -73,7 +79,7 @@ test-fast: install
 # Ollama restarted and killed, an alert, down and up (about 5 minutes once images are cached;
 # the first run adds about 1.5 minutes of debootstrap and builds). Also part of `make test`.
 test-stack: install system-deps
-	OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && $(PY) -m pytest -ra -m stack $(PYTEST_ARGS)
+	$(PROM_PATH) && OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && $(PY) -m pytest -ra -m stack $(PYTEST_ARGS)
 
 # The exporter against a local Ollama ($$OLLAMA_HOST, default http://127.0.0.1:11434).
 run: install
@@ -97,8 +103,8 @@ bench: install
 # of real servers' noise per schedule (15 s: 2 weeks), 6 minutes on 2 free cores (16 on busy ones);
 # ALERT_EVAL_ARGS=--quick (4 days, checked against promtool) for ~15 s; ALERT_EVAL_ARGS="--rebuild 7,10"
 # times a restart's rebuild from 7 days of scenarios/default.yaml on 10 targets.
-alert-eval: install system-deps
-	$(PY) scripts/alert_eval.py $(ALERT_EVAL_ARGS)
+alert-eval: install
+	$(PROM_PATH) && $(PY) scripts/alert_eval.py $(ALERT_EVAL_ARGS)
 
 check: install
 	$(VENV)/bin/ollama-perf-exporter --config.file $(CONFIG) --config.check

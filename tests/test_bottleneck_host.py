@@ -50,7 +50,8 @@ class LivePrometheus:
         import shutil
 
         prometheus_bin, node_bin = shutil.which("prometheus"), node_exporter_binary()
-        assert prometheus_bin and node_bin, "make test installs Debian's prometheus and prometheus-node-exporter"
+        assert prometheus_bin and node_bin, ("make test builds prometheus (scripts/install-prometheus.sh) "
+                                           "and installs Debian's prometheus-node-exporter")
         node_addr, prom_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         self.procs.append(_spawn(node_exporter_command(node_bin, node_addr), self.tmp_path / "node-exporter.log"))
         cfg = {

@@ -37,7 +37,7 @@ def _query(base, q):
 
 def test_llm_answer_changed_fires_in_a_real_prometheus(tmp_path):
     prometheus_bin = shutil.which("prometheus")
-    assert prometheus_bin, "prometheus is not installed: `make test` installs Debian's prometheus package"
+    assert prometheus_bin, "prometheus is not on PATH (make test builds it: scripts/install-prometheus.sh)"
     with FakeOllama(Behavior(tokens=8, load_time=0)) as fake:
         config = tmp_path / "canary.yaml"
         config.write_text(textwrap.dedent(f"""\

@@ -98,7 +98,7 @@ def test_results_file_gets_every_request(running_exporter):
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None,
-                    reason="promtool comes with Debian's prometheus package (make test installs it)")
+                    reason="promtool is not on PATH (make test builds it: scripts/install-prometheus.sh)")
 def test_promtool_finds_no_problem_in_a_scrape(running_exporter):
     exporter, base, _ = running_exporter
     wait_for(lambda: "llm_server_up" in requests.get(base + "/metrics", timeout=5).text, what="server stats")

@@ -321,6 +321,8 @@ def test_operator_objects_validate_against_the_crds(tools):
     assert endpoint["relabelings"][0]["targetLabel"] == "instance" and endpoint["metricRelabelings"][0]["targetLabel"] == "site"
     assert monitor["metadata"]["namespace"] == "monitoring"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["default"]}
+    # Histograms stored as native histograms with custom buckets, as prometheus/prometheus.yml does.
+    assert monitor["spec"]["convertClassicHistogramsToNHCB"] is True
     # The job label comes from the Service's label named by jobLabel: the name the rules use.
     (service,) = [s for s in of_kind(docs, "Service") if s["spec"].get("clusterIP") != "None"]
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "ollama-perf-exporter"
@@ -408,7 +410,7 @@ def test_bottleneck_rules_judge_kube_prometheus_stack_series(tools, tmp_path, no
     a kubelet job's node_* series beside them. promtool, no cluster. A selector that misses the
     node exporter must make the host evidence fail: the selectors are applied."""
     promtool = shutil.which("promtool")
-    assert promtool, "promtool is not installed: `make test` installs Debian's prometheus package"
+    assert promtool, "promtool is not on PATH (make test builds it: scripts/install-prometheus.sh)"
     args = ["--set", f"prometheusRule.selectors.nodeExporter={node_selector}"] if node_selector else []
     (tmp_path / "bottleneck.yml").write_text(_rendered_rule_file(tools, "bottleneck.yml", *args))
     shutil.copy(Path(ROOT) / "tests" / "data" / "kps_bottleneck_test.yml", tmp_path / "t.yml")
@@ -424,7 +426,7 @@ def test_bottleneck_rules_judge_kube_prometheus_stack_series(tools, tmp_path, no
 @pytest.mark.prometheus
 def test_rendered_rules_pass_promtool_check_and_the_rule_unit_tests(tools, tmp_path):
     promtool = shutil.which("promtool")
-    assert promtool, "promtool is not installed: `make test` installs Debian's prometheus package"
+    assert promtool, "promtool is not on PATH (make test builds it: scripts/install-prometheus.sh)"
     (tmp_path / "rules").mkdir()
     for rule in of_kind(render(tools, *ALL_ON), "PrometheusRule"):
         name = rule["metadata"]["annotations"]["ollama-perf-exporter/rule-file"]

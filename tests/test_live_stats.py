@@ -95,7 +95,7 @@ def test_the_exposition_passes_promtool_check_metrics():
     assert 'llm_probe_recent_quantile{case="short",concurrency="1",model="m",quantile="0.99"' in text
     assert "llm_probe_regression_threshold_ratio{" in text
     promtool = shutil.which("promtool")
-    if promtool:  # Debian's prometheus package; the rule tests need it anyway
+    if promtool:  # scripts/install-prometheus.sh; the rule tests need it anyway
         res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
         assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr
 

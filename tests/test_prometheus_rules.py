@@ -1,11 +1,13 @@
 """Prometheus config, recording and alerting rules, their promtool unit tests, Alertmanager routing.
 
-The promtool/amtool tests carry the `prometheus` marker: they need Debian's `prometheus`
-package (`make test` installs it; `make test-fast` leaves them out). The pure-Python
-convention checks run everywhere.
+The promtool/amtool tests carry the `prometheus` marker: they need promtool and amtool at the
+versions docker-compose.yml pins (`make test` builds them with scripts/install-prometheus.sh and
+puts them first on PATH; `make test-fast` leaves them out). The pure-Python convention checks run
+everywhere.
 """
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -49,8 +51,8 @@ def _rules(path):
 
 def _tool(name):
     path = shutil.which(name)
-    assert path, (f"{name} is not installed: `make test` installs Debian's prometheus package "
-                  "(apt-get install prometheus)")
+    assert path, (f"{name} is not on PATH: `make test` builds it (scripts/install-prometheus.sh) "
+                  "and puts it first on PATH")
     return path
 
 
@@ -58,6 +60,25 @@ def _run(args, timeout=120):
     res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert res.returncode == 0, f"{' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
     return res.stdout + res.stderr
+
+
+# ---------------------------------------------------------------- the versions tested
+
+
+def _compose_pin(image):
+    services = _load(os.path.join(ROOT, "docker-compose.yml"))["services"]
+    (ref,) = {s["image"] for s in services.values() if s.get("image", "").startswith(image + ":")}
+    return ref.split(":v", 1)[1]
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("tool, image", [("prometheus", "prom/prometheus"), ("promtool", "prom/prometheus"),
+                                         ("alertmanager", "prom/alertmanager"), ("amtool", "prom/alertmanager")])
+def test_the_tools_on_path_are_the_versions_compose_pins(tool, image):
+    """The rule, scrape and routing tests speak for the stack users run only if they run its versions
+    (`make test` puts scripts/install-prometheus.sh's build first on PATH, ahead of Debian's 2.x)."""
+    out = _run([_tool(tool), "--version"])
+    assert f"version {_compose_pin(image)} " in out, out
 
 
 # ---------------------------------------------------------------- promtool
@@ -157,16 +178,58 @@ def test_recording_rules_are_named_level_metric_operations(path):
 
 def test_recording_rules_cover_the_contract():
     names = {r["record"] for r in _rules(RECORDING)}
-    for metric, level in (
-        ("llm_probe_time_to_first_token_seconds", "target_model_scenario_start"),
-        ("llm_probe_time_per_output_token_seconds", "target_model_scenario"),
-        ("llm_probe_request_duration_seconds", "target_model_scenario_start"),
-    ):
-        for q in ("p50", "p90", "p95", "p99"):
-            assert f"{level}:{metric}:{q}_rate10m" in names
-    assert "target_model_scenario:llm_probe_output_tokens_per_second:p50_rate10m" in names
-    assert "target_model_scenario:llm_probe_prompt_tokens_per_second:p50_rate10m" in names
     assert "target_model_scenario:llm_probe_request_failures:ratio_rate10m" in names
+    assert "target_model_scenario:llm_probe_requests:rate10m" in names
+    assert "target_model:llm_probe_cold_starts:increase1h" in names
+
+
+HISTOGRAMS = ("time_to_first_token_seconds", "inter_token_latency_seconds", "time_per_output_token_seconds",
+              "request_duration_seconds", "output_tokens_per_second", "prompt_tokens_per_second",
+              "load_duration_seconds", "prompt_eval_duration_seconds", "eval_duration_seconds",
+              "queue_duration_seconds")
+CLASSIC_PART = re.compile(r"\b(llm_probe_(?:" + "|".join(HISTOGRAMS) + r"))_(sum|count|bucket)\b")
+
+
+def _histogram_reads(expr):
+    """Every classic _sum/_count/_bucket series an expression reads, with whether the same
+    expression also reads that histogram's native form through histogram_sum()/histogram_count()."""
+    return [(m.group(0), f"histogram_{m.group(2)}(" in expr and re.search(rf"\b{m.group(1)}\{{|\b{m.group(1)}\[", expr)
+             is not None) for m in CLASSIC_PART.finditer(expr)]
+
+
+def _every_query():
+    for path in glob.glob(os.path.join(PROM_DIR, "rules", "*.yml")):
+        for rule in _rules(path):
+            yield f"{os.path.basename(path)}: {rule.get('record') or rule.get('alert')}", rule["expr"]
+    for path in glob.glob(os.path.join(ROOT, "grafana", "dashboards", "*.json")):
+        text = open(path, encoding="utf-8").read()
+        for m in re.finditer(r'"expr": ("(?:[^"\\]|\\.)*")', text):
+            yield os.path.basename(path), json.loads(m.group(1))
+
+
+def test_no_rule_or_panel_interpolates_bucket_quantiles():
+    """Quantiles inside buckets are artefacts of the bucket edges for a prober's few requests a
+    minute; and with prometheus.yml's convert_classic_histograms_to_nhcb no _bucket series is stored."""
+    for where, expr in _every_query():
+        assert "histogram_quantile" not in expr and "_bucket" not in expr, (where, expr)
+
+
+def test_histograms_are_read_in_both_storage_forms():
+    """prometheus.yml stores histograms as native histograms with custom buckets, which have no
+    _sum/_count series; a Prometheus 2, a remote-write receiver or a scrape without the conversion
+    has only those. Each read of a classic part has its native twin in the same expression."""
+    reads = 0
+    for where, expr in _every_query():
+        for series, native_too in _histogram_reads(expr):
+            reads += 1
+            assert native_too, f"{where}: {series} without histogram_sum/_count of the native form:\n{expr}"
+    assert reads >= 20  # bottleneck.yml's shares, the cold starts, the dashboards' means
+
+
+def test_prometheus_stores_the_exporters_histograms_as_native_histograms():
+    (job,) = [j for j in _load(PROM_CONFIG)["scrape_configs"] if j["job_name"] == "ollama-perf-exporter"]
+    assert job.get("convert_classic_histograms_to_nhcb") is True
+    assert not job.get("always_scrape_classic_histograms")
 
 
 # Bottleneck verdicts: every name the rules can give, and a promtool test group that expects
@@ -226,7 +289,8 @@ def test_recording_rule_levels_match_their_aggregation(path):
     for rule in (r for r in _rules(path) if "record" in r):
         level = rule["record"].split(":")[0]
         expected = set(level.split("_")) - {""}
-        groupings = re.findall(r"\b(by|without) \(([^)]*)\) \((?:rate\(|increase\()?(\w+)", rule["expr"])
+        groupings = re.findall(r"\b(by|without) \(([^)]*)\) \(\s*(?:histogram_(?:count|sum)\()?(?:rate\(|increase\()?(\w+)",
+                               rule["expr"])
         assert groupings, rule["record"]
         for kind, g, metric in groupings:
             labels = {x.strip() for x in g.split(",")} - {"le"}
@@ -403,10 +467,7 @@ def test_alertmanager_routes_on_severity():
 
 @pytest.mark.prometheus
 def test_amtool_accepts_the_config_and_routes_each_severity():
-    # amtool ships in Debian's prometheus-alertmanager; the Python checks above run without it.
-    amtool = shutil.which("amtool")
-    if amtool is None:
-        pytest.skip("amtool not installed (Debian package prometheus-alertmanager)")
+    amtool = _tool("amtool")
     _run([amtool, "check-config", ALERTMANAGER])
     for labels, receiver in ((["severity=critical", "alertname=OllamaServerDown"], "critical"),
                              (["severity=warning", "alertname=LLMProbeFailing"], "default"),

@@ -1,5 +1,5 @@
 """Central storage by the existing engines: docker/compose.remote-write.yml runs Prometheus in agent
-mode with remote_write. Here its own start script runs Debian's prometheus in agent mode against a
+mode with remote_write. Here its own start script runs prometheus (the pinned version, on PATH) in agent mode against a
 real exporter, writing to a second prometheus with the remote-write receiver on."""
 
 import os
@@ -41,7 +41,7 @@ def _query(base: str, promql: str) -> list:
 @pytest.mark.prometheus
 def test_agent_remote_writes_the_exporters_series_with_the_site_label(tmp_path, fake):
     prometheus = shutil.which("prometheus")
-    assert prometheus, "prometheus is not installed: `make test` installs Debian's prometheus package"
+    assert prometheus, "prometheus is not on PATH (make test builds it: scripts/install-prometheus.sh)"
     config = tmp_path / "scenarios.yaml"
     config.write_text(scenario_yaml(fake.url))
     receiver_port, agent_port = free_port(), free_port()

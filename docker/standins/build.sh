@@ -6,8 +6,9 @@
 # bookworm root filesystem (debootstrap, then `docker import`) and gets what the compose file
 # relies on in the upstream image: binary paths, entrypoint, user, data path, and the programs
 # the healthchecks call. Ollama is the Go-built release from scripts/install-ollama.sh;
-# Prometheus and Alertmanager are Debian's. Then our own Dockerfile builds the exporter image
-# on the Python stand-in.
+# Prometheus and Alertmanager are the Go-built releases from scripts/install-prometheus.sh, at
+# the versions of the image tags. Then our own Dockerfile builds the exporter image on the
+# Python stand-in.
 #
 # Usage: DOCKER_HOST=unix:///... docker/standins/build.sh OLLAMA_BIN
 # Env: OLLAMA_PERF_CACHE (default ~/.cache/ollama-perf-exporter), PYTHON (makes the wheelhouse).
@@ -102,17 +103,17 @@ if ! have_image "$OLLAMA_IMAGE" "$k"; then
     build "$OLLAMA_IMAGE" "$HERE/ollama.Dockerfile" "$ctx" "$k"
 fi
 
-# ---- Prometheus and Alertmanager, Debian's binaries
+# ---- Prometheus and Alertmanager: built at the versions of the image tags (cached after the
+# first build), so a stand-in never runs another version than its tag names.
+PROM_BIN_DIR=$(env -u PROMETHEUS_VERSION -u ALERTMANAGER_VERSION "$ROOT/scripts/install-prometheus.sh" | tail -1)
 for app in prometheus alertmanager; do
-    if [[ $app == prometheus ]]; then bins=(/usr/bin/prometheus /usr/bin/promtool); image=$PROMETHEUS_IMAGE
-    else bins=(/usr/bin/prometheus-alertmanager /usr/bin/amtool); image=$ALERTMANAGER_IMAGE; fi
-    for b in "${bins[@]}"; do [[ -x $b ]] || { log "$b is missing (make system-deps)"; exit 1; }; done
+    if [[ $app == prometheus ]]; then bins=("$PROM_BIN_DIR/prometheus" "$PROM_BIN_DIR/promtool"); image=$PROMETHEUS_IMAGE
+    else bins=("$PROM_BIN_DIR/alertmanager" "$PROM_BIN_DIR/amtool"); image=$ALERTMANAGER_IMAGE; fi
+    for b in "${bins[@]}"; do [[ -x $b ]] || { log "$b is missing (scripts/install-prometheus.sh)"; exit 1; }; done
     k=$( (echo "$ROOTFS_KEY"; sha256sum "${bins[@]}" "$HERE/$app.Dockerfile" | cut -d' ' -f1) | key)
     if ! have_image "$image" "$k"; then
         ctx=$(context "$app" "$k")
-        cp "${bins[0]}" "$ctx/$app"; cp "${bins[1]}" "$ctx/"
-        # Debian's Alertmanager reads its notification templates from here (a Debian patch).
-        if [[ $app == alertmanager ]]; then cp -r /usr/share/prometheus/alertmanager "$ctx/share"; fi
+        cp "${bins[@]}" "$ctx/"
         build "$image" "$HERE/$app.Dockerfile" "$ctx" "$k"
     fi
 done

@@ -1,5 +1,6 @@
-# Stand-in for prom/prometheus: Debian's Prometheus at the upstream image's paths, user and
-# working directory, with busybox `wget` for the compose healthcheck.
+# Stand-in for prom/prometheus: Prometheus and promtool built from their Go module
+# (scripts/install-prometheus.sh) at the upstream image's paths, user and working directory,
+# with busybox `wget` for the compose healthcheck.
 FROM ope-standin/debian-base
 COPY prometheus promtool /bin/
 RUN ln -s /bin/busybox /usr/local/bin/wget && mkdir -p /prometheus /etc/prometheus && chown 65534:65534 /prometheus

@@ -233,7 +233,7 @@ def run_promtool(path: str) -> dict[str, list[int]]:
     """Evaluate the rule file on the generated input; return the minutes at which each case's alert fired."""
     promtool = shutil.which("promtool")
     if not promtool:
-        sys.exit("promtool not found: install Debian's prometheus package (make system-deps)")
+        sys.exit("promtool not found: make alert-eval builds it (scripts/install-prometheus.sh) and puts it on PATH")
     res = subprocess.run([promtool, "test", "rules", path], capture_output=True, text=True)
     out = res.stdout + res.stderr
     if res.returncode == 0:
