@@ -26,7 +26,8 @@ install: $(STAMP)
 # debootstrap for the stack test (its own dockerd, images from a Debian root filesystem;
 # Prometheus and Alertmanager images carry these same Debian binaries),
 # node_exporter for the live bottleneck tests (real host series),
-# a C/C++ toolchain for Ollama's cgo build.
+# a C/C++ toolchain for Ollama's cgo build; cmake, ninja and git (its patch step) for the
+# llama-server of Ollama 0.30 and later.
 system-deps:
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
@@ -35,6 +36,9 @@ system-deps:
 	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v prometheus-node-exporter >/dev/null || command -v node_exporter >/dev/null || missing="$$missing prometheus-node-exporter"; \
 	command -v g++ >/dev/null || missing="$$missing build-essential"; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v ninja >/dev/null || missing="$$missing ninja-build"; \
+	command -v git >/dev/null || missing="$$missing git"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -43,9 +47,14 @@ system-deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# Builds Ollama v0.11.4 with Go into ~/.cache/ollama-perf-exporter (once per machine).
-ollama:
-	scripts/install-ollama.sh
+# The Ollama the real-server tests run, and the old one its compatibility set also runs on.
+OLLAMA_VERSION ?= 0.33.1
+OLLAMA_COMPAT_VERSION ?= 0.11.4
+
+# Builds both into ~/.cache/ollama-perf-exporter (once per machine; see scripts/install-ollama.sh).
+ollama: system-deps
+	OLLAMA_VERSION=$(OLLAMA_VERSION) scripts/install-ollama.sh
+	OLLAMA_VERSION=$(OLLAMA_COMPAT_VERSION) scripts/install-ollama.sh
 
 # Builds Helm v3.22.0 with Go into the same cache and fetches the Prometheus Operator CRDs; and
 # the Operator's config reloader (the chart's config-watcher sidecar) for its test.
@@ -58,8 +67,11 @@ helm:
 helm-files:
 	scripts/sync-helm-files.sh
 
+# OLLAMA_BIN is the current Ollama; OLLAMA_BIN_COMPAT the old one (tests/test_ollama_versions.py
+# runs on both; the stack test's stand-in image takes it too, being a single file).
 test: install system-deps
-	OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && \
+	OLLAMA_BIN="$$(OLLAMA_VERSION=$(OLLAMA_VERSION) scripts/install-ollama.sh)" && export OLLAMA_BIN && \
+	OLLAMA_BIN_COMPAT="$$(OLLAMA_VERSION=$(OLLAMA_COMPAT_VERSION) scripts/install-ollama.sh)" && export OLLAMA_BIN_COMPAT && \
 	helm_out="$$(scripts/install-helm.sh)" && HELM_BIN="$$(echo "$$helm_out" | sed -n 1p)" && \
 	PROMETHEUS_OPERATOR_CRDS="$$(echo "$$helm_out" | sed -n 2p)" && export HELM_BIN PROMETHEUS_OPERATOR_CRDS && \
 	CONFIG_RELOADER_BIN="$$(scripts/install-config-reloader.sh)" && export CONFIG_RELOADER_BIN && \
@@ -73,7 +85,8 @@ test-fast: install
 # Ollama restarted and killed, an alert, down and up (about 5 minutes once images are cached;
 # the first run adds about 1.5 minutes of debootstrap and builds). Also part of `make test`.
 test-stack: install system-deps
-	OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && $(PY) -m pytest -ra -m stack $(PYTEST_ARGS)
+	OLLAMA_BIN_COMPAT="$$(OLLAMA_VERSION=$(OLLAMA_COMPAT_VERSION) scripts/install-ollama.sh)" && \
+	export OLLAMA_BIN_COMPAT && $(PY) -m pytest -ra -m stack $(PYTEST_ARGS)
 
 # The exporter against a local Ollama ($$OLLAMA_HOST, default http://127.0.0.1:11434).
 run: install
