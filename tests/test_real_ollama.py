@@ -96,7 +96,13 @@ def test_cold_start_is_labelled_and_next_is_warm(real_ollama):
 
 
 def test_keep_alive_zero_makes_every_request_cold(real_ollama):
-    OllamaClient(config(real_ollama.url).targets[0]).unload(MODEL)
+    client = OllamaClient(config(real_ollama.url).targets[0])
+    client.unload(MODEL)
+    # 0.33.1 unloads after answering the unload request, and a request arriving meanwhile keeps
+    # the model: wait until it is gone, so the first request is a real load.
+    deadline = time.monotonic() + 30
+    while any(m.name == MODEL + ":latest" for m in client.running_models()) and time.monotonic() < deadline:
+        time.sleep(0.1)
     summary, rec, _ = run(config(real_ollama.url, extra="repeats: 2\nkeep_alive: 0\n"))
     assert summary.failures == 0
     assert [r.start for r in rec.results] == ["cold", "cold"]
@@ -118,10 +124,12 @@ def test_server_killed_mid_stream_then_recovers(real_ollama, tmp_path):
     port = free_port()
     server = OllamaServer(real_ollama.binary, real_ollama.models_dir, port, str(tmp_path / "serve.log")).start()
     try:
-        cfg = config(server.url, extra="repeats: 1\noptions: {temperature: 0, seed: 1, num_predict: 2000}\n")
+        cfg = config(server.url, extra="repeats: 1\noptions: {temperature: 0, seed: 1, num_predict: 2000}\n",
+                     cases={"count": "Count from 1 to 2000, one number per line."})
         import threading
 
-        killer = threading.Timer(3.0, server.kill)
+        run(config(server.url))  # the model loaded, so the kill lands in the stream, whatever the load takes
+        killer = threading.Timer(1.0, server.kill)
         killer.start()
         summary, rec, registry = run(cfg)
         killer.join()
