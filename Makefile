@@ -24,13 +24,17 @@ install: $(STAMP)
 # docker-compose to validate and run the compose file, Docker's engine (docker.io) and
 # debootstrap for the stack test (its own dockerd, images from a Debian root filesystem),
 # node_exporter for the live bottleneck tests (real host series),
-# a C/C++ toolchain for Ollama's cgo build. Prometheus, promtool, Alertmanager and amtool are
+# a C/C++ toolchain for Ollama's cgo build; cmake, ninja and git (its patch step) for the
+# llama-server of Ollama 0.30 and later. Prometheus, promtool, Alertmanager and amtool are
 # built from Go modules at the compose file's pins instead (PROM_PATH below).
 system-deps:
 	@missing=""; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v prometheus-node-exporter >/dev/null || command -v node_exporter >/dev/null || missing="$$missing prometheus-node-exporter"; \
 	command -v g++ >/dev/null || missing="$$missing build-essential"; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v ninja >/dev/null || missing="$$missing ninja-build"; \
+	command -v git >/dev/null || missing="$$missing git"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -39,9 +43,14 @@ system-deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# Builds Ollama v0.11.4 with Go into ~/.cache/ollama-perf-exporter (once per machine).
-ollama:
-	scripts/install-ollama.sh
+# The Ollama the real-server tests run, and the old one its compatibility set also runs on.
+OLLAMA_VERSION ?= 0.33.1
+OLLAMA_COMPAT_VERSION ?= 0.11.4
+
+# Builds both into ~/.cache/ollama-perf-exporter (once per machine; see scripts/install-ollama.sh).
+ollama: system-deps
+	OLLAMA_VERSION=$(OLLAMA_VERSION) scripts/install-ollama.sh
+	OLLAMA_VERSION=$(OLLAMA_COMPAT_VERSION) scripts/install-ollama.sh
 
 # Builds Prometheus 3 (prometheus, promtool) and Alertmanager (alertmanager, amtool) at the
 # versions docker-compose.yml pins, into the same cache (about 12 minutes once per machine).
@@ -63,9 +72,12 @@ helm:
 helm-files:
 	scripts/sync-helm-files.sh
 
+# OLLAMA_BIN is the current Ollama; OLLAMA_BIN_COMPAT the old one (tests/test_ollama_versions.py
+# runs on both; the stack test's stand-in image takes it too, being a single file).
 test: install system-deps
 	$(PROM_PATH) && \
-	OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && \
+	OLLAMA_BIN="$$(OLLAMA_VERSION=$(OLLAMA_VERSION) scripts/install-ollama.sh)" && export OLLAMA_BIN && \
+	OLLAMA_BIN_COMPAT="$$(OLLAMA_VERSION=$(OLLAMA_COMPAT_VERSION) scripts/install-ollama.sh)" && export OLLAMA_BIN_COMPAT && \
 	helm_out="$$(scripts/install-helm.sh)" && HELM_BIN="$$(echo "$$helm_out" | sed -n 1p)" && \
 	PROMETHEUS_OPERATOR_CRDS="$$(echo "$$helm_out" | sed -n 2p)" && export HELM_BIN PROMETHEUS_OPERATOR_CRDS && \
 	CONFIG_RELOADER_BIN="$$(scripts/install-config-reloader.sh)" && export CONFIG_RELOADER_BIN && \
@@ -79,7 +91,8 @@ test-fast: install
 # Ollama restarted and killed, an alert, down and up (about 5 minutes once images are cached;
 # the first run adds about 1.5 minutes of debootstrap and builds). Also part of `make test`.
 test-stack: install system-deps
-	$(PROM_PATH) && OLLAMA_BIN="$$(scripts/install-ollama.sh)" && export OLLAMA_BIN && $(PY) -m pytest -ra -m stack $(PYTEST_ARGS)
+	$(PROM_PATH) && OLLAMA_BIN_COMPAT="$$(OLLAMA_VERSION=$(OLLAMA_COMPAT_VERSION) scripts/install-ollama.sh)" && \
+	export OLLAMA_BIN_COMPAT && $(PY) -m pytest -ra -m stack $(PYTEST_ARGS)
 
 # The exporter against a local Ollama ($$OLLAMA_HOST, default http://127.0.0.1:11434).
 run: install

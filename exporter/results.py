@@ -31,6 +31,7 @@ FAILURE_REASONS = (
     "stream_error",
     "malformed_response",
     "empty_response",
+    "context_exceeded",
 )
 
 
@@ -93,6 +94,15 @@ class ProbeResult:
     # later turns (conversation.py); `cache_source` says which ("server", "count", "timing").
     cached_prompt_tokens: Optional[int] = None
     cache_source: Optional[str] = None
+    # The context the model was loaded with when the request ended, from the server's
+    # running-models list (Ollama's /api/ps `context_length`): since 0.15.5 Ollama picks it by
+    # VRAM when num_ctx is not set, so the same scenario can run with 4k on one server and 256k
+    # on another. None where the server does not say.
+    context_length: Optional[int] = None
+    # Remote (cloud) models answer through the local server (Ollama 0.12.0 and later): the
+    # host that really generated the answer, from the response's `remote_host`. Its timings
+    # are the remote service's plus the network, not this server's.
+    remote_host: Optional[str] = None
     # A conversation (a case with turns): this request's turn, 1-based; None for a single prompt.
     turn: Optional[int] = None
     # A correctness canary (a case with expect): whether the answer matched; the answer itself

@@ -74,6 +74,30 @@ def model_is_loaded(client: OllamaClient, model: str) -> Optional[bool]:
     return False
 
 
+class LoadedContext:
+    """The context length the server reports for the scenario's model, asked once per batch,
+    after the batch's first request has ended (so a cold request's fresh load is what counts).
+    None where the server has no running-models list, does not give the length, or has already
+    unloaded the model (keep_alive 0)."""
+
+    def __init__(self, client: OllamaClient, model: str):
+        self.client, self.model = client, model
+        self._lock = threading.Lock()
+        self._asked = False
+        self._value: Optional[int] = None
+
+    def get(self) -> Optional[int]:
+        with self._lock:
+            if not self._asked:
+                self._asked = True
+                try:
+                    running = self.client.running_models()
+                except OllamaError:
+                    running = []
+                self._value = next((m.context_length for m in running if same_model(m.name, self.model)), None)
+            return self._value
+
+
 def _label_start(result: ProbeResult, loaded_before: Optional[bool]) -> None:
     """Cold or warm: from the server's running-models list (Ollama's /api/ps, on either API)
     where it answered; else from the server's load time (Ollama's native API); else (a server
@@ -122,6 +146,7 @@ class ScenarioRunner:
         self._batch_seq = 0
         self._requests = 0
         self._failures = 0
+        self._remote_warned = False
         # Batch threads hand over their results as they finish (so a shutdown mid-batch
         # keeps every finished request); sinks see one result at a time.
         self._emit_lock = threading.Lock()
@@ -134,6 +159,13 @@ class ScenarioRunner:
                 log.warning(
                     "probe failed: target=%s scenario=%s case=%s reason=%s: %s",
                     result.target, result.scenario, result.case, result.reason, result.error,
+                )
+            if result.remote_host and not self._remote_warned:
+                self._remote_warned = True
+                log.warning(
+                    "target %s scenario %s: model %s is a remote model served by %s; its timings are that "
+                    "service's plus the network, not this server's (remote_host in the results file)",
+                    result.target, result.scenario, result.model, result.remote_host,
                 )
             self.sinks.on_result(result)
 
@@ -148,6 +180,7 @@ class ScenarioRunner:
     def _batch(self, case: Case, level: int) -> None:
         """One batch of `level` requests; more than one are released together by a barrier."""
         loaded = model_is_loaded(self.client, self.scenario.model)
+        context = LoadedContext(self.client, self.scenario.model)
         self._batch_seq += 1
         batch_id = self._batch_seq
         barrier = threading.Barrier(level)
@@ -162,6 +195,8 @@ class ScenarioRunner:
             for r in _probe(self.client, self.scenario, case, concurrency=level, batch=batch_id, run_id=self.run_id):
                 # A conversation's later turns follow its first on a model that is loaded by then.
                 _label_start(r, loaded if r.turn in (None, 1) or loaded is None else True)
+                # A server without a running-models list (loaded is None) is not asked again.
+                r.context_length = context.get() if loaded is not None else None
                 self._emit(r)
                 results[i].append(r)
 

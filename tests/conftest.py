@@ -39,18 +39,34 @@ def make_config():
     return make
 
 
-@pytest.fixture(scope="session")
-def real_ollama(tmp_path_factory):
-    """A real Ollama with smollm2-135m, on a free loopback port, for the whole session."""
+def _serve(tmp_path_factory, which: str):
     from tests.kit.real_ollama import OllamaServer, ollama_binary
 
-    models = tmp_path_factory.mktemp("ollama-models")
-    server = OllamaServer(ollama_binary(), str(models), free_port(), str(models / "serve.log")).start()
+    models = tmp_path_factory.mktemp(f"ollama-models-{which}")
+    server = OllamaServer(ollama_binary(which), str(models), free_port(), str(models / "serve.log")).start()
     try:
         server.create_model()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_ollama(tmp_path_factory):
+    """The current Ollama with smollm2-135m, on a free loopback port, for the whole session."""
+    yield from _serve(tmp_path_factory, "current")
+
+
+@pytest.fixture(scope="session")
+def compat_ollama(tmp_path_factory):
+    """Ollama 0.11.4 with smollm2-135m, for the checks that run on both versions."""
+    yield from _serve(tmp_path_factory, "compat")
+
+
+@pytest.fixture(params=["current", "compat"])
+def any_ollama(request):
+    """Each of the two, in turn: the Ollama-facing behaviour checks run on both."""
+    return request.getfixturevalue("real_ollama" if request.param == "current" else "compat_ollama")
 
 
 

@@ -155,6 +155,30 @@ def test_fail_on_regression_needs_compare_and_a_bench_directory(tmp_path):
     assert res.returncode == EXIT_USAGE and "percentage" in res.stderr
 
 
+def test_a_server_default_that_changed_between_versions_is_a_difference():
+    """Ollama 0.32.10 stopped applying repeat_penalty 1.1 by default: a case that leaves it to the
+    server ran with other settings on either side; one that pins it did not."""
+    from exporter.report.compare import system_differences
+
+    def rec(case, options, ctx):
+        return ProbeResult(target="t1", scenario="s", model="m", case=case, options=options, context_length=ctx)
+
+    old_sys = {"targets": {"t1": {"ollama_version": "0.11.4"}}}
+    new_sys = {"targets": {"t1": {"ollama_version": "0.33.1"}}}
+    old = [rec("free", {"temperature": 0}, 4096), rec("pinned", {"repeat_penalty": 1.1}, 4096)]
+    new = [rec("free", {"temperature": 0}, 32768), rec("pinned", {"repeat_penalty": 1.1}, 4096)]
+    diffs = {d["what"]: (d["old"], d["new"]) for d in system_differences(old_sys, new_sys, old, new)}
+    assert diffs["repeat_penalty of s/free, left to the server (t1)"] == (
+        "1.1 (Ollama 0.11.4 default)", "1.0 (Ollama 0.33.1 default)")
+    assert not any(w.startswith("repeat_penalty of s/pinned") for w in diffs)
+    assert diffs["context length loaded for s/free (t1)"] == ("4096", "32768")
+    assert not any(w.startswith("context length loaded for s/pinned") for w in diffs)
+    # Both sides before (or both after) the change: no difference.
+    later = {"targets": {"t1": {"ollama_version": "0.32.9"}}}
+    assert not any("repeat_penalty" in d["what"] for d in system_differences(old_sys, later, old, old))
+    assert any("repeat_penalty" in d["what"] for d in system_differences(later, new_sys, old, old))
+
+
 def test_host_differences_and_facts_an_older_run_did_not_record():
     from exporter.report.compare import system_differences
 

@@ -187,6 +187,13 @@ def test_control_call_to_a_dead_port_is_a_connection_failure():
     (ollama.ResponseError("model 'x' not found, try pulling it first"), "model_not_found", None),
     (ollama.ResponseError("maximum pending requests exceeded"), "server_busy", None),
     (ollama.ResponseError("llama runner process has terminated"), "stream_error", None),
+    # Ollama 0.30.9+ with context shift off; 0.11.4 cut such a prompt in silence.
+    (ollama.ResponseError("the prompt is longer than the context length currently available to the model; "
+                          "shorten the prompt, adjust the context length in settings, or use a model with a "
+                          "longer context length", 400), "context_exceeded", 400),
+    (ollama.ResponseError("the input length exceeds the context length", 400), "context_exceeded", 400),
+    (ollama.ResponseError("the input length exceeds the context length"), "context_exceeded", None),
+    (ollama.ResponseError("context length must be positive", 500), "http_error", 500),
     (ConnectionError("Failed to connect to Ollama"), "connection", None),
     (httpx.ReadTimeout("timed out"), "timeout", None),
     (httpx.ConnectTimeout("timed out"), "timeout", None),

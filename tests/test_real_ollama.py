@@ -1,6 +1,8 @@
-"""End-to-end against a real Ollama v0.11.4 and SmolLM2-135M (see tests/real_ollama.py)."""
+"""End-to-end against the current real Ollama and SmolLM2-135M (see tests/kit/real_ollama.py).
 
-import statistics
+The checks of Ollama-facing behaviour that run on 0.11.4 as well are in tests/test_ollama_versions.py.
+"""
+
 import textwrap
 import time
 
@@ -11,7 +13,7 @@ from exporter.config import load_text
 from exporter.ollama import OllamaClient
 from exporter.runner import ScenarioRunner
 from tests.kit.exporters import CollectingSink, ProbeStack, free_port
-from tests.kit.real_ollama import MODEL, OllamaServer
+from tests.kit.real_ollama import MODEL, VERSIONS, OllamaServer
 
 pytestmark = pytest.mark.ollama
 
@@ -67,7 +69,7 @@ def test_default_shape_against_the_real_server(real_ollama):
         assert registry.get_sample_value("llm_probe_request_duration_seconds_sum", warm) > 0
         assert registry.get_sample_value("llm_probe_output_tokens_per_second_sum", labels(case)) > 0
         assert registry.get_sample_value("llm_probe_prompt_tokens_per_second_count", labels(case)) >= 1
-    assert registry.get_sample_value("llm_server_info", {"target": "real", "version": "0.11.4"}) == 1
+    assert registry.get_sample_value("llm_server_info", {"target": "real", "version": VERSIONS["current"]}) == 1
     assert registry.get_sample_value("llm_server_up", {"target": "real"}) == 1
     loaded = registry.get_sample_value("llm_server_model_loaded_bytes", {"target": "real", "model": MODEL + ":latest"})
     assert loaded and loaded > 50e6
@@ -82,21 +84,6 @@ def test_default_shape_against_the_real_server(real_ollama):
     assert long_prompt is None or long_prompt > short_prompt
 
 
-def test_client_and_server_decode_rates_agree(real_ollama):
-    """The client sees tokens at the rate the server decodes them.
-
-    Tolerance: 15%. Measured on 2 shared cores, the median ratio client/server is
-    within a few percent of 1; the client's span starts at the first token and the
-    server's eval_duration includes sampling the first token, so a 64-token stream
-    differs by about one token interval (~1.5%) plus scheduler noise.
-    """
-    cfg = config(real_ollama.url, extra="repeats: 3\nwarmup: 1\noptions: {temperature: 0, seed: 1, num_predict: 64}\n")
-    summary, rec, _ = run(cfg)
-    ratios = [r.client_tokens_per_s / r.output_tokens_per_s for r in rec.results]
-    assert summary.failures == 0
-    assert abs(statistics.median(ratios) - 1) < 0.15, ratios
-
-
 def test_cold_start_is_labelled_and_next_is_warm(real_ollama):
     OllamaClient(config(real_ollama.url).targets[0]).unload(MODEL)
     time.sleep(0.5)
@@ -109,7 +96,13 @@ def test_cold_start_is_labelled_and_next_is_warm(real_ollama):
 
 
 def test_keep_alive_zero_makes_every_request_cold(real_ollama):
-    OllamaClient(config(real_ollama.url).targets[0]).unload(MODEL)
+    client = OllamaClient(config(real_ollama.url).targets[0])
+    client.unload(MODEL)
+    # 0.33.1 unloads after answering the unload request, and a request arriving meanwhile keeps
+    # the model: wait until it is gone, so the first request is a real load.
+    deadline = time.monotonic() + 30
+    while any(m.name == MODEL + ":latest" for m in client.running_models()) and time.monotonic() < deadline:
+        time.sleep(0.1)
     summary, rec, _ = run(config(real_ollama.url, extra="repeats: 2\nkeep_alive: 0\n"))
     assert summary.failures == 0
     assert [r.start for r in rec.results] == ["cold", "cold"]
@@ -126,25 +119,17 @@ def test_concurrency_batches(real_ollama):
     assert {b.concurrency: b.requests for b in rec.batches} == {2: 2, 4: 4}
 
 
-def test_missing_model(real_ollama):
-    summary, rec, registry = run(config(real_ollama.url, model="no-such-model"))
-    assert rec.results[0].reason == "model_not_found"
-    assert registry.get_sample_value(
-        "llm_probe_request_failures_total",
-        {**labels(), "model": "no-such-model", "reason": "model_not_found"},
-    ) == 1
-    assert registry.get_sample_value("llm_probe_success", {"target": "real", "scenario": "e2e"}) == 0
-
-
 def test_server_killed_mid_stream_then_recovers(real_ollama, tmp_path):
     """A second server on the same model folder: killed during a generation, then restarted."""
     port = free_port()
     server = OllamaServer(real_ollama.binary, real_ollama.models_dir, port, str(tmp_path / "serve.log")).start()
     try:
-        cfg = config(server.url, extra="repeats: 1\noptions: {temperature: 0, seed: 1, num_predict: 2000}\n")
+        cfg = config(server.url, extra="repeats: 1\noptions: {temperature: 0, seed: 1, num_predict: 2000}\n",
+                     cases={"count": "Count from 1 to 2000, one number per line."})
         import threading
 
-        killer = threading.Timer(3.0, server.kill)
+        run(config(server.url))  # the model loaded, so the kill lands in the stream, whatever the load takes
+        killer = threading.Timer(1.0, server.kill)
         killer.start()
         summary, rec, registry = run(cfg)
         killer.join()
@@ -161,21 +146,6 @@ def test_server_killed_mid_stream_then_recovers(real_ollama, tmp_path):
         assert registry.get_sample_value("llm_probe_success", {"target": "real", "scenario": "e2e"}) == 1
     finally:
         server.stop()
-
-
-def test_unique_prompt_measures_real_prefill(real_ollama):
-    """Ollama serves a repeated prompt from its KV cache but still reports the full prompt_eval_count."""
-    long_prompt = "Describe the architecture of a transformer neural network in detail. " * 12
-    opts = "repeats: 2\noptions: {temperature: 0, seed: 1, num_predict: 2}\n"
-    _, cached, _ = run(config(real_ollama.url, extra=opts, cases={"long": long_prompt}))
-    _, unique, _ = run(config(real_ollama.url, extra=opts + "unique_prompt: true\n", cases={"long": long_prompt}))
-    a, b = cached.results[-2:]
-    assert a.prompt_eval_count == b.prompt_eval_count > 100
-    assert b.prompt_eval_duration_s < 0.5 * a.prompt_eval_duration_s  # served from the cache
-    c, d = unique.results
-    # Prefilled from scratch each time: both far slower than the cache hit. Compared with the
-    # cache hit rather than with each other, because two cold prefills differ by 2x on a busy host.
-    assert min(c.prompt_eval_duration_s, d.prompt_eval_duration_s) > 2 * b.prompt_eval_duration_s
 
 
 def test_cli_with_default_scenarios_serves_every_contract_metric(real_ollama, tmp_path, golden_families):

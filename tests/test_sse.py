@@ -233,6 +233,10 @@ def error_body(message, kind="invalid_request_error", code=None):
     (404, b"404 page not found", "http_error"),  # no such route: not an OpenAI-compatible server here
     (400, error_body("model 'x' not found", "invalid_request_error", "model_not_found"), "model_not_found"),
     (400, error_body("max_tokens must be at least 1"), "http_error"),
+    (400, error_body("This model's maximum context length is 8192 tokens", "invalid_request_error",
+                     "context_length_exceeded"), "context_exceeded"),
+    (400, error_body("the prompt is longer than the context length currently available to the model; shorten "
+                     "the prompt", "invalid_request_error"), "context_exceeded"),
     (429, error_body("Rate limit reached", "requests", "rate_limit_exceeded"), "server_busy"),
     (500, error_body("llama runner process has terminated", "api_error"), "http_error"),
     (503, error_body("Loading model", "unavailable_error"), "server_busy"),

@@ -63,10 +63,10 @@ scenarios:
 
 
 def _ollama_binary() -> str:
-    if os.environ.get("OLLAMA_BIN"):
-        return os.environ["OLLAMA_BIN"]
+    # The stand-in image takes one file: the single-binary release, not the current one, which
+    # needs its lib/ollama (llama-server and ggml) beside it.
     from tests.kit.real_ollama import ollama_binary
-    return ollama_binary()
+    return ollama_binary("compat")
 
 
 class Stack:

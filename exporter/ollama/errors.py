@@ -22,6 +22,16 @@ STREAM_ERROR_REASONS = (
     (("server busy",), "server_busy"),
     (("maximum pending requests",), "server_busy"),
 )
+# Ollama 0.30.9 and later refuse a prompt longer than the loaded context instead of cutting it
+# ("the prompt is longer than the context length currently available to the model; ..."), and
+# 0.11.4 cut it in silence; "exceeds the context length" is its embedding and /v1 wording.
+CONTEXT_EXCEEDED_WORDS = (("longer than the context",), ("exceeds the context",), ("exceeds the available context",),
+                          ("context_length_exceeded",), ("maximum context length",))
+
+
+def says_context_exceeded(message: str) -> bool:
+    lowered = message.lower()
+    return any(all(w in lowered for w in words) for words in CONTEXT_EXCEEDED_WORDS)
 
 
 class OllamaError(Exception):
@@ -46,13 +56,18 @@ def error_message(body: bytes) -> str:
 
 
 def http_failure(status: int, message: str) -> OllamaError:
-    return OllamaError(STATUS_REASONS.get(status, "http_error"), f"HTTP {status}: {message}", status)
+    reason = STATUS_REASONS.get(status, "http_error")
+    if status == 400 and says_context_exceeded(message):
+        reason = "context_exceeded"
+    return OllamaError(reason, f"HTTP {status}: {message}", status)
 
 
 def stream_failure(message: str) -> OllamaError:
     """An {"error": ...} line inside a 200 stream."""
     lowered = message.lower()
     reason = next((r for words, r in STREAM_ERROR_REASONS if all(w in lowered for w in words)), "stream_error")
+    if reason == "stream_error" and says_context_exceeded(message):
+        reason = "context_exceeded"
     return OllamaError(reason, f"error in stream: {message}")
 
 

@@ -22,7 +22,7 @@ import json
 from typing import Any, Iterator, Optional
 
 from ..config_types import OPENAI_OPTION_NAMES
-from .errors import STATUS_REASONS, OllamaError
+from .errors import STATUS_REASONS, OllamaError, says_context_exceeded
 from .sse import EventSplitter
 from .wire import FinalStats, StreamChunk
 
@@ -100,6 +100,8 @@ def http_failure(status: int, body: bytes) -> OllamaError:
         reason = "server_busy"
     elif err and _says_model_missing(err) and status == 400:
         reason = "model_not_found"
+    elif status == 400 and says_context_exceeded(message):
+        reason = "context_exceeded"
     else:
         reason = STATUS_REASONS.get(status, "http_error")
         if reason == "model_not_found":
@@ -113,6 +115,8 @@ def stream_failure(err: dict[str, Any]) -> OllamaError:
         reason = "model_not_found"
     elif _says_busy(err):
         reason = "server_busy"
+    elif says_context_exceeded(error_text(err)):
+        reason = "context_exceeded"
     else:
         reason = "stream_error"
     return OllamaError(reason, f"error in stream: {error_text(err)[:500]}")

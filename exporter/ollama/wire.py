@@ -57,10 +57,13 @@ class FinalStats:
     # Prompt tokens served from the server's prompt (KV) cache, where the server says so
     # (OpenAI-compatible `usage.prompt_tokens_details.cached_tokens`); Ollama 0.11.4 does not.
     cached_prompt_tokens: Optional[int] = None
+    # A remote (cloud) model's upstream host (Ollama 0.12.0 and later); None for a local model.
+    remote_host: Optional[str] = None
 
     @classmethod
     def from_line(cls, obj: dict[str, Any]) -> "FinalStats":
         reason = obj.get("done_reason")
+        remote = obj.get("remote_host")
         return cls(
             load_duration_s=_seconds(obj, "load_duration"),
             prompt_eval_count=_count(obj, "prompt_eval_count"),
@@ -69,6 +72,7 @@ class FinalStats:
             eval_duration_s=_seconds(obj, "eval_duration"),
             total_duration_s=_seconds(obj, "total_duration"),
             done_reason=reason if isinstance(reason, str) else None,
+            remote_host=remote if isinstance(remote, str) and remote else None,
         )
 
 

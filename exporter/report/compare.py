@@ -153,6 +153,58 @@ MODEL_FACTS = (("quantization_level", "quantization"), ("parameter_size", "param
                ("format", "format"))
 
 
+# Ollama's own defaults for options a request leaves unset that changed between releases:
+# (first release with the new default, option, default before, default from then on).
+# A run that does not pin such an option ran under different settings on either side.
+SERVER_DEFAULT_CHANGES = (
+    ((0, 32, 10), "repeat_penalty", 1.1, 1.0),
+)
+
+
+def _version_tuple(v: Any) -> Optional[tuple[int, ...]]:
+    if not isinstance(v, str):
+        return None
+    parts = v.lstrip("v").split("-")[0].split(".")
+    return tuple(int(p) for p in parts) if parts and all(p.isdigit() for p in parts) else None
+
+
+def _server_default(version: Optional[tuple[int, ...]], since: tuple[int, ...], before: Any, after: Any) -> Any:
+    return after if version is not None and version >= since else before
+
+
+def server_default_differences(old_sys: dict[str, Any], new_sys: dict[str, Any],
+                               old: list[ProbeResult], new: list[ProbeResult]) -> list[dict[str, Any]]:
+    """Options a case left to the server, whose server default differs between the two Ollama versions."""
+    diffs: list[dict[str, Any]] = []
+    old_t, new_t = old_sys.get("targets", {}), new_sys.get("targets", {})
+    old_opts, new_opts = _options_by_case(old), _options_by_case(new)
+    for target in sorted(set(old_t) & set(new_t)):
+        va = old_t[target].get("ollama_version")
+        vb = new_t[target].get("ollama_version")
+        a, b = _version_tuple(va), _version_tuple(vb)
+        if a is None or b is None or a == b:
+            continue
+        for since, option, before, after in SERVER_DEFAULT_CHANGES:
+            da, db = _server_default(a, since, before, after), _server_default(b, since, before, after)
+            if da == db:
+                continue
+            for key in sorted(set(old_opts) & set(new_opts)):
+                if option in json.loads(old_opts[key]) or option in json.loads(new_opts[key]):
+                    continue
+                diffs.append({"what": f"{option} of {key[0]}/{key[1]}, left to the server ({target})",
+                              "old": f"{da} (Ollama {va} default)", "new": f"{db} (Ollama {vb} default)"})
+    return diffs
+
+
+def _context_lengths(records: list[ProbeResult]) -> dict[tuple, str]:
+    """Per target/scenario/case, the loaded context lengths the records saw (Ollama's /api/ps)."""
+    seen: dict[tuple, set[int]] = defaultdict(set)
+    for r in records:
+        if r.context_length:
+            seen[(r.target, r.scenario, r.case)].add(r.context_length)
+    return {k: ", ".join(str(v) for v in sorted(vs)) for k, vs in seen.items()}
+
+
 def system_differences(old_sys: dict[str, Any], new_sys: dict[str, Any],
                        old: list[ProbeResult], new: list[ProbeResult]) -> list[dict[str, Any]]:
     """What differs between the runs: host, Ollama version, model digest and quantization, options."""
@@ -184,6 +236,11 @@ def system_differences(old_sys: dict[str, Any], new_sys: dict[str, Any],
         add(f"case {key[0]}/{key[1]}", "present", "absent")
     for key in sorted(set(new_opts) - set(old_opts)):
         add(f"case {key[0]}/{key[1]}", "absent", "present")
+    diffs += server_default_differences(old_sys, new_sys, old, new)
+    # A run without recorded context lengths (an older results file) is unknown, not different.
+    old_ctx, new_ctx = _context_lengths(old), _context_lengths(new)
+    for key in sorted(set(old_ctx) & set(new_ctx)):
+        add(f"context length loaded for {key[1]}/{key[2]} ({key[0]})", old_ctx[key], new_ctx[key])
     return diffs
 
 

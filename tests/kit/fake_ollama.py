@@ -66,6 +66,11 @@ class Behavior:
     openai_cached: bool = False
     # Ollama's control endpoints (/api/version, /api/ps) exist; False: 404, like other OpenAI-compatible servers.
     has_ps: bool = True
+    # Fields a newer server adds, merged into every streamed line and /api/ps entry.
+    extra_fields: dict = field(default_factory=dict)
+    # A remote (cloud) model, as Ollama 0.12.0 and later stream it: `remote_model` and
+    # `remote_host` on every line.
+    remote_host: Optional[str] = None
 
 
 @dataclass
@@ -126,7 +131,7 @@ class FakeOllama:
                                              "quantization_level": b.quantization}}
                         if ctx is not None:
                             entry["context_length"] = ctx
-                        models.append(entry)
+                        models.append({**entry, **b.extra_fields})
                     self._json(200, {"models": models})
                 elif self.path == "/api/tags":
                     self._json(200, {"models": [{"name": m} for m in b.models]})
@@ -165,6 +170,11 @@ class FakeOllama:
                 self._json(404, {"error": "not found"})
 
             def _line(self, obj) -> float:
+                b = fake.behavior
+                if "error" not in obj:
+                    obj = {**obj, **b.extra_fields}
+                    if b.remote_host:
+                        obj.update(remote_model=obj.get("model", ""), remote_host=b.remote_host)
                 data = (json.dumps(obj) + "\n").encode()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()

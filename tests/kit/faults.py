@@ -190,9 +190,10 @@ def fake_faults() -> list[FaultOutcome]:
 # ---- faults made with a real Ollama ----
 
 def _runner_children(server) -> list[psutil.Process]:
+    """The model runner: `ollama runner` up to 0.29, `llama-server` from 0.30.0."""
     try:
         return [p for p in psutil.Process(server.proc.pid).children(recursive=True)
-                if "runner" in " ".join(p.cmdline())]
+                if any(w in " ".join(p.cmdline()) for w in ("runner", "llama-server"))]
     except psutil.Error:
         return []
 

@@ -1,4 +1,9 @@
-"""Start a real `ollama serve` (Go-built v0.11.4) with the SmolLM2-135M model, offline."""
+"""Start a real `ollama serve` with the SmolLM2-135M model, offline.
+
+Two builds (scripts/install-ollama.sh): the current release, which the real-server tests run,
+and 0.11.4, the last single-binary release, on which the compatibility set
+(tests/test_ollama_versions.py) runs too.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +18,18 @@ from .exporters import ROOT, http_get
 
 MODEL = "smollm2-135m"
 START_DEADLINE_S = 60
+# The Makefile's OLLAMA_VERSION and OLLAMA_COMPAT_VERSION.
+VERSIONS = {"current": "0.33.1", "compat": "0.11.4"}
+BIN_ENV = {"current": "OLLAMA_BIN", "compat": "OLLAMA_BIN_COMPAT"}
 
 
-def ollama_binary() -> str:
-    """$OLLAMA_BIN (set by `make test`), else build or reuse the cached one."""
-    path = os.environ.get("OLLAMA_BIN")
+def ollama_binary(which: str = "current") -> str:
+    """$OLLAMA_BIN / $OLLAMA_BIN_COMPAT (set by `make test`), else build or reuse the cached one."""
+    path = os.environ.get(BIN_ENV[which])
     if path and os.access(path, os.X_OK):
         return path
     res = subprocess.run([os.path.join(ROOT, "scripts", "install-ollama.sh")], capture_output=True, text=True,
-                         timeout=3600)
+                         timeout=3600, env=dict(os.environ, OLLAMA_VERSION=VERSIONS[which]))
     if res.returncode != 0:
         raise RuntimeError(f"cannot build Ollama:\n{res.stderr[-3000:]}")
     return res.stdout.strip().splitlines()[-1]
