@@ -8,7 +8,7 @@ CONFIG ?= scenarios/default.yaml
 RESULTS ?= results.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast test-stack run bench reliability soak alert-eval install system-deps ollama helm helm-files check clean
+.PHONY: test test-fast test-stack run bench reliability soak alert-eval install system-deps ollama llama-cpp-server helm helm-files check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ install: $(STAMP)
 # debootstrap for the stack test (its own dockerd, images from a Debian root filesystem;
 # Prometheus and Alertmanager images carry these same Debian binaries),
 # node_exporter for the live bottleneck tests (real host series),
-# a C/C++ toolchain for Ollama's cgo build.
+# a C/C++ toolchain for Ollama's cgo build, and cmake for llama-cpp-python's (the second engine).
 system-deps:
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
@@ -35,6 +35,7 @@ system-deps:
 	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v prometheus-node-exporter >/dev/null || command -v node_exporter >/dev/null || missing="$$missing prometheus-node-exporter"; \
 	command -v g++ >/dev/null || missing="$$missing build-essential"; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -46,6 +47,10 @@ system-deps:
 # Builds Ollama v0.11.4 with Go into ~/.cache/ollama-perf-exporter (once per machine).
 ollama:
 	scripts/install-ollama.sh
+
+# Builds llama-cpp-python 0.3.36's wheel from its sdist into the same cache, and its server's own venv.
+llama-cpp-server:
+	PYTHON=$(PYTHON) scripts/install-llama-cpp-server.sh
 
 # Builds Helm v3.22.0 with Go into the same cache and fetches the Prometheus Operator CRDs; and
 # the Operator's config reloader (the chart's config-watcher sidecar) for its test.
@@ -63,11 +68,12 @@ test: install system-deps
 	helm_out="$$(scripts/install-helm.sh)" && HELM_BIN="$$(echo "$$helm_out" | sed -n 1p)" && \
 	PROMETHEUS_OPERATOR_CRDS="$$(echo "$$helm_out" | sed -n 2p)" && export HELM_BIN PROMETHEUS_OPERATOR_CRDS && \
 	CONFIG_RELOADER_BIN="$$(scripts/install-config-reloader.sh)" && export CONFIG_RELOADER_BIN && \
+	LLAMA_CPP_SERVER_PYTHON="$$(PYTHON=$(PYTHON) scripts/install-llama-cpp-server.sh)" && export LLAMA_CPP_SERVER_PYTHON && \
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
-# Unit and fake-server tests only: no Ollama build, no Prometheus, no Helm, no Docker engine, no browser.
+# Unit and fake-server tests only: no Ollama or llama.cpp build, no Prometheus, no Helm, no Docker engine, no browser.
 test-fast: install
-	$(PY) -m pytest -ra -m "not ollama and not prometheus and not helm and not stack and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -m "not ollama and not llamacpp and not prometheus and not helm and not stack and not browser" $(PYTEST_ARGS)
 
 # docker-compose.yml in a private Docker engine (needs root): stand-in images, the stack up,
 # Ollama restarted and killed, an alert, down and up (about 5 minutes once images are cached;
