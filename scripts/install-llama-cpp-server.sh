@@ -36,34 +36,36 @@ if works; then
 fi
 
 mkdir -p "$CACHE_DIR/wheels"
+# The server's venv first: its pip also builds the wheel (the system Python may have no pip).
+for old in "$CACHE_DIR"/llama-cpp-server-*/; do
+    [[ -d "$old" && "$old" != "$VENV/" ]] && rm -rf "$old"
+done
+rm -rf "$VENV"
+"$PYTHON" -m venv "$VENV"
+"$SERVER_PY" -m pip install -q --upgrade pip >&2
+
+# Wheels of other versions, Pythons or CPUs are stale here.
+for old in "$CACHE_DIR"/wheels/llama-cpp-python-*/; do
+    [[ -d "$old" && "$old" != "$WHEEL_DIR/" ]] && rm -rf "$old"
+done
 wheel=$(ls "$WHEEL_DIR"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -1 || true)
 if [[ -z "$wheel" ]]; then
     for tool in gcc g++ cmake; do
         command -v "$tool" >/dev/null || { echo "install-llama-cpp-server: $tool is needed (make system-deps)" >&2; exit 1; }
-    done
-    # Wheels of other versions, Pythons or CPUs are stale here.
-    for old in "$CACHE_DIR"/wheels/llama-cpp-python-*/; do
-        [[ -d "$old" && "$old" != "$WHEEL_DIR/" ]] && rm -rf "$old"
     done
     echo "llama-cpp-python $VERSION: building the wheel from its sdist ($LLAMA_CMAKE_ARGS) into $WHEEL_DIR (several minutes)" >&2
     tmp=$(mktemp -d "$CACHE_DIR/wheels/build.XXXXXX")
     trap 'rm -rf "$tmp"' EXIT
     start=$(date +%s)
     CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-        "$PYTHON" -m pip wheel -q --no-deps --no-binary llama-cpp-python -w "$tmp" "llama-cpp-python==$VERSION" >&2
+        "$SERVER_PY" -m pip wheel -q --no-deps --no-binary llama-cpp-python -w "$tmp" "llama-cpp-python==$VERSION" >&2
     mkdir -p "$WHEEL_DIR"
     mv "$tmp"/llama_cpp_python-*.whl "$WHEEL_DIR"/
     echo "llama-cpp-python $VERSION: wheel built in $(( $(date +%s) - start )) s" >&2
     wheel=$(ls "$WHEEL_DIR"/llama_cpp_python-"$VERSION"-*.whl | head -1)
 fi
 
-for old in "$CACHE_DIR"/llama-cpp-server-*/; do
-    [[ -d "$old" && "$old" != "$VENV/" ]] && rm -rf "$old"
-done
-rm -rf "$VENV"
-"$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip >&2
-"$VENV/bin/python" -m pip install -q "$wheel[server]" >&2
+"$SERVER_PY" -m pip install -q "$wheel[server]" >&2
 works || { echo "install-llama-cpp-server: the server does not import from $VENV" >&2; exit 1; }
 echo "llama-cpp-python $VERSION: installed in $VENV" >&2
 echo "$SERVER_PY"
