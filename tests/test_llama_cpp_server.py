@@ -116,3 +116,38 @@ def test_structured_output(llama_cpp_server):
     r, _ = probe(s, 1)
     assert (r.ok, r.reason, r.http_status) == (False, "http_error", 500)
     assert "response_format" in r.error and "json_object" in r.error
+
+
+def test_the_exporters_series_for_it(llama_cpp_server):
+    """Through the sinks the exporter wires: up without version info (no /api/version), requests
+    and TTFT counted, and no output tokens counted from a usage that never came."""
+    from prometheus_client import CollectorRegistry
+
+    from tests.kit.exporters import ProbeStack
+
+    cfg = load_text(textwrap.dedent(f"""\
+        targets: [{{name: llamacpp, url: {llama_cpp_server.url}, process_match: 'llama_cpp[.]server'}}]
+        scenarios:
+          - name: s
+            model: {MODEL}
+            api: openai
+            repeats: 2
+            options: {{temperature: 0, seed: 42, num_predict: 24}}
+            cases:
+              q: {{prompt: {QUESTION!r}}}
+        """))
+    s = cfg.scenarios[0]
+    registry = CollectorRegistry()
+    stack = ProbeStack(registry, cfg)
+    ScenarioRunner(s, s.targets[0], stack.sinks).run()
+    stack.servers.poll()
+    labels = {"target": "llamacpp", "scenario": "s", "model": MODEL, "case": "q", "concurrency": "1"}
+    assert registry.get_sample_value("llm_server_up", {"target": "llamacpp"}) == 1
+    assert not [x for m in registry.collect() if m.name == "llm_server_info" for x in m.samples]
+    # Its process tree is found by the command line, as for any engine.
+    assert registry.get_sample_value("llm_server_process_resident_memory_bytes", {"target": "llamacpp"}) > 50e6
+    assert registry.get_sample_value("llm_probe_requests_total", labels) == 2
+    assert registry.get_sample_value("llm_probe_time_to_first_token_seconds_count", {**labels, "start": "warm"}) == 2
+    assert registry.get_sample_value("llm_probe_success", {"target": "llamacpp", "scenario": "s"}) == 1
+    assert not registry.get_sample_value("llm_probe_output_tokens_total", labels)
+    assert not registry.get_sample_value("llm_probe_output_tokens_per_second_count", labels)
