@@ -13,6 +13,7 @@ import yaml
 
 from ..config_types import OPENAI_OPTION_NAMES
 from ..ollama.wire import same_model
+from .stats import differs
 
 # Ollama's defaults for the request options we suggest (llama.cpp runner, v0.11).
 DEFAULT_NUM_BATCH = 512
@@ -63,11 +64,12 @@ def _median(row: dict[str, Any], key: str) -> Optional[float]:
     return value if isinstance(value, (int, float)) else None
 
 
-def _change(label: str, unit: str, scale: float, base: Optional[float], new: Optional[float]) -> Optional[str]:
+def _change(label: str, unit: str, scale: float, base: Optional[float], new: Optional[float],
+            digits: int = 1) -> Optional[str]:
     if base is None or new is None:
         return None
     pct = f" ({(new - base) / base * 100:+.0f}%)" if base else ""
-    return f"{label} median {base * scale:.{3 if unit == 's' else 1}f} -> {new * scale:.{3 if unit == 's' else 1}f} {unit}{pct}"
+    return f"{label} median {base * scale:.{digits}f} -> {new * scale:.{digits}f}{' ' + unit if unit else ''}{pct}"
 
 
 def grammar_overhead(cases: list[dict[str, Any]], scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -76,7 +78,9 @@ def grammar_overhead(cases: list[dict[str, Any]], scenarios: list[dict[str, Any]
     system prompt and options at the same concurrency, but no `format`.
 
     Compared per output token and on TTFT, not on whole latency: a JSON answer is rarely as long
-    as the free-text one. The server's decode speed is added where the API reports it."""
+    as the free-text one. The server's decode speed is added where the API reports it. A cost is
+    one of GRAMMAR_COST or more that is also beyond the run-to-run noise (stats.differs): the two
+    cases run one after the other, so a busy host's drift can fall on one side only."""
     def signature(row: dict[str, Any]) -> Optional[tuple]:
         found = _spec(scenarios, row["scenario"], row["case"])
         if found is None:
@@ -101,22 +105,24 @@ def grammar_overhead(cases: list[dict[str, Any]], scenarios: list[dict[str, Any]
         if base is None:
             continue
         kind = "json" if f == "json" else "JSON schema"
-        ttft = _change("TTFT", "s", 1, _median(base, "ttft"), _median(row, "ttft"))
+        ttft = _change("TTFT", "s", 1, _median(base, "ttft"), _median(row, "ttft"), 3)
         tpot = _change("time per output token", "ms", 1000, _median(base, "tpot"), _median(row, "tpot"))
         decode = _change("server decode", "tok/s", 1, _median(base, "decode_tps"), _median(row, "decode_tps"))
         ratios = {k: _ratio(_median(row, k), _median(base, k)) for k in ("ttft", "tpot", "decode_tps")}
-        slower = [k for k in ("ttft", "tpot") if (ratios[k] or 0) >= 1 + GRAMMAR_COST]
+        slower = [k for k in ("ttft", "tpot") if (ratios[k] or 0) >= 1 + GRAMMAR_COST and
+                  differs(base.get(k) or {}, row.get(k) or {}) is not False]
         n = f"{(row.get('ttft') or {}).get('n', 0)} and {(base.get('ttft') or {}).get('n', 0)} requests"
         evidence = [f"{row['scenario']}/{row['case']} (format {kind}) against {base['scenario']}/{base['case']} "
                     f"(free text), concurrency {row['concurrency']}, {n}"]
-        evidence += [e for e in (ttft, tpot, decode) if e]
+        tokens = _change("output tokens", "", 1, _median(base, "produced_tokens"), _median(row, "produced_tokens"), 0)
+        evidence += [e for e in (ttft, tpot, decode, tokens) if e]
         out.append({
             "kind": "request", "setting": "format", "current": kind,
             "suggested": "drop it where the answer need not be JSON, or a smaller schema" if slower else
                          "keep: no grammar cost measured",
             "reason": ("structured output: the grammar that constrains each token costs "
                        + " and ".join({"ttft": "time to first token", "tpot": "time per token"}[k] for k in slower))
-                      if slower else "structured output: the grammar cost is within 10% of free text",
+                      if slower else "structured output: no cost of 10% or more beyond the run-to-run noise",
             "evidence": evidence, "scenario": row["scenario"], "case": row["case"], "sweep": False,
             "overhead": {
                 "baseline": {"scenario": base["scenario"], "case": base["case"]},
