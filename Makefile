@@ -8,7 +8,7 @@ CONFIG ?= scenarios/default.yaml
 RESULTS ?= results.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast test-stack run bench reliability soak alert-eval install system-deps ollama prometheus helm helm-files check clean
+.PHONY: test test-fast test-stack run bench reliability soak alert-eval install system-deps ollama prometheus llama-cpp-server helm helm-files check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,9 @@ install: $(STAMP)
 # debootstrap for the stack test (its own dockerd, images from a Debian root filesystem),
 # node_exporter for the live bottleneck tests (real host series),
 # a C/C++ toolchain for Ollama's cgo build; cmake, ninja and git (its patch step) for the
-# llama-server of Ollama 0.30 and later. Prometheus, promtool, Alertmanager and amtool are
-# built from Go modules at the compose file's pins instead (PROM_PATH below).
+# llama-server of Ollama 0.30 and later, cmake for llama-cpp-python's (the second engine).
+# Prometheus, promtool, Alertmanager and amtool are built from Go modules at the compose
+# file's pins instead (PROM_PATH below).
 system-deps:
 	@missing=""; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
@@ -61,6 +62,10 @@ prometheus:
 # the Go-built binaries first on PATH, so tests and tools run the versions the stack pins.
 PROM_PATH = PROM_BIN_DIR="$$(scripts/install-prometheus.sh)" && export PATH="$$PROM_BIN_DIR:$$PATH"
 
+# Builds llama-cpp-python 0.3.36's wheel from its sdist into the same cache, and its server's own venv.
+llama-cpp-server:
+	PYTHON=$(PYTHON) scripts/install-llama-cpp-server.sh
+
 # Builds Helm v3.22.0 with Go into the same cache and fetches the Prometheus Operator CRDs; and
 # the Operator's config reloader (the chart's config-watcher sidecar) for its test.
 helm:
@@ -81,11 +86,12 @@ test: install system-deps
 	helm_out="$$(scripts/install-helm.sh)" && HELM_BIN="$$(echo "$$helm_out" | sed -n 1p)" && \
 	PROMETHEUS_OPERATOR_CRDS="$$(echo "$$helm_out" | sed -n 2p)" && export HELM_BIN PROMETHEUS_OPERATOR_CRDS && \
 	CONFIG_RELOADER_BIN="$$(scripts/install-config-reloader.sh)" && export CONFIG_RELOADER_BIN && \
+	LLAMA_CPP_SERVER_PYTHON="$$(PYTHON=$(PYTHON) scripts/install-llama-cpp-server.sh)" && export LLAMA_CPP_SERVER_PYTHON && \
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
-# Unit and fake-server tests only: no Ollama build, no Prometheus, no Helm, no Docker engine, no browser.
+# Unit and fake-server tests only: no Ollama or llama.cpp build, no Prometheus, no Helm, no Docker engine, no browser.
 test-fast: install
-	$(PY) -m pytest -ra -m "not ollama and not prometheus and not helm and not stack and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -m "not ollama and not llamacpp and not prometheus and not helm and not stack and not browser" $(PYTEST_ARGS)
 
 # docker-compose.yml in a private Docker engine (needs root): stand-in images, the stack up,
 # Ollama restarted and killed, an alert, down and up (about 5 minutes once images are cached;

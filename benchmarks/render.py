@@ -6,8 +6,14 @@ content) and returns its lines, or none when its workload did not run.
 
 from __future__ import annotations
 
+import json
+import os
+
 from benchmarks.bench_stats import TARGETS
 from benchmarks.workloads import CAPACITY_RATES
+
+# Written by api_overhead.py --start --json: real servers, measured apart from the probe engine's run.
+ENGINES_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "engines.json")
 
 
 def fmt(x, digits=2) -> str:
@@ -191,6 +197,33 @@ def memory(report: dict) -> list:
                    "failures"], rows)]
 
 
+def engines(report: dict) -> list:
+    """Real engines side by side, measured apart by api_overhead.py --start --json (engines.json)."""
+    try:
+        with open(ENGINES_JSON, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return []
+    m = data["meta"]
+    ms = lambda v: fmt(v * 1000 if v is not None else None, 1)  # noqa: E731
+    rows = [[r["setup"], r["requests"], ms(r["ttft_s"]), ms(r["request_duration_s"]), ms(r["gap_s"]),
+             fmt(r["client_tps"], 1), fmt(r["server_decode_tps"], 1) if r["server_decode_tps"] else "absent"]
+            for r in data["rows"]]
+    paired = [f"{p['setup']} minus {p['reference']}, {p['what']}: median {p['median_s'] * 1000:+.1f} ms "
+              f"(interquartile range {p['q1_s'] * 1000:+.1f} .. {p['q3_s'] * 1000:+.1f} ms, {p['pairs']} pairs)"
+              for p in data["paired"]]
+    return ["\n### 6. Real engines side by side: Ollama's /api/chat and /v1, llama-cpp-python's /v1\n",
+            f"{m['model']}, temperature 0, seed 42, {m['num_predict']} output tokens, unique prompts (no prompt "
+            f"cache); {m.get('conditions') or 'servers as found'}; Ollama {m['ollama_version']}, llama-cpp-python "
+            f"{m.get('llama_cpp_python_version') or '?'}; requests rotated through the setups, {m['rounds']} rounds. "
+            f"Measured apart (`api_overhead.py --start --json` on "
+            f"{m['date']}, load average {m['loadavg_before']} before and {m['loadavg_after']} after, "
+            f"on {m['cpus']} cores).\n",
+            table(["setup", "requests", "TTFT median (ms)", "end-to-end median (ms)", "token gap median (ms)",
+                   "client tok/s median", "server decode tok/s median"], rows),
+            "", *(f"- {p}" for p in paired)]
+
+
 def goals(report: dict) -> list:
     names = sorted({c for t in report["targets"] for c in t["values"]}, key=lambda c: (c != "engine", c))
     rows = [[t["name"], t["target"], *(fmt(t["values"].get(c), t.get("digits", 3)) for c in names),
@@ -200,7 +233,7 @@ def goals(report: dict) -> list:
 
 # RESULTS.md in order. A section reads its workload's rows as report[key] (see workloads.WORKLOADS).
 SECTIONS = (header, ttft, api, busy, interference, gaps, cost, capacity, scrape, fleet, beside_prometheus, memory,
-            goals)
+            engines, goals)
 
 
 def render(report: dict) -> str:

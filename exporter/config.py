@@ -31,6 +31,7 @@ from .config_types import (
     Expect,
     LabelValue,
     Options,
+    OutputFormat,
     Regex,
     Regression,
     Strict,
@@ -173,6 +174,8 @@ class CaseSpec(Strict):
     options: Optional[Options] = None
     # Overrides the scenario's slo for this case.
     slo: Optional[Slo] = None
+    # Structured output: json or a JSON schema; overrides the scenario's `format`.
+    format: Optional[OutputFormat] = None
     # Repeat the prompt text this many times: a cheap way to build long prompts for
     # prompt-length experiments without pasting pages of text into YAML.
     prompt_repeat: int = Field(1, ge=1, le=10000)
@@ -203,6 +206,8 @@ class ScenarioSpec(Strict):
     # the start of every prompt makes each request prefill from scratch.
     unique_prompt: bool = False
     options: Options = Options()
+    # Structured output for every case (`format` on the native APIs, `response_format` on openai).
+    format: Optional[OutputFormat] = None
     # Names are checked after sweep expansion (build_config), where the swept suffix is known.
     cases: dict[str, CaseSpec] = Field(min_length=1)
     sweep: Optional[Sweep] = None
@@ -259,6 +264,15 @@ class Case:
     slo: Optional[Slo] = None
     turns: tuple[str, ...] = ()  # a conversation's user messages, the first being `prompt`; else empty
     expect: Optional[Expect] = None
+    # Structured output: "json" or a JSON schema (a dict); None for free text.
+    format: Union[str, dict[str, Any], None] = None
+
+    @property
+    def structured_output(self) -> Optional[str]:
+        """What the record keeps of `format`: its kind ("json" or "schema"), never the schema."""
+        if self.format is None:
+            return None
+        return "json" if self.format == "json" else "schema"
 
 
 @dataclass(frozen=True)
@@ -313,7 +327,9 @@ def _expand_cases(spec: ScenarioSpec) -> list[tuple[Case, str]]:
             name = case_name(base, params)
             where = f"cases.{base}" + (f" swept at {name[len(base) + 1:]}" if params else "")
             turns = (prompt, *later) if case.turns else ()
-            cases.append((Case(name, prompt, case.system, options, case.slo or spec.slo, turns, case.expect), where))
+            fmt = case.format if case.format is not None else spec.format
+            cases.append((Case(name, prompt, case.system, options, case.slo or spec.slo, turns, case.expect, fmt),
+                          where))
     return cases
 
 

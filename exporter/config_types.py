@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Annotated, Any, Iterable, Literal, Optional
+from typing import Annotated, Any, Iterable, Literal, Optional, Union
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -62,7 +62,61 @@ def _regex(value: str) -> str:
     return value
 
 
+JSON_SCHEMA_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+
+
+def _schema_problem(node: Any, where: str) -> Optional[str]:
+    """The first thing in a schema that a server could not take as JSON Schema, else None.
+
+    Only what is wrong for every reader is refused: keys that are not strings (YAML allows
+    `1: x`, JSON does not), values that are not JSON (YAML dates), and `type`/`properties`/
+    `required` of the wrong kind. Which keywords a server's grammar supports is its own business."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                return f"{where}: key {key!r} is not a string"
+            inner = f"{where}.{key}" if where else key
+            if key == "type" and not (value in JSON_SCHEMA_TYPES or (
+                    isinstance(value, list) and value and all(v in JSON_SCHEMA_TYPES for v in value))):
+                return f"{inner}: expected one of {', '.join(JSON_SCHEMA_TYPES)} (or a list of them), got {value!r}"
+            if key == "properties" and not isinstance(value, dict):
+                return f"{inner}: must be an object of schemas"
+            if key == "required" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                return f"{inner}: must be a list of property names"
+            problem = _schema_problem(value, inner)
+            if problem:
+                return problem
+        return None
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            problem = _schema_problem(value, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if node is None or isinstance(node, (str, bool, int)):
+        return None
+    if isinstance(node, float) and math.isfinite(node):
+        return None
+    return f"{where or '(schema)'}: {node!r} is not a JSON value"
+
+
+def _output_format(value: Any) -> Any:
+    """`json`, or a JSON schema given as a mapping (inline YAML or JSON)."""
+    if isinstance(value, str):
+        if value.strip() != "json":
+            raise ValueError(f"expected json or a JSON schema (a mapping), got {value!r}")
+        return "json"
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON schema must be an object (a mapping), got {type(value).__name__}")
+    problem = _schema_problem(value, "")
+    if problem:
+        raise ValueError(f"not a usable JSON schema: {problem}")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# Structured output: "json" (any JSON) or a JSON schema the answer must follow.
+OutputFormat = Annotated[Union[str, dict[str, Any]], BeforeValidator(_output_format)]
 LabelValue = Annotated[str, AfterValidator(_label_value)]
 Regex = Annotated[str, AfterValidator(_regex)]
 

@@ -70,6 +70,7 @@ def probe_once(
         options=dict(case.options),
         prompt_chars=prompt_chars,
         turn=turn,
+        structured_output=case.structured_output,
     )
     answer: list[str] = []
     wall_start = time.time()
@@ -100,6 +101,7 @@ def probe_once(
             timeout=scenario.timeout,
             on_sent=sent.append,
             history=history,
+            format=case.format,
         ):
             if chunk.answer:
                 answer.append(chunk.answer)

@@ -110,6 +110,9 @@ class ProbeResult:
     answer_matched: Optional[bool] = None
     answer_sha256: Optional[str] = None
     answer_head: Optional[str] = None
+    # Structured output asked for (the case's `format`): "json" or "schema"; None for free text.
+    # Only the kind: a schema is config, not a measurement, and never becomes a label.
+    structured_output: Optional[str] = None
 
     # ---- derived views; computed, never stored separately ----
     @property

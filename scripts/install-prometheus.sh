@@ -67,8 +67,9 @@ fi
 
 echo "prometheus $PROMETHEUS_VERSION ($PROMETHEUS_MODULE_VERSION), alertmanager $ALERTMANAGER_VERSION:" \
     "building with $go_version into $BIN_DIR (about 12 minutes on 2 cores)" >&2
-# Builds of other versions or another Go are stale here: remove them.
-for old in "$CACHE_DIR"/prometheus-*/; do
+# Builds of other versions or another Go are stale here: remove them. Only our own
+# prometheus-<version>-<key> folders: prometheus-config-reloader-<version> shares the prefix.
+for old in "$CACHE_DIR"/prometheus-[0-9]*-*/; do
     [[ -d "$old" && "$old" != "$CACHE_DIR/prometheus-$PROMETHEUS_VERSION-$BUILD_KEY/" ]] && rm -rf "$old"
 done
 mkdir -p "$BIN_DIR"

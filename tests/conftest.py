@@ -69,6 +69,17 @@ def any_ollama(request):
     return request.getfixturevalue("real_ollama" if request.param == "current" else "compat_ollama")
 
 
+@pytest.fixture(scope="session")
+def llama_cpp_server(tmp_path_factory):
+    """llama-cpp-python's OpenAI-compatible server on the same SmolLM2 GGUF, on a free loopback port,
+    for the whole session; a second alias names a model file that does not exist."""
+    from tests.kit.llama_cpp_server import LlamaCppServer, server_python
+
+    log = tmp_path_factory.mktemp("llama-cpp") / "server.log"
+    server = LlamaCppServer(server_python(), free_port(), str(log), extra_models={"gone": "/nonexistent/gone.gguf"})
+    with server:
+        yield server
+
 
 GOLDEN_METRICS = Path(__file__).parent / "golden" / "metrics.txt"
 

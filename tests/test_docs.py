@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,3 +111,37 @@ def test_readme_links_point_at_files_that_exist():
     top = {p for p in nav if "/" not in p and p != "index.md"}
     unmapped = sorted(p for p in top if f"docs/{p}" not in links)
     assert not unmapped, f"README's map of the docs leaves out {unmapped}"
+
+
+def _yaml_blocks(page: str) -> list[str]:
+    with open(os.path.join(ROOT, "docs", page)) as f:
+        return re.findall(r"```yaml\n(.*?)```", f.read(), re.S)
+
+
+def test_the_other_engines_scenarios_pass_the_config_check():
+    from exporter.config import load_text
+
+    [block] = [b for b in _yaml_blocks("other-engines.md") if b.startswith("targets:")]
+    cfg = load_text(block, "other-engines.md")
+    assert [s.name for s in cfg.scenarios] == ["llamacpp-chat", "vllm-chat", "lmstudio-chat", "llamacpp-python-chat"]
+    assert {t.name for t in cfg.targets} == {"llamacpp", "vllm", "lmstudio", "llamacpp-python"}
+    assert all(s.api == "openai" for s in cfg.scenarios)
+
+
+@pytest.mark.prometheus
+def test_the_engines_scrape_config_passes_promtool(tmp_path):
+    """The documented scrape jobs, with the secret and the target file made real (promtool checks both)."""
+    [block] = [b for b in _yaml_blocks("other-engines.md") if b.startswith("scrape_configs:")]
+    secret, targets = tmp_path / "vllm-api-key", tmp_path / "llm-engines.json"
+    secret.write_text("s3cret\n")
+    targets.write_text('[{"targets": ["10.0.0.7:8080"], "labels": {"target": "gpu-box-llamacpp"}}]\n')
+    text = block.replace("/run/secrets/vllm-api-key", str(secret)).replace(
+        "/etc/prometheus-targets/llm-engines.json", str(targets))
+    jobs = yaml.safe_load(text)["scrape_configs"]
+    # The engines' series get the target name the exporter's scenario file gives them.
+    assert {j["job_name"]: j.get("static_configs", [{}])[0].get("labels", {}).get("target") for j in jobs} == {
+        "ollama-perf-exporter": None, "llamacpp": "llamacpp", "vllm": "vllm", "llm-engines": None}
+    (tmp_path / "prometheus.yml").write_text(text)
+    res = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr

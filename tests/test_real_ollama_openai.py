@@ -9,6 +9,7 @@ the model's defaults); has no keep_alive; errors are OpenAI-shaped ({"error": {"
 "param", "code"}}), 404 for a missing model with type api_error.
 """
 
+import json
 import subprocess
 import textwrap
 
@@ -16,7 +17,7 @@ import pytest
 
 from exporter.config import load_text
 from exporter.ollama import OllamaClient
-from exporter.probe import run_probe
+from exporter.probe import probe_once, run_probe
 from exporter.runner import ScenarioRunner
 from tests.kit.exporters import CollectingSink
 from tests.kit.real_ollama import MODEL
@@ -106,3 +107,26 @@ def test_a_canary_flips_when_the_system_prompt_changes(real_ollama, tmp_path):
     flipped = run(scenario(real_ollama.url, "chat", case, model="smollm2-pirate", extra="repeats: 2\n"))
     assert all(r.ok for r in flipped) and [r.answer_matched for r in flipped] == [False, False]
     assert flipped[0].answer_sha256 != same[0].answer_sha256
+
+
+@pytest.mark.parametrize("api", ["generate", "chat", "openai"])
+def test_format_json_returns_parseable_json(real_ollama, api):
+    """Ollama constrains the answer with its JSON grammar on every API (`format` natively,
+    `response_format: {type: json_object}` on /v1). A schema with one short field keeps a 135M
+    model's answer well inside the token limit, so the object closes."""
+    schema = json.dumps({"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                         "required": ["city"]})
+    ask = "prompt: 'What is the capital of France? Answer in JSON.', options: {num_predict: 64}"
+    cases = {"json": f"{{{ask}, format: json}}", "schema": f"{{{ask}, format: {schema}}}"}
+    s = scenario(real_ollama.url, api, cases)
+    client = OllamaClient(s.targets[0])
+    for case in s.cases:
+        r, answer = probe_once(client, s, case)
+        assert r.ok, r.error
+        assert r.structured_output == case.name
+        parsed = json.loads(answer)
+        assert isinstance(parsed, dict), answer
+        if case.name == "schema":
+            assert isinstance(parsed.get("city"), str), answer
+    rec = run(s)
+    assert [(r.case, r.structured_output, r.ok) for r in rec] == [("json", "json", True), ("schema", "schema", True)]

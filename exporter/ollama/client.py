@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 from ..config import Target
 from . import openai
@@ -69,7 +69,8 @@ class OllamaClient:
         self.control.unload(model)
 
     # ---- the timed stream ----
-    def _request_body(self, api, model, prompt, system, options, keep_alive, think, history) -> tuple[str, bytes]:
+    def _request_body(self, api, model, prompt, system, options, keep_alive, think, history,
+                      fmt=None) -> tuple[str, bytes]:
         """The request path and JSON body, encoded once per distinct request and reused.
 
         A scenario sends the same case many times, and a long prompt takes milliseconds
@@ -77,23 +78,23 @@ class OllamaClient:
         later turns carry the answers so far, which differ each time: those are not kept.
         """
         if history:
-            return self._encode(api, model, prompt, system, options, keep_alive, think, history)
+            return self._encode(api, model, prompt, system, options, keep_alive, think, history, fmt)
         key = (api, model, prompt, system, json.dumps(options, sort_keys=True) if options else None,
-               repr(keep_alive), think)
+               repr(keep_alive), think, json.dumps(fmt, sort_keys=True) if fmt is not None else None)
         cached = self._bodies.get(key)
         if cached is not None:
             return cached
         if len(self._bodies) >= 64:
             self._bodies.clear()
-        result = self._bodies[key] = self._encode(api, model, prompt, system, options, keep_alive, think, None)
+        result = self._bodies[key] = self._encode(api, model, prompt, system, options, keep_alive, think, None, fmt)
         return result
 
-    def _encode(self, api, model, prompt, system, options, keep_alive, think, history) -> tuple[str, bytes]:
+    def _encode(self, api, model, prompt, system, options, keep_alive, think, history, fmt) -> tuple[str, bytes]:
         if api == "openai":
             # keep_alive and think are not part of the OpenAI API (the config refuses them there).
             return openai.chat_completions_request(model, chat_messages(system, history, prompt), options,
-                                                   self.endpoint.base_path)
-        return stream_request(api, model, prompt, system, options, keep_alive, think, history)
+                                                   self.endpoint.base_path, fmt)
+        return stream_request(api, model, prompt, system, options, keep_alive, think, history, fmt)
 
     def stream(
         self,
@@ -108,6 +109,7 @@ class OllamaClient:
         timeout: float = 120.0,
         on_sent: Optional[Callable[[float], None]] = None,
         history: Optional[list[dict[str, str]]] = None,
+        format: Union[str, dict[str, Any], None] = None,
     ) -> Iterator[StreamChunk]:
         """Send one streaming request and yield its chunks as they arrive.
 
@@ -119,9 +121,11 @@ class OllamaClient:
         `on_sent` is called with the time the request starts to go out. `history`: the
         conversation so far (chat APIs), as {"role", "content"} messages before `prompt`.
         `api` is "generate", "chat" (Ollama's native API) or "openai" (/v1/chat/completions).
+        `format`: structured output, "json" or a JSON schema (Ollama's `format`; OpenAI's
+        `response_format`).
         """
         deadline = time.monotonic() + timeout
-        path, data = self._request_body(api, model, prompt, system, options, keep_alive, think, history)
+        path, data = self._request_body(api, model, prompt, system, options, keep_alive, think, history, format)
         yield from _transport.stream(self.transport, self.endpoint, path, data, deadline=deadline,
                                      connect_timeout=min(timeout, CONTROL_TIMEOUT_S * 3), framing=FRAMINGS[api],
                                      on_sent=on_sent)

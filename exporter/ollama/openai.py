@@ -19,7 +19,8 @@ The API gives no server-side timings (load, prefill, decode durations): those st
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Optional
+import re
+from typing import Any, Iterator, Optional, Union
 
 from ..config_types import OPENAI_OPTION_NAMES
 from .errors import STATUS_REASONS, OllamaError, says_context_exceeded
@@ -29,6 +30,7 @@ from .wire import FinalStats, StreamChunk
 PATH = "/v1/chat/completions"
 ACCEPT = "text/event-stream"
 OPTION_NAMES = OPENAI_OPTION_NAMES  # scenario option -> OpenAI name; the config refuses the rest
+SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def chat_completions_path(base_path: str) -> str:
@@ -36,13 +38,29 @@ def chat_completions_path(base_path: str) -> str:
     return PATH[len("/v1"):] if base_path.rstrip("/").endswith("/v1") else PATH
 
 
+def response_format(fmt: Union[str, dict[str, Any]]) -> dict[str, Any]:
+    """A case's `format` as OpenAI's `response_format`: JSON mode for "json", else the schema.
+
+    The schema's name is required by the API (letters, digits, _ and -, up to 64): the schema's
+    own `title` where it is such a name, else "response". `strict` is not sent: strict mode
+    accepts only schemas that list every property as required and forbid others, which an
+    ordinary schema need not do."""
+    if fmt == "json":
+        return {"type": "json_object"}
+    title = fmt.get("title") if isinstance(fmt, dict) else None
+    name = title if isinstance(title, str) and SCHEMA_NAME.match(title) else "response"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": fmt}}
+
+
 def chat_completions_request(model: str, messages: list[dict[str, str]], options: Optional[dict[str, Any]],
-                             base_path: str = "") -> tuple[str, bytes]:
+                             base_path: str = "", fmt: Union[str, dict[str, Any], None] = None) -> tuple[str, bytes]:
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
                             "stream_options": {"include_usage": True}}
     for name, value in (options or {}).items():
         if name in OPTION_NAMES:
             body[OPTION_NAMES[name]] = value
+    if fmt is not None:
+        body["response_format"] = response_format(fmt)
     return chat_completions_path(base_path), json.dumps(body).encode()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Generator, Iterable, Optional
+from typing import Any, Generator, Iterable, Optional, Union
 
 from .errors import OllamaError, stream_failure
 
@@ -145,10 +145,12 @@ def chat_messages(system: Optional[str], history: Optional[list[dict[str, str]]]
 
 def stream_request(api: str, model: str, prompt: str, system: Optional[str], options: Optional[dict[str, Any]],
                    keep_alive: Any, think: Optional[bool],
-                   history: Optional[list[dict[str, str]]] = None) -> tuple[str, bytes]:
+                   history: Optional[list[dict[str, str]]] = None,
+                   fmt: Union[str, dict[str, Any], None] = None) -> tuple[str, bytes]:
     """The path and JSON body of one streaming generate or chat request.
 
-    `history`: the earlier messages of a conversation (chat), before this `prompt`."""
+    `history`: the earlier messages of a conversation (chat), before this `prompt`. `fmt`:
+    structured output, sent as Ollama's `format` ("json" or a JSON schema object)."""
     if api == "chat":
         body: dict[str, Any] = {"model": model, "messages": chat_messages(system, history, prompt), "stream": True}
         path = "/api/chat"
@@ -163,6 +165,8 @@ def stream_request(api: str, model: str, prompt: str, system: Optional[str], opt
         body["keep_alive"] = keep_alive
     if think is not None:
         body["think"] = think
+    if fmt is not None:
+        body["format"] = fmt
     return path, json.dumps(body).encode()
 
 

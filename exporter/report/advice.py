@@ -13,6 +13,7 @@ import yaml
 
 from ..config_types import OPENAI_OPTION_NAMES
 from ..ollama.wire import same_model
+from .stats import differs
 
 # Ollama's defaults for the request options we suggest (llama.cpp runner, v0.11).
 DEFAULT_NUM_BATCH = 512
@@ -25,6 +26,7 @@ PREFILL_SHARE = 0.4    # prefill is this much of latency
 CONTEXT_SLACK = 4      # the context is this many times larger than the largest request needs
 MEMORY_FRACTION = 0.8  # server memory this close to the machine's RAM
 SUGGESTED_REPEATS = 5
+GRAMMAR_COST = 0.1     # structured output this much slower (TTFT or per token) than free text
 
 
 def _running(system: dict[str, Any], target: str, model: str) -> dict[str, Any]:
@@ -46,6 +48,92 @@ def _case_option(scenarios: list[dict[str, Any]], scenario: str, case: str, opti
                 if c["name"] == case:
                     return c["options"].get(option)
     return None
+
+
+def _spec(scenarios: list[dict[str, Any]], scenario: str, case: str) -> Optional[tuple[dict, dict]]:
+    for s in scenarios:
+        if s["name"] == scenario:
+            for c in s["cases"]:
+                if c["name"] == case:
+                    return s, c
+    return None
+
+
+def _median(row: dict[str, Any], key: str) -> Optional[float]:
+    value = (row.get(key) or {}).get("median")
+    return value if isinstance(value, (int, float)) else None
+
+
+def _change(label: str, unit: str, scale: float, base: Optional[float], new: Optional[float],
+            digits: int = 1) -> Optional[str]:
+    if base is None or new is None:
+        return None
+    pct = f" ({(new - base) / base * 100:+.0f}%)" if base else ""
+    return f"{label} median {base * scale:.{digits}f} -> {new * scale:.{digits}f}{' ' + unit if unit else ''}{pct}"
+
+
+def grammar_overhead(cases: list[dict[str, Any]], scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Structured output against the same request without it: each case with a `format` that has
+    a twin on this target and model (any scenario) sending the same API, prompt (or turns),
+    system prompt and options at the same concurrency, but no `format`.
+
+    Compared per output token and on TTFT, not on whole latency: a JSON answer is rarely as long
+    as the free-text one. The server's decode speed is added where the API reports it. A cost is
+    one of GRAMMAR_COST or more that is also beyond the run-to-run noise (stats.differs): the two
+    cases run one after the other, so a busy host's drift can fall on one side only."""
+    def signature(row: dict[str, Any]) -> Optional[tuple]:
+        found = _spec(scenarios, row["scenario"], row["case"])
+        if found is None:
+            return None
+        s, c = found
+        return (s.get("api"), c.get("prompt"), tuple(c.get("turns") or ()), c.get("system"),
+                repr(sorted((c.get("options") or {}).items())), s.get("unique_prompt"), row["concurrency"])
+
+    def fmt(row: dict[str, Any]) -> Any:
+        found = _spec(scenarios, row["scenario"], row["case"])
+        return found[1].get("format") if found else None
+
+    plain: dict[tuple, dict[str, Any]] = {}
+    for row in cases:
+        sig = signature(row)
+        if sig is not None and fmt(row) is None:
+            plain.setdefault(sig, row)
+    out = []
+    for row in cases:
+        sig, f = signature(row), fmt(row)
+        base = plain.get(sig) if sig is not None and f is not None else None
+        if base is None:
+            continue
+        kind = "json" if f == "json" else "JSON schema"
+        ttft = _change("TTFT", "s", 1, _median(base, "ttft"), _median(row, "ttft"), 3)
+        tpot = _change("time per output token", "ms", 1000, _median(base, "tpot"), _median(row, "tpot"))
+        decode = _change("server decode", "tok/s", 1, _median(base, "decode_tps"), _median(row, "decode_tps"))
+        ratios = {k: _ratio(_median(row, k), _median(base, k)) for k in ("ttft", "tpot", "decode_tps")}
+        slower = [k for k in ("ttft", "tpot") if (ratios[k] or 0) >= 1 + GRAMMAR_COST and
+                  differs(base.get(k) or {}, row.get(k) or {}) is not False]
+        n = f"{(row.get('ttft') or {}).get('n', 0)} and {(base.get('ttft') or {}).get('n', 0)} requests"
+        evidence = [f"{row['scenario']}/{row['case']} (format {kind}) against {base['scenario']}/{base['case']} "
+                    f"(free text), concurrency {row['concurrency']}, {n}"]
+        tokens = _change("output tokens", "", 1, _median(base, "produced_tokens"), _median(row, "produced_tokens"), 0)
+        evidence += [e for e in (ttft, tpot, decode, tokens) if e]
+        out.append({
+            "kind": "request", "setting": "format", "current": kind,
+            "suggested": "drop it where the answer need not be JSON, or a smaller schema" if slower else
+                         "keep: no grammar cost measured",
+            "reason": ("structured output: the grammar that constrains each token costs "
+                       + " and ".join({"ttft": "time to first token", "tpot": "time per token"}[k] for k in slower))
+                      if slower else "structured output: no cost of 10% or more beyond the run-to-run noise",
+            "evidence": evidence, "scenario": row["scenario"], "case": row["case"], "sweep": False,
+            "overhead": {
+                "baseline": {"scenario": base["scenario"], "case": base["case"]},
+                **{f"{k}_ratio": v for k, v in ratios.items()},
+            },
+        })
+    return out
+
+
+def _ratio(new: Optional[float], base: Optional[float]) -> Optional[float]:
+    return new / base if new is not None and base else None
 
 
 def advise(model: str, m: dict[str, Any], system: dict[str, Any],
@@ -170,6 +258,9 @@ def advise(model: str, m: dict[str, Any], system: dict[str, Any],
                     "evidence": [e for e in bottleneck.get("evidence", []) if e.startswith("server CPU")] +
                                 [f"{physical} physical / {logical} logical cores"],
                     "scenario": case["scenario"], "case": case["case"], "sweep": True})
+
+    # Structured output: its grammar's cost, measured against the same case without it.
+    out += grammar_overhead(cases, scenarios or [])
     return out
 
 
@@ -202,6 +293,8 @@ def suggested_scenarios(recommendations: list[tuple[str, str, list[dict[str, Any
                 spec: dict[str, Any] = {"prompt": case["prompt"], "options": options}
                 if case.get("system"):
                     spec["system"] = case["system"]
+                if case.get("format") is not None:
+                    spec["format"] = case["format"]
                 cases[f"{rec['setting']}_{value}"] = spec
             name = f"try-{rec['setting']}" + (f"-{target}" if several_targets else "")
             # Two models on one target can suggest the same setting: scenario names must stay unique.
@@ -246,6 +339,7 @@ def scenarios_record(config: Any) -> list[dict[str, Any]]:
             "concurrency": list(s.concurrency), "keep_alive": s.keep_alive, "timeout": s.timeout, "think": s.think,
             "unique_prompt": s.unique_prompt,
             "targets": [_target_record(t) for t in s.targets],
-            "cases": [{"name": c.name, "prompt": c.prompt, "system": c.system, "options": dict(c.options)} for c in s.cases],
+            "cases": [{"name": c.name, "prompt": c.prompt, "system": c.system, "options": dict(c.options),
+                       "turns": list(c.turns), "format": c.format} for c in s.cases],
         })
     return out

@@ -91,6 +91,7 @@ def case_table(records: list[ProbeResult]) -> list[dict[str, Any]]:
             "tpot": describe(r.time_per_output_token_s for r in ok),
             "prompt_tokens": describe(r.prompt_eval_count for r in ok),
             "output_tokens_total": sum((r.eval_count or r.output_chunks) for r in ok),
+            "structured_output": next((r.structured_output for r in rs if r.structured_output), None),
             **token_counts(ok),
         })
     return rows

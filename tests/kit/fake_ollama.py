@@ -10,6 +10,7 @@ server actually wrote.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -71,6 +72,38 @@ class Behavior:
     # A remote (cloud) model, as Ollama 0.12.0 and later stream it: `remote_model` and
     # `remote_host` on every line.
     remote_host: Optional[str] = None
+    # Structured output (`format`, `response_format`): each token of a constrained answer costs this
+    # much more, as a grammar does; the answer is then a JSON object.
+    grammar_delay: float = 0.0
+
+
+def structured_problem(body: dict, openai: bool) -> Optional[str]:
+    """Why a real server would refuse the request's structured-output field, else None: Ollama takes
+    `format` "json" or a schema object; OpenAI takes `response_format` {"type": "json_object"} or
+    {"type": "json_schema", "json_schema": {"name", "schema"}} (name: letters, digits, _ and -)."""
+    if not openai:
+        fmt = body.get("format")
+        if "format" in body and fmt != "json" and not isinstance(fmt, dict):
+            return f'invalid format: {fmt!r}; expected "json" or a valid JSON Schema'
+        return None
+    if "format" in body:
+        return "Unrecognized request argument supplied: format"
+    rf = body.get("response_format")
+    if rf is None or rf == {"type": "json_object"}:
+        return None
+    schema = rf.get("json_schema") if isinstance(rf, dict) and rf.get("type") == "json_schema" else None
+    if not isinstance(schema, dict) or not isinstance(schema.get("schema"), dict):
+        return f"Invalid value for 'response_format': {rf!r}"
+    if not re.match(r"^[A-Za-z0-9_-]{1,64}$", str(schema.get("name"))):
+        return "Invalid 'response_format.json_schema.name'"
+    return None
+
+
+def json_token(i: int, n: int) -> str:
+    """Token i of n of a constrained answer: together they are a JSON object."""
+    if n == 1:
+        return '{"a": 0}'
+    return '{"a": "' if i == 0 else ('"}' if i == n - 1 else f"t{i} ")
 
 
 @dataclass
@@ -209,6 +242,10 @@ class FakeOllama:
                 if b.mode == "http_500":
                     error(500, "llama runner process has terminated", "api_error")
                     return
+                bad_format = structured_problem(body, openai)
+                if bad_format:
+                    error(400, bad_format, "invalid_request_error")
+                    return
                 if body.get("keep_alive") == 0 and not body.get("prompt") and not body.get("messages"):
                     with fake.lock:
                         fake.loaded.discard(name)
@@ -276,6 +313,7 @@ class FakeOllama:
                         tokens = limit
                     messages = body.get("messages") or []
                     prompt_tokens = len(" ".join(str(m.get("content")) for m in messages).split())
+                    structured = "response_format" in body
                     if b.first_token_delay:
                         time.sleep(b.first_token_delay)
                     next_at = time.monotonic()
@@ -285,7 +323,10 @@ class FakeOllama:
                             delay = next_at - time.monotonic()
                             if delay > 0:
                                 time.sleep(delay)
-                        entry.token_writes.append(self._event(chunk({"content": f"t{i} "}), b))
+                        if structured:
+                            time.sleep(b.grammar_delay)
+                        text = json_token(i, tokens) if structured else f"t{i} "
+                        entry.token_writes.append(self._event(chunk({"content": text}), b))
                         if b.mode == "stream_error" and i == 1:
                             self._event({"error": {"message": "an error was encountered while running the model",
                                                    "type": "api_error", "code": None}}, b)
@@ -356,8 +397,12 @@ class FakeOllama:
                             if delay > 0:
                                 time.sleep(delay)
                         field_name = "thinking" if i < thinking else ("content" if chat else "response")
-                        chunk = ({"model": model, "message": {"role": "assistant", field_name: f"t{i} "}, "done": False}
-                                 if chat else {"model": model, field_name: f"t{i} ", "done": False})
+                        text = f"t{i} "
+                        if "format" in body and i >= thinking:
+                            time.sleep(b.grammar_delay)
+                            text = json_token(i - thinking, tokens - thinking)
+                        chunk = ({"model": model, "message": {"role": "assistant", field_name: text}, "done": False}
+                                 if chat else {"model": model, field_name: text, "done": False})
                         entry.token_writes.append(self._line(chunk))
                         if b.mode == "stream_error" and i == 1:
                             self._line({"error": "an error was encountered while running the model"})
