@@ -41,22 +41,19 @@ def _pow2_at_least(n: float, floor: int = 2048) -> int:
     return size
 
 
-def _case_option(scenarios: list[dict[str, Any]], scenario: str, case: str, option: str) -> Any:
-    for s in scenarios:
-        if s["name"] == scenario:
-            for c in s["cases"]:
-                if c["name"] == case:
-                    return c["options"].get(option)
-    return None
-
-
 def _spec(scenarios: list[dict[str, Any]], scenario: str, case: str) -> Optional[tuple[dict, dict]]:
+    """The scenario and case records (scenarios_record) of a report row."""
     for s in scenarios:
         if s["name"] == scenario:
             for c in s["cases"]:
                 if c["name"] == case:
                     return s, c
     return None
+
+
+def _case_option(scenarios: list[dict[str, Any]], scenario: str, case: str, option: str) -> Any:
+    found = _spec(scenarios, scenario, case)
+    return found[1]["options"].get(option) if found else None
 
 
 def _median(row: dict[str, Any], key: str) -> Optional[float]:
@@ -81,26 +78,23 @@ def grammar_overhead(cases: list[dict[str, Any]], scenarios: list[dict[str, Any]
     as the free-text one. The server's decode speed is added where the API reports it. A cost is
     one of GRAMMAR_COST or more that is also beyond the run-to-run noise (stats.differs): the two
     cases run one after the other, so a busy host's drift can fall on one side only."""
-    def signature(row: dict[str, Any]) -> Optional[tuple]:
+    def signature(row: dict[str, Any]) -> tuple[Optional[tuple], Any]:
+        """(what must match between the twins, the case's format); (None, None) for an unknown case."""
         found = _spec(scenarios, row["scenario"], row["case"])
         if found is None:
-            return None
+            return None, None
         s, c = found
         return (s.get("api"), c.get("prompt"), tuple(c.get("turns") or ()), c.get("system"),
-                repr(sorted((c.get("options") or {}).items())), s.get("unique_prompt"), row["concurrency"])
+                repr(sorted((c.get("options") or {}).items())), s.get("unique_prompt"),
+                row["concurrency"]), c.get("format")
 
-    def fmt(row: dict[str, Any]) -> Any:
-        found = _spec(scenarios, row["scenario"], row["case"])
-        return found[1].get("format") if found else None
-
+    signed = [(row, *signature(row)) for row in cases]
     plain: dict[tuple, dict[str, Any]] = {}
-    for row in cases:
-        sig = signature(row)
-        if sig is not None and fmt(row) is None:
+    for row, sig, f in signed:
+        if sig is not None and f is None:
             plain.setdefault(sig, row)
     out = []
-    for row in cases:
-        sig, f = signature(row), fmt(row)
+    for row, sig, f in signed:
         base = plain.get(sig) if sig is not None and f is not None else None
         if base is None:
             continue
