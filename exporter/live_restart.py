@@ -53,6 +53,8 @@ def rebuild(live: "LiveStats", path: str | os.PathLike, max_bytes: int = REBUILD
     newest = None
     try:
         for part in results_file_parts(path):
+            if part == path and not part.exists():
+                continue  # a first start, or between a rotation and the next record: nothing to read yet
             size = part.stat().st_size
             if newest is None:
                 newest = _last_time(part)
