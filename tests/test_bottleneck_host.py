@@ -26,6 +26,7 @@ from exporter.config import Target
 from tests.kit.exporters import ROOT, free_port, server_stats, stop_process, wait_for
 from tests.kit.fake_ollama import Behavior, FakeOllama
 from tests.kit.host_exporters import node_exporter_binary, node_exporter_command
+from tests.kit.real_ollama import keep_decoding
 
 pytestmark = pytest.mark.prometheus
 
@@ -153,31 +154,12 @@ def test_cpu_burners_make_the_verdict_host_cpu(tmp_path):
             server.shutdown()
 
 
-def _keep_decoding(url, model, stop, prompt_words=0, tag=0):
-    """A second client: one streamed generation after another until `stop`. With `prompt_words`,
-    each prompt starts with a fresh long text, so the server also runs a prefill (all its
-    threads at once) instead of reusing its cached prefix."""
-    n = 0
-    while not stop.is_set():
-        n += 1
-        filler = " ".join(f"w{tag}x{n}x{i}" for i in range(prompt_words))
-        body = {"model": model, "prompt": f"{filler}\nWrite a long story about a lighthouse keeper.",
-                "stream": True, "options": {"num_predict": 128, "temperature": 0.7}}
-        try:
-            with requests.post(url + "/api/generate", json=body, stream=True, timeout=120) as r:
-                for _ in r.iter_lines():
-                    if stop.is_set():
-                        break
-        except requests.RequestException:
-            stop.wait(0.5)
-
-
 def _keep_cpus_busy(url, model, stop):
     """Other clients that keep a CPU-only server at work on every core. Decoding a 135M model
     leaves gaps (sampling, HTTP): measured here, Ollama used 1.7 of 2 cores and the host was 85%
     busy, under the rule's 90%. Two clients with ~1,200-token prompts (prefill runs all threads)
     kept it 97% busy."""
-    threads = [threading.Thread(target=_keep_decoding, args=(url, model, stop, 150, i), daemon=True)
+    threads = [threading.Thread(target=keep_decoding, args=(url, model, stop, 150, i), daemon=True)
                for i in range(2)]
     for t in threads:
         t.start()
@@ -259,7 +241,7 @@ def test_real_ollama_with_one_parallel_slot_names_queueing(tmp_path, monkeypatch
     try:
         server.create_model()
         exporter, exporter_addr = _start_exporter(tmp_path, server, MODEL)
-        second = threading.Thread(target=_keep_decoding, args=(server.url, MODEL, stop), daemon=True)
+        second = threading.Thread(target=keep_decoding, args=(server.url, MODEL, stop), daemon=True)
         with LivePrometheus(tmp_path, exporter_addr, "real") as prom:
             wait_for(lambda: "queueing" in prom.verdict(), timeout=240, interval=2, what="probe results")
             second.start()

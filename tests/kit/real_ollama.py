@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 from .exporters import ROOT, http_get
 
 MODEL = "smollm2-135m"
@@ -111,3 +113,22 @@ class OllamaServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def keep_decoding(url, model, stop, prompt_words=0, tag=0):
+    """A second client: one streamed generation after another until `stop`. With `prompt_words`,
+    each prompt starts with a fresh long text, so the server also runs a prefill (all its
+    threads at once) instead of reusing its cached prefix."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        filler = " ".join(f"w{tag}x{n}x{i}" for i in range(prompt_words))
+        body = {"model": model, "prompt": f"{filler}\nWrite a long story about a lighthouse keeper.",
+                "stream": True, "options": {"num_predict": 128, "temperature": 0.7}}
+        try:
+            with requests.post(url + "/api/generate", json=body, stream=True, timeout=120) as r:
+                for _ in r.iter_lines():
+                    if stop.is_set():
+                        break
+        except requests.RequestException:
+            stop.wait(0.5)

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Record a noise trace from a real Ollama for `make alert-eval` (tests/data/traces/).
+
+Starts the current Ollama build with smollm2-135m on a free loopback port, runs the exporter
+against it with the default scenario's three cases on a short schedule, optionally with another
+client decoding nonstop (`--busy`: the probes queue behind it, as on a shared server), and writes
+one CSV row per successful warm request: seconds since the start, case, time to first token,
+request duration and decode tokens/s. Nothing of the prompt or answer is kept.
+
+    python scripts/record_trace.py --minutes 40 --out tests/data/traces/ollama-0.33.1-quiet.csv
+    python scripts/record_trace.py --minutes 40 --busy --out tests/data/traces/ollama-0.33.1-busy.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # noqa: E402
+
+from tests.kit.exporters import free_port, stop_process  # noqa: E402
+from tests.kit.real_ollama import MODEL, OllamaServer, keep_decoding, ollama_binary  # noqa: E402
+
+CASES = {
+    "short": "What is AI?",
+    "medium": "Explain the concept of machine learning in simple terms, including how a model learns from "
+              "examples, what training and inference mean, and one everyday example.",
+    "long": "Describe the architecture of a transformer neural network in detail. Cover token embeddings and "
+            "positional encodings, multi-head self-attention, the feed-forward blocks, and why a key-value "
+            "cache makes generation faster.",
+}
+
+
+def write_csv(results: Path, out: Path) -> int:
+    rows = []
+    t0 = None
+    with open(results) as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("kind") or not r.get("ok") or r.get("start") != "warm":
+                continue
+            t0 = r["started_at"] if t0 is None else t0
+            tps = r["eval_count"] / r["eval_duration_s"] if r.get("eval_count") and r.get("eval_duration_s") else ""
+            rows.append((round(r["started_at"] - t0, 3), r["case"], round(r["ttft_s"], 6),
+                         round(r["request_duration_s"], 6), round(tps, 3) if tps else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("t_s", "case", "ttft_s", "request_duration_s", "tokens_per_s"))
+        w.writerows(rows)
+    return len(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=40)
+    ap.add_argument("--interval", default="15s")
+    ap.add_argument("--busy", action="store_true", help="another client decodes nonstop meanwhile")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="trace-"))
+    server = OllamaServer(ollama_binary(), str(work / "models"), free_port(), str(work / "ollama.log"))
+    os.makedirs(server.models_dir)
+    stop = threading.Event()
+    exporter = None
+    try:
+        server.start()
+        server.create_model()
+        cases = "".join(f"      {name}:\n        prompt: {json.dumps(p)}\n" for name, p in CASES.items())
+        (work / "scenarios.yaml").write_text(
+            f"targets:\n  - name: real\n    url: {server.url}\n"
+            f"scenarios:\n  - name: trace\n    model: {MODEL}\n    schedule: {{interval: {args.interval}}}\n"
+            f"    timeout: 120s\n    keep_alive: 1h\n"
+            f"    options: {{temperature: 0, seed: 42, num_predict: 32}}\n    cases:\n{cases}")
+        if args.busy:
+            # Another user of the server: one streamed 128-token story after another.
+            threading.Thread(target=keep_decoding, args=(server.url, MODEL, stop), daemon=True).start()
+        exporter = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--config.file", str(work / "scenarios.yaml"),
+             "--web.listen-address", f"127.0.0.1:{free_port()}", "--results.file", str(work / "results.jsonl"),
+             "--log.level", "warning"], cwd=ROOT)
+        time.sleep(args.minutes * 60)
+    finally:
+        stop.set()
+        if exporter is not None:
+            stop_process(exporter)
+        server.stop()
+    n = write_csv(work / "results.jsonl", Path(args.out))
+    print(f"{n} requests -> {args.out}")
+    return 0 if n else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
