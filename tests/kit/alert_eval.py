@@ -12,7 +12,8 @@ independent, drifting (Ornstein-Uhlenbeck, correlation time 10 min to 6 h), dail
 - noise cases (2 per background, one latency, one tokens/s): nothing changes; every quiet ->
   firing transition is a false-alert episode (a new one after more than 5 quiet minutes); the
   target (<= 0.5 per case per 4 weeks) is per noise model and schedule, over both its cases;
-- step cases: a regression (+10/+25/+50 %, tokens/s the same drop) starts at a random time of
+- step cases: a regression (+10/+25/+50 % in time: latency, or time per token, so tokens/s drops
+  by 1 - 1/1.25 = 20 % for a +25 % step and 33 % for +50 %) starts at a random time of
   every second day and holds for 6 h; detection delay from its start;
 - hold cases: a +25 % regression that lasts 4 days, and one that lasts until the end: does the
   alert fire without a break for 72 h (and stop only when the level is accepted)?
@@ -48,7 +49,7 @@ from statistics import median
 
 from exporter.results import ProbeResult, RunSummary
 from .exporters import ROOT, open_live_stats
-from .noise import BACKGROUNDS, DAY, STEP_BACKGROUNDS, Level
+from .noise import BACKGROUNDS, DAY, STEP_BACKGROUNDS, TRACE_STEP_BACKGROUNDS, Level
 
 RULES = os.path.join(ROOT, "prometheus", "rules", "regression.yml")
 T0 = 1_780_000_000.0  # simulated wall clock at minute 0 (a multiple of 60)
@@ -108,17 +109,23 @@ def plan(days: int, quick: bool, rng: random.Random) -> list[Case]:
         cases.append(Case(f"c{len(cases):02d}", q, kind, bg, effect))
         return cases[-1]
 
-    backgrounds = ("indep", "drift-30m", "daily-10%") if quick else tuple(BACKGROUNDS)
-    for i, bg in enumerate(backgrounds):
-        add("noise", bg, latency[i % 2])
-        add("noise", bg, "output_tokens_per_second")
-    steps = [("indep", 0.25), ("indep", 0.5)] if quick else (
-        [("indep", 0.10)] + [(bg, e) for bg in STEP_BACKGROUNDS for e in (0.25, 0.5)])
-    for i, (bg, effect) in enumerate(steps):
-        c = add("step", bg, "output_tokens_per_second" if i % 2 else latency[(i // 2) % 2], effect)
-        for cycle in range(days // 2):
-            start = T0 + cycle * 2 * DAY + DAY + rng.uniform(0, 18 * 3600)
-            c.injections.append((start, start + HOLD_S))
+    def noise_cases(backgrounds):
+        for i, bg in enumerate(backgrounds):
+            add("noise", bg, latency[i % 2])
+            add("noise", bg, "output_tokens_per_second")
+
+    def step_cases(steps):
+        for i, (bg, effect) in enumerate(steps):
+            c = add("step", bg, "output_tokens_per_second" if i % 2 else latency[(i // 2) % 2], effect)
+            for cycle in range(days // 2):
+                start = T0 + cycle * 2 * DAY + DAY + rng.uniform(0, 18 * 3600)
+                c.injections.append((start, start + HOLD_S))
+
+    # The recorded traces come last, so the simulated models' cases keep their names and draws.
+    noise_cases(("indep", "drift-30m", "daily-10%") if quick else
+                tuple(bg for bg in BACKGROUNDS if bg not in TRACE_STEP_BACKGROUNDS))
+    step_cases([("indep", 0.25), ("indep", 0.5)] if quick else
+               [("indep", 0.10)] + [(bg, e) for bg in STEP_BACKGROUNDS for e in (0.25, 0.5)])
     if not quick and days >= 14:
         for i, bg in enumerate(("drift-2h", "daily-10%")):
             c = add("hold", bg, latency[i], 0.25)
@@ -127,6 +134,9 @@ def plan(days: int, quick: bool, rng: random.Random) -> list[Case]:
             if days >= 24:
                 start = T0 + 17 * DAY + rng.uniform(0, DAY)
                 c.injections.append((start, T0 + days * DAY + 1))
+    if not quick:
+        noise_cases(TRACE_STEP_BACKGROUNDS)
+        step_cases([(bg, e) for bg in TRACE_STEP_BACKGROUNDS for e in (0.25, 0.5)])
     return cases
 
 
@@ -136,7 +146,7 @@ def simulate(schedule: str, days: int, cases: list[Case], seed: int) -> tuple[di
     stats = open_live_stats()
     levels = {}
     for c in cases:
-        lv = Level(BACKGROUNDS[c.background], random.Random(f"{seed}-{c.name}"))
+        lv = Level(BACKGROUNDS[c.background], random.Random(f"{seed}-{c.name}"), quantity=c.quantity)
         lv.plan_events(T0, T0 + days * DAY)
         lv.segments = [(a, b, c.effect) for a, b in c.injections]
         levels[c.name] = lv
@@ -304,18 +314,23 @@ def _fmt(values: list, unit: str) -> str:
     return f"{median(values):.0f}/{max(values):.0f} {unit}" if values else "-"
 
 
+def _effect(direction: str, effect: float) -> str:
+    """The injected change as the quantity sees it: a step of +25 % in time is tokens/s x 1/1.25."""
+    return f"{effect:+.0%}" if direction == "latency" else f"{1 / (1 + effect) - 1:+.0%}"
+
+
 def report(schedule: str, days: int, rows: dict, info: dict) -> tuple[list[str], list[bool]]:
     interval, per_run = SCHEDULES[schedule]
     lines = ["", f"schedule {schedule}: {days} days, {info['cases']} cases, {per_run} request(s)/run/case, "
                  f"{info['runs']} runs (simulation {info['seconds']:.0f}s)"]
-    lines.append(f"{'kind':5} {'noise':11} {'quantity':9} {'effect':>6} {'inj':>4} {'detected':>8} "
+    lines.append(f"{'kind':5} {'noise':12} {'quantity':9} {'effect':>6} {'inj':>4} {'detected':>8} "
                  f"{'delay min med/max':>18} {'delay runs':>12} {'false/4wk':>9} {'case-wks':>8}")
     met: list[bool] = []
     for (kind, bg, direction, effect), o in sorted(rows.items(), key=lambda kv: (kv[0][0] != "noise", kv[0])):
         n = len(o.detected) + o.missed
-        eff = ("+" if direction == "latency" else "-") + f"{effect:.0%}" if effect else "0%"
+        eff = _effect(direction, effect) if effect else "0%"
         fa4 = 4 * o.false_alerts / o.case_weeks if o.case_weeks else 0.0
-        line = (f"{kind:5} {bg:11} {direction:9} {eff:>6} {n:>4} {(f'{len(o.detected)}/{n}' if n else '-'):>8} "
+        line = (f"{kind:5} {bg:12} {direction:9} {eff:>6} {n:>4} {(f'{len(o.detected)}/{n}' if n else '-'):>8} "
                 f"{_fmt([d for d, _ in o.detected], 'min'):>18} {_fmt([r for _, r in o.detected], 'runs'):>12} "
                 f"{fa4:>9.2f} {o.case_weeks:>8.1f}")
         if o.held:
@@ -346,7 +361,8 @@ def report(schedule: str, days: int, rows: dict, info: dict) -> tuple[list[str],
                 what = "within 3 runs"
             ok = n > 0 and good == n
             met.append(ok)
-            lines.append(f"  target {'met' if ok else 'MISSED'}: {bg} {direction} {effect:+.0%} detected {what}: {good}/{n}")
+            lines.append(f"  target {'met' if ok else 'MISSED'}: {bg} {direction} {_effect(direction, effect)}"
+                         f"{'' if direction == 'latency' else f' (time per token {effect:+.0%})'} detected {what}: {good}/{n}")
         elif kind == "hold":
             for h, w, _ in o.held:
                 ok = h >= w - 1 / 60 and w >= 72 - 1e-9

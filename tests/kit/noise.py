@@ -8,16 +8,46 @@ A case's request value is  base x exp(level(t) + request noise), with, in log sp
 - bursts of competing load: episodes of +x % lasting minutes, at random (Poisson) times;
 - a slow drift (+1 %/day);
 - heavy tails: 1 % of requests 3x slower, or Student-t (3 degrees of freedom) run-level noise;
-- steps: the regressions to detect (segments of constant factor).
+- steps: the regressions to detect (segments of constant factor);
+- traces recorded from a real Ollama (tests/data/traces/, scripts/record_trace.py), quiet and
+  with another client decoding nonstop: the level is the recorded request's deviation from the
+  case's median, replayed in blocks of 10 minutes taken at random offsets (a block bootstrap keeps
+  the correlation within 10 minutes), each request of a run the next recorded one.
 """
 
 from __future__ import annotations
 
+import bisect
+import csv
 import math
 import random
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 DAY = 86400.0
+TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
+TRACE_BLOCK_S = 600.0
+TRACE_COLUMNS = {"time_to_first_token_seconds": "ttft_s", "request_duration_seconds": "request_duration_s",
+                 "output_tokens_per_second": "tokens_per_s"}
+
+
+@lru_cache(maxsize=None)
+def trace(name: str, quantity: str) -> dict:
+    """Per recorded case: (times, log deviations from the case's median, worse positive)."""
+    by_case: dict = {}
+    with open(TRACES / name) as f:
+        for row in csv.DictReader(f):
+            v = row[TRACE_COLUMNS[quantity]]
+            if v and float(v) > 0:
+                by_case.setdefault(row["case"], []).append((float(row["t_s"]), math.log(float(v))))
+    out = {}
+    for case, pts in by_case.items():
+        logs = sorted(y for _, y in pts)
+        mid = logs[len(logs) // 2]
+        sign = -1.0 if quantity == "output_tokens_per_second" else 1.0
+        out[case] = ([t for t, _ in pts], [sign * (y - mid) for _, y in pts])
+    return out
 
 
 @dataclass(frozen=True)
@@ -34,6 +64,7 @@ class Noise:
     slow_requests: float = 0.0  # this fraction of requests is 3x slower
     t_df: float = 0.0  # run-level noise Student-t with these degrees of freedom (0: normal)
     wobble: float = 0.0  # the existing eval's wobble: +-wobble for 10 min..3 h, every 3 h
+    trace: str = ""  # a recorded trace (tests/data/traces/) instead of the models above
 
 
 @dataclass
@@ -48,6 +79,11 @@ class Level:
     _phase: float = 0.0
     _phase2: float = 0.0
     _events: list = field(default_factory=list)  # bursts and wobbles: (start, end, log factor)
+    quantity: str = "time_to_first_token_seconds"
+    _trace: tuple = ()  # (times, deviations) of the recorded case replayed
+    _block: tuple = (-math.inf, 0.0)  # (sim start of the current block, trace time it maps to)
+    _i: int = 0  # the recorded request the next request of a run replays
+    _recorded: float = 0.0  # the recorded deviation the current run's level starts from
 
     def __post_init__(self):
         self._phase = self.rng.uniform(0, 2 * math.pi)
@@ -69,10 +105,25 @@ class Level:
                 self._events.append((t, t + length, math.log1p(self.rng.choice((-n.wobble, n.wobble)))))
                 t += length + self.rng.expovariate(1 / (3 * 3600))
 
+    def _replay(self, t: float) -> float:
+        if not self._trace:
+            cases = trace(self.noise.trace, self.quantity)
+            self._trace = cases[self.rng.choice(sorted(cases))]
+        times, devs = self._trace
+        if t - self._block[0] >= TRACE_BLOCK_S:
+            span = times[-1] - times[0]
+            self._block = (t, times[0] + self.rng.uniform(0, max(span - TRACE_BLOCK_S, 0.0)))
+        at = self._block[1] + (t - self._block[0])
+        self._i = min(bisect.bisect_left(times, at), len(times) - 1)
+        return devs[self._i]
+
     def run_level(self, t: float, t0: float) -> float:
         """log level of a run starting at t (worse direction positive; the caller maps tokens/s)."""
         n = self.noise
-        if n.tau_s:
+        # A trace's runs draw nothing else: its own level is all of their noise.
+        if n.trace:
+            x = self._recorded = self._replay(t)
+        elif n.tau_s:
             dt = t - self._t if math.isfinite(self._t) else 0.0
             a = math.exp(-dt / n.tau_s)
             self._x = self._x * a + n.run * math.sqrt(max(1 - a * a, 0.0)) * self.rng.gauss(0, 1)
@@ -98,6 +149,13 @@ class Level:
         return x
 
     def request(self, x: float) -> float:
+        if self.noise.trace:
+            # The run's requests are the recorded ones in order; the run's level is the first.
+            # The run's requests are the recorded ones in order, shifted by what the run adds (a step).
+            devs = self._trace[1]
+            v = devs[self._i] + x - self._recorded
+            self._i = (self._i + 1) % len(devs)
+            return v
         v = x + self.rng.gauss(0, self.noise.req)
         if self.noise.slow_requests and self.rng.random() < self.noise.slow_requests:
             v += math.log(3.0)
@@ -122,6 +180,11 @@ BACKGROUNDS = {
     "bursts": Noise("bursts", bursts_per_day=6),
     "drift+1%/d": Noise("drift+1%/d", drift_per_day=0.01),
     "server": Noise("server", tau_s=2 * H, daily=0.10, bursts_per_day=4, slow_requests=0.01),
+    # Recorded from Ollama 0.33.1 with smollm2-135m on this repository's 2-core CI machine.
+    "ollama-quiet": Noise("ollama-quiet", trace="ollama-0.33.1-quiet.csv"),
+    "ollama-busy": Noise("ollama-busy", trace="ollama-0.33.1-busy.csv"),
 }
 # Backgrounds under which steps must be caught in time (issue 19: tau <= 2 h, cycles <= +-10 %).
 STEP_BACKGROUNDS = ("indep", "drift-10m", "drift-30m", "drift-2h", "daily-5%", "daily-10%")
+# Steps shown on the recorded traces too (no target: the issue's are for the models above).
+TRACE_STEP_BACKGROUNDS = ("ollama-quiet", "ollama-busy")
