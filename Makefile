@@ -77,8 +77,9 @@ helm:
 helm-files:
 	scripts/sync-helm-files.sh
 
-# OLLAMA_BIN is the current Ollama; OLLAMA_BIN_COMPAT the old one (tests/test_ollama_versions.py
-# runs on both; the stack test's stand-in image takes it too, being a single file).
+# OLLAMA_BIN is the current Ollama (the real-server tests, and the stack test's stand-in for the
+# image docker-compose.yml pins); OLLAMA_BIN_COMPAT the old one (tests/test_ollama_versions.py
+# runs on both).
 test: install system-deps
 	$(PROM_PATH) && \
 	OLLAMA_BIN="$$(OLLAMA_VERSION=$(OLLAMA_VERSION) scripts/install-ollama.sh)" && export OLLAMA_BIN && \
@@ -97,8 +98,8 @@ test-fast: install
 # Ollama restarted and killed, an alert, down and up (about 5 minutes once images are cached;
 # the first run adds about 1.5 minutes of debootstrap and builds). Also part of `make test`.
 test-stack: install system-deps
-	$(PROM_PATH) && OLLAMA_BIN_COMPAT="$$(OLLAMA_VERSION=$(OLLAMA_COMPAT_VERSION) scripts/install-ollama.sh)" && \
-	export OLLAMA_BIN_COMPAT && $(PY) -m pytest -ra -m stack $(PYTEST_ARGS)
+	$(PROM_PATH) && OLLAMA_BIN="$$(OLLAMA_VERSION=$(OLLAMA_VERSION) scripts/install-ollama.sh)" && \
+	export OLLAMA_BIN && $(PY) -m pytest -ra -m stack $(PYTEST_ARGS)
 
 # The exporter against a local Ollama ($$OLLAMA_HOST, default http://127.0.0.1:11434).
 run: install

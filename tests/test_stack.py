@@ -367,7 +367,7 @@ class _PullStub:
 
             def do_GET(self):
                 if self.path == "/api/version":
-                    self._json(200, {"version": "0.11.4"})
+                    self._json(200, {"version": "0.33.1"})
                 elif self.path == "/api/tags":
                     self._json(200, {"models": [{"name": m, "model": m} for m in sorted(stub.present)]})
                 else:

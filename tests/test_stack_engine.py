@@ -63,10 +63,10 @@ scenarios:
 
 
 def _ollama_binary() -> str:
-    # The stand-in image takes one file: the single-binary release, not the current one, which
-    # needs its lib/ollama (llama-server and ggml) beside it.
+    # The current release, the one docker-compose.yml pins: build.sh copies its bin/ollama and the
+    # lib/ollama beside it (llama-server and the GGML libraries) into the stand-in image.
     from tests.kit.real_ollama import ollama_binary
-    return ollama_binary("compat")
+    return ollama_binary("current")
 
 
 class Stack:

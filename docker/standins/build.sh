@@ -5,15 +5,19 @@
 # No image registry is reachable from the test machine, so each stand-in starts from a Debian
 # bookworm root filesystem (debootstrap, then `docker import`) and gets what the compose file
 # relies on in the upstream image: binary paths, entrypoint, user, data path, and the programs
-# the healthchecks call. Ollama is the Go-built release from scripts/install-ollama.sh;
+# the healthchecks call. Ollama is the build of scripts/install-ollama.sh, laid out as in the
+# upstream image: bin/ollama at /usr/bin/ollama and the lib/ollama/ beside it (0.30 and later:
+# llama-server, llama-quantize and the GGML libraries the model runner loads) at
+# /usr/lib/ollama, where Ollama looks for them (<dir of the executable>/../lib/ollama);
 # Prometheus and Alertmanager are the Go-built releases from scripts/install-prometheus.sh, at
 # the versions of the image tags. Then our own Dockerfile builds the exporter image on the
 # Python stand-in.
 #
 # Usage: DOCKER_HOST=unix:///... docker/standins/build.sh OLLAMA_BIN
+# OLLAMA_BIN is the build's bin/ollama; it must be the release the compose file's tag names.
 # Env: OLLAMA_PERF_CACHE (default ~/.cache/ollama-perf-exporter), PYTHON (makes the wheelhouse).
 # Inputs are cached under $CACHE/stack, keyed by what they are made of: a changed package list,
-# mirror, pyproject.toml or binary makes a new one, and stale ones are removed.
+# mirror, pyproject.toml, binary or library makes a new one, and stale ones are removed.
 set -euo pipefail
 
 OLLAMA_BIN="${1:?usage: build.sh OLLAMA_BIN}"
@@ -95,11 +99,37 @@ context() {  # a build folder in the cache named by its key; old ones of the sam
     echo "$dir"
 }
 
-# ---- Ollama
-k=$( (echo "$ROOTFS_KEY"; sha256sum "$OLLAMA_BIN" "$HERE/ollama.Dockerfile" | cut -d' ' -f1) | key)
+# ---- Ollama: the binary and its lib/ollama, found as Ollama finds it (beside the executable,
+# symlinks resolved). A single-file build (0.11.x) has none; the image then gets an empty one.
+OLLAMA_EXE=$(readlink -f "$OLLAMA_BIN")
+[[ -x "$OLLAMA_EXE" ]] || { log "$OLLAMA_BIN is not an executable"; exit 1; }
+OLLAMA_LIB="$(cd "$(dirname "$OLLAMA_EXE")/.." && pwd)/lib/ollama"
+# The tag names a release: the stand-in must run that one. (No server at port 1: the client's
+# own version is printed, never a running server's.)
+ollama_version=$( (OLLAMA_HOST=127.0.0.1:1 "$OLLAMA_EXE" --version 2>&1 || true) | grep -oE 'version is \S+' | tail -1 | awk '{print $3}' || true)
+if [[ "$ollama_version" != "${OLLAMA_IMAGE##*:}" ]]; then
+    log "$OLLAMA_BIN is Ollama '${ollama_version}', but docker-compose.yml pins $OLLAMA_IMAGE"; exit 1
+fi
+if [[ ! -x "$OLLAMA_LIB/llama-server" ]] && [[ "$(printf '%s\n' 0.30.0 "$ollama_version" | sort -V | head -1)" == 0.30.0 ]]; then
+    log "Ollama $ollama_version runs models in lib/ollama/llama-server, which $OLLAMA_LIB lacks"; exit 1
+fi
+ollama_inputs() {  # the binary's content; each entry of lib/ollama by type, mode, path, link target and content
+    sha256sum "$OLLAMA_EXE" | cut -d' ' -f1
+    [[ -d "$OLLAMA_LIB" ]] || return 0
+    (cd "$OLLAMA_LIB" && find . -printf '%y %m %p %l\n' | LC_ALL=C sort \
+        && find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum)
+}
+k=$( (echo "$ROOTFS_KEY"; sha256sum "$HERE/ollama.Dockerfile" | cut -d' ' -f1; ollama_inputs) | key)
 if ! have_image "$OLLAMA_IMAGE" "$k"; then
     ctx=$(context ollama "$k")
-    [[ -s "$ctx/ollama" ]] || cp "$OLLAMA_BIN" "$ctx/ollama"
+    if [[ ! -f "$ctx/.complete" ]]; then
+        rm -rf "$ctx/ollama" "$ctx/lib"
+        mkdir -p "$ctx/lib/ollama"
+        cp "$OLLAMA_EXE" "$ctx/ollama"
+        # -a: the libraries' version symlinks stay symlinks.
+        [[ ! -d "$OLLAMA_LIB" ]] || cp -a "$OLLAMA_LIB/." "$ctx/lib/ollama/"
+        touch "$ctx/.complete"
+    fi
     build "$OLLAMA_IMAGE" "$HERE/ollama.Dockerfile" "$ctx" "$k"
 fi
 
@@ -134,6 +164,15 @@ print("\n".join(p["project"]["dependencies"] + p["project"]["optional-dependenci
     build "$PYTHON_IMAGE" "$HERE/python.Dockerfile" "$ctx" "$k"
 fi
 
-# Images a rebuild replaced are dangling now: the engine's store keeps only the current ones.
+# Stand-ins under tags the files no longer pin (an older release) go; then images a rebuild
+# replaced are dangling: the engine's store keeps only the current ones.
+for image in "$OLLAMA_IMAGE" "$PROMETHEUS_IMAGE" "$ALERTMANAGER_IMAGE" "$PYTHON_IMAGE"; do
+    docker image ls --format '{{.Repository}}:{{.Tag}}' "${image%:*}" | while read -r old; do
+        if [[ "$old" != "$image" && "$old" != *'<none>'* ]]; then
+            log "removing $old (no longer pinned)"
+            docker image rm "$old" >/dev/null 2>&1 || log "$old is still in use: kept"
+        fi
+    done
+done
 docker image prune -f >/dev/null
 log "ready: $OLLAMA_IMAGE $PROMETHEUS_IMAGE $ALERTMANAGER_IMAGE $PYTHON_IMAGE"
