@@ -8,24 +8,19 @@
 # with local directories, which module zips leave out): build a copy of the module with those
 # two replaced by their published versions instead.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 
 OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-0.85.0}"
 CACHE_DIR="${OLLAMA_PERF_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ollama-perf-exporter}"
 BIN_DIR="$CACHE_DIR/prometheus-config-reloader-$OPERATOR_VERSION/bin"
 BIN="$BIN_DIR/prometheus-config-reloader"
 
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    export PATH="$PATH:/usr/local/go/bin"
-fi
 if [[ -x "$BIN" ]]; then
     echo "prometheus-config-reloader $OPERATOR_VERSION: cached at $BIN" >&2
     echo "$BIN"
     exit 0
 fi
-if ! command -v go >/dev/null 2>&1; then
-    echo "install-config-reloader: Go is not installed" >&2
-    exit 1
-fi
+require_go install-config-reloader "Go on PATH to build prometheus-config-reloader $OPERATOR_VERSION"
 module="github.com/prometheus-operator/prometheus-operator"
 src=$(go mod download -json "$module@v$OPERATOR_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
 work=$(mktemp -d "${TMPDIR:-/tmp}/config-reloader.XXXXXX")

@@ -4,6 +4,7 @@
 # ServiceMonitor and PrometheusRule are validated against.
 # Prints two lines on stdout: the helm binary's path, then the CRD directory.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 
 HELM_VERSION="${HELM_VERSION:-3.22.0}"
 OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-0.85.0}"
@@ -11,13 +12,7 @@ CACHE_DIR="${OLLAMA_PERF_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ollama-perf-expo
 BIN_DIR="$CACHE_DIR/helm-$HELM_VERSION/bin"
 BIN="$BIN_DIR/helm"
 
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    export PATH="$PATH:/usr/local/go/bin"
-fi
-if ! command -v go >/dev/null 2>&1; then
-    echo "install-helm: Go is not installed (need Go on PATH to build Helm $HELM_VERSION)" >&2
-    exit 1
-fi
+require_go install-helm "Go on PATH to build Helm $HELM_VERSION"
 
 if [[ -x "$BIN" ]] && "$BIN" version --short 2>/dev/null | grep -q "v$HELM_VERSION"; then
     echo "helm $HELM_VERSION: cached at $BIN" >&2

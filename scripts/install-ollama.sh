@@ -20,6 +20,7 @@
 # the same version under another key is stale and removed.
 # Prints the binary's path on the last line of stdout.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 
 OLLAMA_VERSION="${OLLAMA_VERSION:-0.11.4}"
 OLLAMA_VERSION="${OLLAMA_VERSION#v}"
@@ -69,13 +70,7 @@ if [[ -x "$BIN" ]] && check_binary "$BIN"; then
     exit 0
 fi
 
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    export PATH="$PATH:/usr/local/go/bin"
-fi
-if ! command -v go >/dev/null 2>&1; then
-    echo "install-ollama: Go is not installed (need Go >= 1.24 on PATH to build Ollama $OLLAMA_VERSION)" >&2
-    exit 1
-fi
+require_go install-ollama "Go >= 1.24 on PATH to build Ollama $OLLAMA_VERSION"
 if ! command -v gcc >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then
     echo "install-ollama: gcc and g++ are needed (cgo compiles llama.cpp); apt-get install build-essential" >&2
     exit 1

@@ -13,6 +13,7 @@
 # versions or another Go is never reused, and an old one is replaced.
 # Prints the bin directory (holding all four binaries) on the last line of stdout.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The versions docker-compose.yml pins, so the tests run what the stack runs.
@@ -25,13 +26,7 @@ if [[ -z "$PROMETHEUS_VERSION" || -z "$ALERTMANAGER_VERSION" ]]; then
 fi
 CACHE_DIR="${OLLAMA_PERF_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ollama-perf-exporter}"
 
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    export PATH="$PATH:/usr/local/go/bin"
-fi
-if ! command -v go >/dev/null 2>&1; then
-    echo "install-prometheus: Go is not installed (need Go on PATH to build Prometheus $PROMETHEUS_VERSION)" >&2
-    exit 1
-fi
+require_go install-prometheus "Go on PATH to build Prometheus $PROMETHEUS_VERSION"
 
 # Prometheus 3.x.y is published as module version v0.3xx.y (3.16.0 -> v0.316.0).
 IFS=. read -r prom_major prom_minor prom_patch <<<"$PROMETHEUS_VERSION"
