@@ -93,6 +93,7 @@ class Null:
     t_level: float
     c_level: float
     t_jump: Optional[float]
+    t_better: float  # how far below its reference the level must be to count as an improvement
     spread: float
     blocks: int
     runs: int
@@ -198,6 +199,10 @@ class Detector:
         per_block = max(1, round(w / self.gap))
         t_level, sd = threshold_of(level, tests, budget, per_block)
         t_level = max(t_level, math.log1p(s.min_effect))
+        # An improvement is judged on the null's lower tail with the same budget: taking noise for
+        # one moves the reference down and makes the next ordinary runs a regression, and the
+        # lower tail is often the heavier one (a busy server's probes that find it idle).
+        t_better = max(threshold_of([-x for x in level], tests, budget, per_block)[0], math.log1p(s.min_effect))
         # The jump statistic: the recent window against the median of the jump_blocks right before it.
         p = s.jump_blocks
         jumps = []
@@ -209,7 +214,8 @@ class Detector:
         # are not part of it, as in the null above).
         recent = [zz for b, zz in zip(adm, z) if now - s.reference_s - w <= b[0] < now - (k + 1) * w]
         ref = _median(recent if len(recent) >= 4 else z)
-        self._null = Null(ref, profile, DAY / self._slots(), t_level, _median(level), t_jump, sd, len(adm), runs, span)
+        self._null = Null(ref, profile, DAY / self._slots(), t_level, _median(level), t_jump, t_better, sd,
+                          len(adm), runs, span)
 
     def _season(self, adm: list, span: float):
         """The daily profile (per slot, smoothed) and each block's out-of-sample profile value,
@@ -318,19 +324,17 @@ class Detector:
                         break
                     if b[2] == ADMITTED:
                         b[2] = HELD
-            # An improvement beyond the noise that lasts (an hour, and 3 runs) is taken as the new
-            # level (it never pages): shown for a day by the improvement gauge. Taking noise for
-            # an improvement would move the reference down, hence the longer wait than for a
-            # regression.
-            if d < -null.t_level:
+            # An improvement beyond the noise that lasts (an hour, and 3 runs) shows for a day on
+            # the improvement gauge and never pages. It does not move the reference: the rolling
+            # reference takes a real one in within half a day, while noise taken for one would
+            # lower the reference at once and make the next ordinary runs a regression.
+            if d < -null.t_better:
                 if self._better is None:
                     self._better = (now, 0)
                 self._better = (self._better[0], self._better[1] + 1)
                 if now - self._better[0] >= max(IMPROVEMENT_S, 2 * self.gap) and self._better[1] >= 3:
-                    self._better = None
-                    self.improved = (self._ratio(-d), now)
-                    self.accept()
-                    return self.judge(now, recent_value, recent_start)
+                    self.improved = (max(self._ratio(-d), self.improved[0] if now - self.improved[1] < DAY else 0.0),
+                                     now)
             else:
                 self._better = None
         elif d <= t_return:

@@ -9,6 +9,11 @@ request duration and decode tokens/s. Nothing of the prompt or answer is kept.
 
     python scripts/record_trace.py --minutes 40 --out tests/data/traces/ollama-0.33.1-quiet.csv
     python scripts/record_trace.py --minutes 40 --busy --out tests/data/traces/ollama-0.33.1-busy.csv
+    taskset -c 0 python scripts/record_trace.py --threads 1 --minutes 120 --out ...   # one core of the host
+
+`--threads` sets the model's num_thread: pinned to fewer cores than the machine has, llama.cpp's
+default (one thread per physical core) spins threads on a core they share and a 13-token prompt
+takes minutes.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=40)
     ap.add_argument("--interval", default="15s")
     ap.add_argument("--busy", action="store_true", help="another client decodes nonstop meanwhile")
+    ap.add_argument("--threads", type=int, help="num_thread of the model (default: the server's choice)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="trace-"))
@@ -75,12 +81,13 @@ def main() -> int:
     try:
         server.start()
         server.create_model()
+        threads = f", num_thread: {args.threads}" if args.threads else ""
         cases = "".join(f"      {name}:\n        prompt: {json.dumps(p)}\n" for name, p in CASES.items())
         (work / "scenarios.yaml").write_text(
             f"targets:\n  - name: real\n    url: {server.url}\n"
             f"scenarios:\n  - name: trace\n    model: {MODEL}\n    schedule: {{interval: {args.interval}}}\n"
             f"    timeout: 120s\n    keep_alive: 1h\n"
-            f"    options: {{temperature: 0, seed: 42, num_predict: 32}}\n    cases:\n{cases}")
+            f"    options: {{temperature: 0, seed: 42, num_predict: 32{threads}}}\n    cases:\n{cases}")
         if args.busy:
             # Another user of the server: one streamed 128-token story after another.
             threading.Thread(target=keep_decoding, args=(server.url, MODEL, stop), daemon=True).start()
