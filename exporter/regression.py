@@ -24,6 +24,8 @@ In log space, worse positive (y = log value, or -log value for tokens/s):
 - an alert episode starts when either test fires, and holds while d stays above
   min(spread, threshold / 2): it ends when the level is back, or when it is accepted (by the user,
   or after accept_after), which moves the history to the new level.
+- an improvement (below the null's lower tail for an hour) only shows; the rolling reference
+  follows a real one.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from .thresholds import spread, threshold_of
 DAY = 86400.0
 FOUR_WEEKS = 28 * DAY
 ADMITTED, HELD, EXCLUDED = 0, 1, 2
-IMPROVEMENT_S = 3600.0  # how long an improvement must last before it becomes the new level
+IMPROVEMENT_S = 3600.0  # how long an improvement must last before the gauge shows it
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class Detector:
         self.cause = ""  # what started the current episode: level | jump
         self._pending: Optional[tuple] = None  # (since when, recent window start) of a crossing not yet confirmed
         self._better: Optional[tuple] = None  # (since when, runs) the level has been better than the noise explains
-        self.improved = (0.0, -math.inf)  # the last improvement taken as the new level: (ratio, when)
+        self.improved = (0.0, -math.inf)  # the largest improvement shown today: (ratio, when)
         self._null: Optional[Null] = None
         self._next = -math.inf
         self._d: Optional[float] = None
