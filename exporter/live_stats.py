@@ -182,6 +182,7 @@ class LiveStats(Sink):
         self.policy = policy
         self.settings = settings  # for scenarios that configure() has not given their own
         self._by_scenario: dict[str, Settings] = {}
+        self._history_s: dict[str, float] = {}  # per scenario: how far back its detectors' history reaches
         self.settings_collector = RegressionSettings(self)
         self.store = store
         store.add_part(Part(CASE, self.PART, LIVE_FAMILIES, lambda key, ctx: LiveCase(),
@@ -198,6 +199,10 @@ class LiveStats(Sink):
         with self._lock:
             self._by_scenario = {sc.name: to_settings(getattr(sc, "regression", None), self.settings)
                                  for sc in config.scenarios}
+            # A block is max(recent, interval) long; a cron schedule's interval is not known here,
+            # so it is taken as hourly (the longest history a common schedule keeps).
+            self._history_s = {sc.name: st.history_s(max(st.recent_s, getattr(sc, "interval", None) or 3600.0))
+                               for sc, st in ((sc, self._by_scenario[sc.name]) for sc in config.scenarios)}
 
         def follow(state: LiveCase, ctx, key) -> Optional[bool]:
             st = self._settings(key[1])
@@ -350,9 +355,13 @@ class LiveStats(Sink):
 
     # ---- restart ----
     def span(self) -> float:
-        """How far back a rebuild must read: the longest history (baseline) plus the reference's day."""
-        settings = [self.settings, *self.scenario_settings().values()]
-        return max(st.baseline_s for st in settings) + max(st.reference_s for st in settings)
+        """How far back a rebuild must read: the longest history (baseline, or baseline_blocks
+        blocks on a slow schedule) plus the reference's day."""
+        with self._lock:
+            settings = [self.settings, *self._by_scenario.values()]
+            # Not configured (no schedules known): as long as an hourly schedule's history.
+            history = list(self._history_s.values()) or [self.settings.history_s(3600.0)]
+        return max(history) + max(st.reference_s for st in settings)
 
     def rebuild(self, path: str | os.PathLike, max_bytes: int = REBUILD_MAX_BYTES) -> RebuildStats:
         """The state rebuilt from the results file (live_restart.py); configure() and the key space first."""

@@ -58,15 +58,27 @@ class Settings:
     recent_runs: int = 3
     reference_s: float = DAY
     min_blocks: int = 8
-    # A crossing becomes an episode (and the alert fires) when it has lasted this long, or on a
-    # slower schedule when two runs in a row cross: a burst of load that lifts the recent median
-    # for minutes, or one odd run, is not a regression.
+    # A crossing becomes an episode (and the alert fires) when it has lasted this long: a burst of
+    # load that lifts the recent median for minutes is not a regression. On a slower schedule the
+    # recent window is a median of 3 runs or more, which one odd run cannot move, and a crossing
+    # is an episode at once (waiting for the next run cost an hour on an hourly schedule and
+    # missed steps it caught).
     confirm_s: float = 600.0
+    slow_budget_divisor: float = 3.0
+    # The history holds at least this many blocks, however short `baseline`: 4 weeks of an hourly
+    # schedule's blocks, 7 days of 15-minute ones. A week of hourly blocks (168) is too few to know
+    # the tail that a 1-in-2688 threshold sits in.
+    baseline_blocks: int = 672
     # The jump test compares the recent window with the block right before it: the shortest lag,
     # so slow drift (hours) moves the two apart least while a step moves them apart fully.
     # Measured against 4 blocks one block earlier: fewer false alerts and faster detections on
     # every seed of alert-eval tried (docs/regression.md, "Tried and measured").
     jump_blocks: int = 1
+
+
+    def history_s(self, w: float) -> float:
+        """How far back the history of blocks of w seconds reaches."""
+        return max(self.baseline_s, self.baseline_blocks * w)
 
 
 @dataclass
@@ -155,7 +167,8 @@ class Detector:
         state = HELD if self.since is not None and start + self.w > self.since else ADMITTED
         self.blocks.append([start, _median(self._cur), state, len(self._cur)])
         self._cur = []
-        while self.blocks and self.blocks[0][0] < start - self.s.baseline_s:
+        keep = self.s.history_s(self.w)
+        while self.blocks and self.blocks[0][0] < start - keep:
             self.blocks.popleft()
 
     # ---- the null: how the statistics vary when nothing changed ----
@@ -172,13 +185,13 @@ class Detector:
             return
         w, s = self.w, self.s
         ys = [b[1] for b in adm]
-        profile, loo = self._season(adm, span)
-        z = [y - p for y, p in zip(ys, loo)] if profile else ys
-        # The level statistic over the history: each block's median (the recent window's statistic
-        # at the block's end) against the reference it had then.
         # k blocks make a recent window (1 on a fast schedule; 3 on an hourly one, a block a run):
         # the statistic over the history is the median of k consecutive blocks.
         k = max(1, round(max(s.recent_s, s.recent_runs * self.gap) / w))
+        profile, loo = self._season(adm, span, k)
+        z = [y - p for y, p in zip(ys, loo)] if profile else ys
+        # The level statistic over the history: each block's median (the recent window's statistic
+        # at the block's end) against the reference it had then.
         zk = z if k == 1 else [_median(z[max(i - k + 1, 0):i + 1]) for i in range(len(z))]
         yk = ys if k == 1 else [_median(ys[max(i - k + 1, 0):i + 1]) for i in range(len(ys))]
         level, window, lo = [], [], 0
@@ -195,6 +208,10 @@ class Detector:
                 level.append(zk[i] - _quick_median(window))
         tests = FOUR_WEEKS / w
         budget = s.false_alerts_per_4_weeks / 2  # two tests share it
+        if self.gap >= s.confirm_s:
+            # No confirmation on a slow schedule (below): every upcrossing is an episode, so a
+            # smaller share keeps the real rate as far under the budget as confirming does.
+            budget /= s.slow_budget_divisor
         if len(level) < s.min_blocks:
             self._null = None
             return
@@ -219,7 +236,7 @@ class Detector:
         self._null = Null(ref, profile, DAY / self._slots(), t_level, _median(level), t_jump, t_better, sd,
                           len(adm), runs, span)
 
-    def _season(self, adm: list, span: float):
+    def _season(self, adm: list, span: float, k: int = 1):
         """The daily profile (per slot, smoothed) and each block's out-of-sample profile value,
         or (None, None) when the history shows no daily cycle worth following."""
         mode = self.s.seasonality
@@ -254,8 +271,12 @@ class Detector:
             mid = b[0] + self.w / 2
             loo.append(loo_by_day[int(mid // DAY)][int((mid % DAY) // slot_s)])
         if mode == "auto":
-            flat = spread([b[1] for b in adm])[1]
-            seasonal = spread([b[1] - p for b, p in zip(adm, loo)])[1]
+            # Judged on the statistic the tests judge, the median of k blocks: on an hourly
+            # schedule a median of 3 runs has a third of a run's noise and all of the cycle.
+            def windows(xs: list) -> list:
+                return xs if k == 1 else [_median(xs[i - k + 1:i + 1]) for i in range(k - 1, len(xs))]
+            flat = spread(windows([b[1] for b in adm]))[1]
+            seasonal = spread(windows([b[1] - p for b, p in zip(adm, loo)]))[1]
             if not seasonal < 0.9 * flat:
                 return None, None
         return full, loo
@@ -310,13 +331,9 @@ class Detector:
             if not crossing:
                 self._pending = None
             elif self._pending is None:
-                self._pending = (now, recent_start, 0)
-            if crossing:
-                self._pending = self._pending[:2] + (self._pending[2] + 1,)
-            # Confirmed when it has lasted confirm_s; on a schedule slower than that, when two runs
-            # in a row cross.
-            if crossing and (now - self._pending[0] >= self.s.confirm_s if self.gap < self.s.confirm_s
-                             else self._pending[2] >= 2):
+                self._pending = (now, recent_start)
+            # Confirmed when it has lasted confirm_s; on a schedule slower than that, at once.
+            if crossing and (now - self._pending[0] >= self.s.confirm_s or self.gap >= self.s.confirm_s):
                 self.since = self._pending[1]
                 self._pending = None
                 self.cause = "level" if d > null.t_level else "jump"

@@ -253,7 +253,7 @@ def test_rebuild_replays_acceptances_in_order(tmp_path):
 
 
 def test_rebuild_reads_the_rotated_file_when_the_span_needs_it(tmp_path):
-    # Hourly runs rotate out of PATH into PATH.1, PATH.2, ... long before the 8 days it reads.
+    # Hourly runs rotate out of PATH into PATH.1, PATH.2, ... long before the 29 days it reads.
     registry, rebuilt, stats = _run_both(tmp_path, runs=240, interval=3600, writer_kw={"max_bytes": 60_000, "keep": 40})
     assert (tmp_path / "results.jsonl.3").exists()
     assert samples(rebuilt) == samples(registry)
@@ -338,12 +338,13 @@ def test_accept_endpoint_and_command_record_the_acceptance(tmp_path):
 
 
 def test_rebuild_skips_what_is_older_than_the_history_it_needs(tmp_path):
-    # 12 days of hourly runs in one file: the rebuild reads the last 8 days (baseline + a day), not all.
-    registry, rebuilt, stats = _run_both(tmp_path, runs=12 * 24, interval=3600)
+    # 40 days of hourly runs in one file: the rebuild reads the last 29 (an hourly schedule's 672
+    # blocks of history, and the reference's day), not all.
+    registry, rebuilt, stats = _run_both(tmp_path, runs=40 * 24, interval=3600)
     size = (tmp_path / "results.jsonl").stat().st_size
     assert stats.bytes_read < 0.8 * size
-    # The same series and recent windows. (The regression state replayed from 8 days can differ
-    # from one that saw 12: an episode the young history started; docs/regression.md, Restart.)
+    # The same series and recent windows. (The regression state replayed from 29 days can differ
+    # from one that saw 40: an episode the young history started; docs/regression.md, Restart.)
     recent = [x for x in samples(registry) if x[0].startswith("llm_probe_recent")]
     assert recent and recent == [x for x in samples(rebuilt) if x[0].startswith("llm_probe_recent")]
     assert {x[1] for x in samples(rebuilt)} >= {x[1] for x in recent}
