@@ -72,6 +72,8 @@ def z_for(tests: int, rho: float, budget: float) -> float:
     return hi
 
 
+MAX_TAIL_CLUSTER = 4  # blocks
+
 # Mean excess of a standard normal over its 90 % quantile: E[X - u | X > u], u = 1.2816.
 NORMAL_TAIL_SCALE = 0.4735
 
@@ -86,9 +88,9 @@ def threshold_of(xs: list, tests: float, budget: float, per_block: int = 1) -> t
       Student's t for the spread estimated from the effective number of blocks;
     - the tail as measured (extreme value theory, peaks over threshold, declustered): the peak
       excess over the 90 % quantile of each run of consecutive exceedances, fitted by an
-      exponential tail (a generalised Pareto of shape 0: its scale is the mean peak; a regression
-      the history holds is one cluster, so it counts once), extrapolated to the budget at the
-      rate those clusters occur.
+      exponential tail (a generalised Pareto of shape 0: its scale is the mean peak), extrapolated
+      to the budget at the rate those clusters occur; clusters longer than MAX_TAIL_CLUSTER
+      blocks are sustained shifts, not a tail, and are left out.
       A normal tail is lighter than this, so it never misses a heavy one (block maxima, bursts,
       slow requests)."""
     c, sd = spread(xs)
@@ -102,13 +104,18 @@ def threshold_of(xs: list, tests: float, budget: float, per_block: int = 1) -> t
     t = c + z * (1 + (z * z + 1) / (4 * df)) * sd
     if len(xs) >= 50 and sd > 0:
         u = sorted(xs)[int(0.9 * len(xs))]
-        peaks: list = []  # the highest excess of each run of consecutive exceedances
+        clusters: list = []  # [highest excess, length] of each run of consecutive exceedances
         for i, x in enumerate(xs):
             if x > u:
                 if i and xs[i - 1] > u:
-                    peaks[-1] = max(peaks[-1], x - u)
+                    clusters[-1] = [max(clusters[-1][0], x - u), clusters[-1][1] + 1]
                 else:
-                    peaks.append(x - u)
+                    clusters.append([x - u, 1])
+        # Only short clusters describe a heavy tail (a burst of load, an odd run). One longer than
+        # an hour of 15-minute blocks, or 4 hourly runs, is a sustained shift: drift, which the
+        # Gaussian part measures, or a regression the detector missed, which must not raise the
+        # threshold for the next one (it did, to 10 spreads, on hourly steps of alert-eval).
+        peaks = [p for p, n in clusters if n <= MAX_TAIL_CLUSTER]
         beta = sum(peaks) / len(peaks) if len(peaks) >= 10 else 0.0
         if beta > 1.5 * NORMAL_TAIL_SCALE * sd:  # clearly heavier than a normal tail
             t = max(t, u + beta * math.log(max(len(peaks) / len(xs) * tests / budget, 1.0)))

@@ -61,6 +61,21 @@ def test_threshold_widens_for_heavy_tails_and_autocorrelation():
     assert t_drift / sd_drift > t_normal / spread(normal)[1]
 
 
+def test_regressions_missed_in_the_history_do_not_raise_the_tail():
+    # Hourly 3-run medians: 5 regressions of 6 hours the detector missed, 4 spreads high, are
+    # sustained shifts, not a heavy tail; odd single values 5 spreads high (an odd run) are.
+    rng = random.Random(4)
+    normal = [rng.gauss(0, 1) for _ in range(672)]
+    missed = list(normal)
+    for start in (100, 230, 360, 490, 600):
+        for i in range(start, start + 8):
+            missed[i] += 4.0
+    odd = [x + (rng.expovariate(0.4) if rng.random() < 0.06 else 0.0) for x in normal]
+    t_normal = threshold_of(normal, 672, 0.08)[0]
+    assert threshold_of(missed, 672, 0.08)[0] < 1.15 * t_normal
+    assert threshold_of(odd, 672, 0.08)[0] > 1.3 * t_normal
+
+
 def test_a_step_fires_holds_for_days_and_ends_when_accepted():
     rng = random.Random(3)
     det = Detector(Settings())
