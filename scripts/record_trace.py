@@ -90,7 +90,9 @@ def main() -> int:
             f"    options: {{temperature: 0, seed: 42, num_predict: 32{threads}}}\n    cases:\n{cases}")
         if args.busy:
             # Another user of the server: one streamed 128-token story after another.
-            threading.Thread(target=keep_decoding, args=(server.url, MODEL, stop), daemon=True).start()
+            extra = {"num_thread": args.threads} if args.threads else None
+            threading.Thread(target=keep_decoding, args=(server.url, MODEL, stop), kwargs={"options": extra},
+                             daemon=True).start()
         exporter = subprocess.Popen(
             [sys.executable, "-m", "exporter", "--config.file", str(work / "scenarios.yaml"),
              "--web.listen-address", f"127.0.0.1:{free_port()}", "--results.file", str(work / "results.jsonl"),

@@ -115,16 +115,17 @@ class OllamaServer:
             pass
 
 
-def keep_decoding(url, model, stop, prompt_words=0, tag=0):
+def keep_decoding(url, model, stop, prompt_words=0, tag=0, options=None):
     """A second client: one streamed generation after another until `stop`. With `prompt_words`,
     each prompt starts with a fresh long text, so the server also runs a prefill (all its
-    threads at once) instead of reusing its cached prefix."""
+    threads at once) instead of reusing its cached prefix. `options` are added to the request's
+    (the same num_thread as the probes', or the server reloads the model for each)."""
     n = 0
     while not stop.is_set():
         n += 1
         filler = " ".join(f"w{tag}x{n}x{i}" for i in range(prompt_words))
         body = {"model": model, "prompt": f"{filler}\nWrite a long story about a lighthouse keeper.",
-                "stream": True, "options": {"num_predict": 128, "temperature": 0.7}}
+                "stream": True, "options": {"num_predict": 128, "temperature": 0.7, **(options or {})}}
         try:
             with requests.post(url + "/api/generate", json=body, stream=True, timeout=120) as r:
                 for _ in r.iter_lines():
