@@ -7,9 +7,13 @@ client decoding nonstop (`--busy`: the probes queue behind it, as on a shared se
 one CSV row per successful warm request: seconds since the start, case, time to first token,
 request duration and decode tokens/s. Nothing of the prompt or answer is kept.
 
-    python scripts/record_trace.py --minutes 40 --out tests/data/traces/ollama-0.33.1-quiet.csv
-    python scripts/record_trace.py --minutes 40 --busy --out tests/data/traces/ollama-0.33.1-busy.csv
-    taskset -c 0 python scripts/record_trace.py --threads 1 --minutes 120 --out ...   # one core of the host
+    taskset -c 0 python scripts/record_trace.py --threads 1 --minutes 120 \
+        --out tests/data/traces/ollama-0.33.1-quiet.csv
+    taskset -c 1 python scripts/record_trace.py --threads 1 --minutes 75 --busy \
+        --out tests/data/traces/ollama-0.33.1-busy.csv
+
+(the checked-in traces; the other core ran alert evaluations, then the busy recording, while
+the quiet one was recorded).
 
 `--threads` sets the model's num_thread: pinned to fewer cores than the machine has, llama.cpp's
 default (one thread per physical core) spins threads on a core they share and a 13-token prompt

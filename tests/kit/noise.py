@@ -11,8 +11,9 @@ A case's request value is  base x exp(level(t) + request noise), with, in log sp
 - steps: the regressions to detect (segments of constant factor);
 - traces recorded from a real Ollama (tests/data/traces/, scripts/record_trace.py), quiet and
   with another client decoding nonstop: the level is the recorded request's deviation from the
-  case's median, replayed in blocks of 10 minutes taken at random offsets (a block bootstrap keeps
-  the correlation within 10 minutes), each request of a run the next recorded one.
+  case's median, replayed in blocks of 30 minutes taken at random offsets (a block bootstrap keeps
+  the correlation within 30 minutes, twice the recent window), each request of a run the next
+  recorded one.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 DAY = 86400.0
 TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
-TRACE_BLOCK_S = 600.0
+TRACE_BLOCK_S = 1800.0
 TRACE_COLUMNS = {"time_to_first_token_seconds": "ttft_s", "request_duration_seconds": "request_duration_s",
                  "output_tokens_per_second": "tokens_per_s"}
 
@@ -180,7 +181,9 @@ BACKGROUNDS = {
     "bursts": Noise("bursts", bursts_per_day=6),
     "drift+1%/d": Noise("drift+1%/d", drift_per_day=0.01),
     "server": Noise("server", tau_s=2 * H, daily=0.10, bursts_per_day=4, slow_requests=0.01),
-    # Recorded from Ollama 0.33.1 with smollm2-135m on this repository's 2-core CI machine.
+    # Recorded from Ollama 0.33.1 with smollm2-135m on one core of this repository's 2-core CI
+    # machine (num_thread 1; the other core ran alert evaluations): 2 h quiet, and 75 min with
+    # another client decoding nonstop (scripts/record_trace.py).
     "ollama-quiet": Noise("ollama-quiet", trace="ollama-0.33.1-quiet.csv"),
     "ollama-busy": Noise("ollama-busy", trace="ollama-0.33.1-busy.csv"),
 }
