@@ -265,7 +265,8 @@ class Regression(Strict):
     seasonality: auto, accept_after: 7d}`."""
 
     recent: Duration = 15 * 60.0  # the recent window: last max(3 runs, this)
-    baseline: Duration = 7 * 86400.0  # the history the noise and the daily profile are measured on
+    # The history the noise and the daily profile are measured on (at least 672 blocks: 4 weeks hourly).
+    baseline: Duration = 7 * 86400.0
     seasonality: Literal["auto", "daily", "off"] = "auto"  # compare with the same time of day
     accept_after: Duration = 7 * 86400.0  # a regression not accepted by then becomes the new normal
 
