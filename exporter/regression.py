@@ -75,7 +75,6 @@ class Settings:
     # every seed of alert-eval tried (docs/regression.md, "Tried and measured").
     jump_blocks: int = 1
 
-
     def history_s(self, w: float) -> float:
         """How far back the history of blocks of w seconds reaches."""
         return max(self.baseline_s, self.baseline_blocks * w)
