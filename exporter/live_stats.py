@@ -201,8 +201,10 @@ class LiveStats(Sink):
                                  for sc in config.scenarios}
             # A block is max(recent, interval) long; a cron schedule's interval is not known here,
             # so it is taken as hourly (the longest history a common schedule keeps).
-            self._history_s = {sc.name: st.history_s(max(st.recent_s, getattr(sc, "interval", None) or 3600.0))
-                               for sc, st in ((sc, self._by_scenario[sc.name]) for sc in config.scenarios)}
+            self._history_s = {}
+            for sc in config.scenarios:
+                st = self._by_scenario[sc.name]
+                self._history_s[sc.name] = st.history_s(max(st.recent_s, getattr(sc, "interval", None) or 3600.0))
 
         def follow(state: LiveCase, ctx, key) -> Optional[bool]:
             st = self._settings(key[1])

@@ -191,8 +191,7 @@ class Detector:
         z = [y - p for y, p in zip(ys, loo)] if profile else ys
         # The level statistic over the history: each block's median (the recent window's statistic
         # at the block's end) against the reference it had then.
-        zk = z if k == 1 else [_median(z[max(i - k + 1, 0):i + 1]) for i in range(len(z))]
-        yk = ys if k == 1 else [_median(ys[max(i - k + 1, 0):i + 1]) for i in range(len(ys))]
+        zk, yk = _window_medians(z, k), _window_medians(ys, k)
         level, window, lo = [], [], 0
         for i, b in enumerate(adm):
             j = i - k - 1  # the block just before a recent window overlaps it: it is not its reference
@@ -270,12 +269,10 @@ class Detector:
             mid = b[0] + self.w / 2
             loo.append(loo_by_day[int(mid // DAY)][int((mid % DAY) // slot_s)])
         if mode == "auto":
-            # Judged on the statistic the tests judge, the median of k blocks: on an hourly
-            # schedule a median of 3 runs has a third of a run's noise and all of the cycle.
-            def windows(xs: list) -> list:
-                return xs if k == 1 else [_median(xs[i - k + 1:i + 1]) for i in range(k - 1, len(xs))]
-            flat = spread(windows([b[1] for b in adm]))[1]
-            seasonal = spread(windows([b[1] - p for b, p in zip(adm, loo)]))[1]
+            # Judged on the statistic the tests judge, the median of k blocks (whole windows): on an
+            # hourly schedule a median of 3 runs has a third of a run's noise and all of the cycle.
+            flat = spread(_window_medians([b[1] for b in adm], k)[k - 1:])[1]
+            seasonal = spread(_window_medians([b[1] - p for b, p in zip(adm, loo)], k)[k - 1:])[1]
             if not seasonal < 0.9 * flat:
                 return None, None
         return full, loo
@@ -351,8 +348,7 @@ class Detector:
                     self._better = (now, 0)
                 self._better = (self._better[0], self._better[1] + 1)
                 if now - self._better[0] >= max(IMPROVEMENT_S, 2 * self.gap) and self._better[1] >= 3:
-                    self.improved = (max(self._ratio(-d), self.improved[0] if now - self.improved[1] < DAY else 0.0),
-                                     now)
+                    self.improved = (max(self._ratio(-d), self._improvement(now)), now)
             else:
                 self._better = None
         elif d <= t_return:
@@ -368,9 +364,13 @@ class Detector:
         v.change = self._ratio(d)
         v.firing = self.since is not None
         v.since = self.since
-        v.improvement = self.improved[0] if now - self.improved[1] < DAY else 0.0
+        v.improvement = self._improvement(now)
         v.seasonal = null.profile is not None
         return v
+
+    def _improvement(self, now: float) -> float:
+        """The improvement shown: the largest of the last day, else 0."""
+        return self.improved[0] if now - self.improved[1] < DAY else 0.0
 
     def _ratio(self, x: float) -> float:
         """A log change (worse positive) as the relative change the rule computes."""
@@ -394,6 +394,11 @@ class Detector:
         self._next = -math.inf
         self._d = 0.0
         return True
+
+
+def _window_medians(xs: list, k: int) -> list:
+    """Per position, the median of the k values ending there (fewer at the start)."""
+    return xs if k == 1 else [_median(xs[max(i - k + 1, 0):i + 1]) for i in range(len(xs))]
 
 
 def _quick_median(s: list) -> float:

@@ -85,7 +85,8 @@ def main() -> int:
     try:
         server.start()
         server.create_model()
-        threads = f", num_thread: {args.threads}" if args.threads else ""
+        extra = {"num_thread": args.threads} if args.threads else {}
+        threads = "".join(f", {k}: {v}" for k, v in extra.items())
         cases = "".join(f"      {name}:\n        prompt: {json.dumps(p)}\n" for name, p in CASES.items())
         (work / "scenarios.yaml").write_text(
             f"targets:\n  - name: real\n    url: {server.url}\n"
@@ -94,7 +95,6 @@ def main() -> int:
             f"    options: {{temperature: 0, seed: 42, num_predict: 32{threads}}}\n    cases:\n{cases}")
         if args.busy:
             # Another user of the server: one streamed 128-token story after another.
-            extra = {"num_thread": args.threads} if args.threads else None
             threading.Thread(target=keep_decoding, args=(server.url, MODEL, stop), kwargs={"options": extra},
                              daemon=True).start()
         exporter = subprocess.Popen(

@@ -151,7 +151,6 @@ class Level:
 
     def request(self, x: float) -> float:
         if self.noise.trace:
-            # The run's requests are the recorded ones in order; the run's level is the first.
             # The run's requests are the recorded ones in order, shifted by what the run adds (a step).
             devs = self._trace[1]
             v = devs[self._i] + x - self._recorded
