@@ -5,9 +5,10 @@ Pure numbers, no Prometheus and no clock: times come from the records, so replay
 (and acceptances) in order rebuilds the same state after a restart.
 
 In log space, worse positive (y = log value, or -log value for tokens/s):
-- history: the runs are grouped in blocks of w = max(recent, the schedule's interval),
-  on a fixed time grid; a block's number is the median of its runs' medians. Blocks cover the
-  baseline span (7 d); blocks of an alert episode are left out of it.
+- history: the runs are grouped in blocks of whole runs on a fixed time grid, so that a recent
+  window is k whole blocks (15 minutes, k = 1, on a fast schedule; one run, k = 3, on a slow one);
+  a block's number is the median of its runs' medians. Blocks cover the baseline span (7 d, at
+  least 672 blocks); blocks of an alert episode are left out of it.
 - the daily profile (seasonality): per slot of the day, the median of the blocks' deviations over
   the days of history; used when, measured out of sample (each day against the profile of the
   other days), it makes the blocks scatter less (auto), or always (daily).
@@ -18,7 +19,8 @@ In log space, worse positive (y = log value, or -log value for tokens/s):
   it had then (a rolling median of the day before it): centre, robust spread, and lag-1
   autocorrelation rho. The threshold is centre + z x spread, z such that a Gaussian AR(1) with that
   rho crosses it upward less than the false-alert budget over four weeks, widened for the spread
-  being estimated from n (1 - rho) / (1 + rho) effective blocks.
+  being estimated from n (1 - rho) / (1 + rho) effective blocks. Where k = 3, never below what
+  two odd runs of three explain (their single-run tail against their neighbours).
 - the jump test: the recent statistic minus the block right before it, against its own null
   measured the same way; catches a step quickly when the level drifts slowly.
 - an alert episode starts when either test fires, and holds while d stays above
@@ -106,6 +108,7 @@ class Null:
     t_level: float
     c_level: float
     t_jump: Optional[float]
+    t_runs: float  # what two odd runs of three explain (slow schedules; else -inf)
     t_better: float  # how far below its reference the level must be to count as an improvement
     spread: float
     blocks: int
@@ -147,7 +150,7 @@ class Detector:
             times = [a for a, _ in self._early]
             gap = _median([b - a for a, b in zip(times, times[1:])])
             self.gap = max(gap, 1.0)
-            self.w = 60.0 * math.ceil(max(self.s.recent_s, gap) / 60.0)
+            self.w = _block_seconds(self.gap, self.s.recent_s, self.s.recent_runs)
             early, self._early = self._early, []
             for a, b in early:
                 self._add(a, b)
@@ -174,6 +177,10 @@ class Detector:
     def _slots(self) -> int:
         return max(1, min(96, round(DAY / self.w)))
 
+    def _k(self) -> int:
+        """Blocks in a recent window: 1 on a fast schedule, 3 on a slow one (a block a run)."""
+        return max(1, round(max(self.s.recent_s, self.s.recent_runs * self.gap) / self.w))
+
     def _refresh(self, now: float) -> None:
         adm = [b for b in self.blocks if b[2] == ADMITTED]
         runs = sum(b[3] for b in adm)
@@ -186,24 +193,13 @@ class Detector:
         ys = [b[1] for b in adm]
         # k blocks make a recent window (1 on a fast schedule; 3 on an hourly one, a block a run):
         # the statistic over the history is the median of k consecutive blocks.
-        k = max(1, round(max(s.recent_s, s.recent_runs * self.gap) / w))
+        k = self._k()
         profile, loo = self._season(adm, span, k)
         z = [y - p for y, p in zip(ys, loo)] if profile else ys
         # The level statistic over the history: each block's median (the recent window's statistic
         # at the block's end) against the reference it had then.
         zk, yk = _window_medians(z, k), _window_medians(ys, k)
-        level, window, lo = [], [], 0
-        for i, b in enumerate(adm):
-            j = i - k - 1  # the block just before a recent window overlaps it: it is not its reference
-            if j >= 0:
-                bisect.insort(window, z[j])
-            while lo <= j and adm[lo][0] < b[0] - s.reference_s - w:
-                del window[bisect.bisect_left(window, z[lo])]
-                lo += 1
-            # Only against a reference of at least half its span: a shorter one would hide the
-            # slow part of the noise (drift, the daily cycle) from the null.
-            if i >= k - 1 and window and b[0] - adm[lo][0] >= s.reference_s / 2:
-                level.append(zk[i] - _quick_median(window))
+        level = self._against_reference(adm, z, zk, k)
         tests = FOUR_WEEKS / w
         budget = s.false_alerts_per_4_weeks / 2  # two tests share it
         if self.gap >= s.confirm_s:
@@ -215,7 +211,8 @@ class Detector:
             return
         per_block = max(1, round(w / self.gap))
         t_level, sd = threshold_of(level, tests, budget, per_block)
-        t_level = max(t_level, math.log1p(s.min_effect))
+        t_runs, t_low = self._runs_bounds(adm, z, k, tests, budget) if k > 1 else (-math.inf, -math.inf)
+        t_level = max(t_level, t_runs, math.log1p(s.min_effect))
         # An improvement is judged on the null's lower tail with the same budget: taking noise for
         # one moves the reference down and makes the next ordinary runs a regression, and the
         # lower tail is often the heavier one (a busy server's probes that find it idle).
@@ -226,13 +223,50 @@ class Detector:
         for i in range(p + k - 1, len(adm)):
             if adm[i][0] - adm[i - p - k + 1][0] <= (p + k) * w * 1.5:
                 jumps.append(yk[i] - _median(ys[i - p - k + 1:i - k + 1]))
-        t_jump = threshold_of(jumps, tests, budget, per_block)[0] if len(jumps) >= s.min_blocks else None
+        t_jump = (max(threshold_of(jumps, tests, budget, per_block)[0], t_low)
+                  if len(jumps) >= s.min_blocks else None)
         # The reference: the day before the recent window (its k blocks and the one it overlaps
         # are not part of it, as in the null above).
         recent = [zz for b, zz in zip(adm, z) if now - s.reference_s - w <= b[0] < now - (k + 1) * w]
         ref = _median(recent if len(recent) >= 4 else z)
-        self._null = Null(ref, profile, DAY / self._slots(), t_level, _median(level), t_jump, t_better, sd,
+        self._null = Null(ref, profile, DAY / self._slots(), t_level, _median(level), t_jump, t_runs, t_better, sd,
                           len(adm), runs, span)
+
+    def _against_reference(self, adm: list, z: list, stat: list, blocks: int) -> list:
+        """stat (of a window of `blocks` blocks ending at each block) against the reference it had
+        then: the median of the day before the window."""
+        s, w = self.s, self.w
+        out, window, lo = [], [], 0
+        for i, b in enumerate(adm):
+            j = i - blocks - 1  # the block just before a recent window overlaps it: it is not its reference
+            if j >= 0:
+                bisect.insort(window, z[j])
+            while lo <= j and adm[lo][0] < b[0] - s.reference_s - w:
+                del window[bisect.bisect_left(window, z[lo])]
+                lo += 1
+            # Only against a reference of at least half its span: a shorter one would hide the
+            # slow part of the noise (drift, the daily cycle) from the null.
+            if i >= blocks - 1 and window and b[0] - adm[lo][0] >= s.reference_s / 2:
+                out.append(stat[i] - _quick_median(window))
+        return out
+
+    def _runs_bounds(self, adm: list, z: list, k: int, tests: float, budget: float) -> tuple[float, float]:
+        """Where a recent window is the median of k runs (a block a run), two floors from the tail
+        of single runs against their neighbours (the median of the 3 runs before and the 3 after:
+        drift cancels, an odd run does not), as if odd runs came independently:
+        - the level that h = k // 2 + 1 of k runs exceed together at most `budget` times in `tests`
+          (C(k, h) p^h per window). Rare heavy runs (a burst of load, a Student-t run) put the
+          median of 3 over a threshold only when two of them meet, which a week of history shows
+          less than once; their single-run tail, seen daily, says how often;
+        - how far one run falls below its neighbours at most `budget` times: the jump test compares
+          the recent window with the one run before it, and one run that found the server idle
+          would make an ordinary window a jump."""
+        if len(z) < max(self.s.min_blocks, 7):
+            return -math.inf, -math.inf
+        odd = [z[i] - _median(z[i - 3:i] + z[i + 1:i + 4]) for i in range(3, len(z) - 3)]
+        h = k // 2 + 1
+        p = (budget / (tests * math.comb(k, h))) ** (1 / h)
+        return threshold_of(odd, 1 / p, 1.0)[0], threshold_of([-x for x in odd], tests, budget)[0]
 
     def _season(self, adm: list, span: float, k: int = 1):
         """The daily profile (per slot, smoothed) and each block's out-of-sample profile value,
@@ -321,8 +355,9 @@ class Detector:
         # The episode lasts until the level is back at its reference (the centre of its null).
         t_return = min(max(null.c_level, 0.0), null.t_level / 2)
         if self.since is None:
+            # A jump counts where the level is also beyond what two odd runs of three explain.
             by_jump = (jump is not None and null.t_jump is not None and jump > null.t_jump
-                       and d > max(math.log1p(self.s.min_effect), t_return))
+                       and d > max(math.log1p(self.s.min_effect), t_return, null.t_runs))
             crossing = d > null.t_level or by_jump
             if not crossing:
                 self._pending = None
@@ -394,6 +429,19 @@ class Detector:
         self._next = -math.inf
         self._d = 0.0
         return True
+
+
+def _block_seconds(gap: float, recent_s: float, recent_runs: int) -> float:
+    """The block: m runs, m the largest number that divides a recent window's runs and fits in
+    max(recent, gap). Every block then holds as many runs as every other, and a recent window is a
+    whole number of blocks, so the statistic measured over the history is the one judged: 15 min of
+    a 1-minute schedule (k = 1), or one run of a 10-minute or an hourly one (k = 3). Blocks of
+    15 minutes on a 10-minute schedule held 1 and 2 runs in turn, and a median of 2 such blocks
+    missed how often two runs of three under a burst move the recent median."""
+    runs = max(recent_runs, math.floor(recent_s / gap + 1e-9))
+    fit = max(1, math.floor(max(recent_s, gap) / gap + 1e-9))
+    m = max(d for d in range(1, min(runs, fit) + 1) if runs % d == 0)
+    return float(max(60, round(m * gap)))
 
 
 def _window_medians(xs: list, k: int) -> list:

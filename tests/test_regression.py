@@ -6,7 +6,7 @@ from statistics import median
 
 import pytest
 
-from exporter.regression import Detector, Settings
+from exporter.regression import Detector, Settings, _block_seconds
 from exporter.thresholds import spread, threshold_of, z_for
 
 T0 = 1_780_000_000.0
@@ -136,6 +136,33 @@ def test_noise_taken_for_an_improvement_does_not_make_the_next_runs_a_regression
     on = drive(det, 28 * 1440, lambda t: 0.8 if any(0 <= (t - T0) / 3600 - h < 4 for h in idle) else 1.0, rng,
                every=3600, window=180, noise=0.02)
     assert not on
+
+
+def test_a_block_holds_whole_runs_and_a_recent_window_whole_blocks():
+    # (interval, block seconds): 60 or 15 runs or 3 in 15 minutes; 7 runs of 2 minutes (a recent
+    # window of 15 minutes holds 7 or 8); one run of a 10-minute, 30-minute or hourly schedule,
+    # whose recent window is 3 runs. 15-minute blocks held 1 and 2 runs of 10 minutes in turn.
+    for every, block in ((15, 900), (60, 900), (120, 840), (300, 900), (600, 600), (1800, 1800), (3600, 3600)):
+        assert _block_seconds(every, 900, 3) == block, every
+    det = Detector(Settings())
+    drive(det, 60, lambda t: 1.0, random.Random(1), every=600)
+    assert det.w == 600 and det._k() == 3
+
+
+def test_two_odd_runs_in_a_median_of_three_are_not_a_regression():
+    # A 10-minute schedule whose runs now and then (1 in 40) meet a burst of load, +40 %. The
+    # recent window is the median of 3 runs, so it takes two of them within 3 runs to lift it:
+    # a week of history holds that about once, too rarely to see in the window's own history, but
+    # the single runs' tail, seen daily, says how often it happens. Then a real +70 % step fires.
+    odd = set(range(20, 8 * 144, 40)) | {8 * 144 + 5, 8 * 144 + 6}
+    level = lambda t: (1.7 if t >= T0 + 9 * DAY else 1.4 if round((t - T0) / 600) in odd else 1.0)  # noqa: E731
+    det = Detector(Settings())
+    history: list = []
+    on = drive(det, 9 * 1440, level, random.Random(14), every=600, noise=0.04, history=history)
+    assert not on
+    assert det.verdict.threshold > 0.3
+    on = drive(det, 120, level, random.Random(13), start=9 * 144, every=600, noise=0.04, history=history)
+    assert on and on[0] - 9 * 1440 <= 30
 
 
 def test_a_daily_cycle_is_followed_only_where_the_history_shows_one():

@@ -58,6 +58,10 @@ PROMTOOL_STEP_MIN = 5
 EPISODE_GAP_MIN = 5
 # (seconds between runs, requests per run per case)
 SCHEDULES = {"15s": (15, 1), "1m": (60, 1), "5m": (300, 3), "1h": (3600, 5)}
+# Not in the issue's table, for checking the method where no target was tuned (--schedules):
+# a recent window of 2 blocks (10 min) and of 3 (30 min), and a 2-minute schedule with 2 requests.
+EXTRA_SCHEDULES = {"2m": (120, 2), "10m": (600, 3), "30m": (1800, 4)}
+ALL_SCHEDULES = {**SCHEDULES, **EXTRA_SCHEDULES}
 BASE = {"time_to_first_token_seconds": 0.3, "request_duration_seconds": 3.0, "output_tokens_per_second": 40.0}
 LOWER_IS_WORSE = {"output_tokens_per_second"}
 
@@ -142,7 +146,7 @@ def plan(days: int, quick: bool, rng: random.Random) -> list[Case]:
 
 def simulate(schedule: str, days: int, cases: list[Case], seed: int) -> tuple[dict, dict]:
     """Drive LiveStats over simulated time; return, per case, the rule's inputs at every minute."""
-    interval, per_run = SCHEDULES[schedule]
+    interval, per_run = ALL_SCHEDULES[schedule]
     stats = open_live_stats()
     levels = {}
     for c in cases:
@@ -275,7 +279,7 @@ def episodes(minutes: list[int]) -> list[int]:
 
 
 def score(schedule: str, days: int, cases: list[Case], fired: dict) -> dict[tuple, Outcome]:
-    interval, _ = SCHEDULES[schedule]
+    interval, _ = ALL_SCHEDULES[schedule]
     rows: dict[tuple, Outcome] = {}
     for c in cases:
         o = rows.setdefault(c.row(), Outcome())
@@ -320,7 +324,7 @@ def _effect(direction: str, effect: float) -> str:
 
 
 def report(schedule: str, days: int, rows: dict, info: dict) -> tuple[list[str], list[bool]]:
-    interval, per_run = SCHEDULES[schedule]
+    interval, per_run = ALL_SCHEDULES[schedule]
     lines = ["", f"schedule {schedule}: {days} days, {info['cases']} cases, {per_run} request(s)/run/case, "
                  f"{info['runs']} runs (simulation {info['seconds']:.0f}s)"]
     lines.append(f"{'kind':5} {'noise':12} {'quantity':9} {'effect':>6} {'inj':>4} {'detected':>8} "
@@ -418,44 +422,51 @@ def evaluate(schedules: list[str], days: dict, quick: bool, seed: int, jobs: int
     return lines
 
 
-def rebuild_timing(workdir: str, days: float = 3.0, targets: int = 1) -> str:
-    """Write a results file as scenarios/default.yaml makes it (3 cases, a run a minute, 32 tokens
-    a request) on `targets` targets for `days` days, then time LiveStats.rebuild on it in a fresh
-    process, as the exporter does at start-up, and report its peak memory."""
+def rebuild_timing(workdir: str, days: float = 3.0, targets: int = 1, interval: float = 60.0, requests: int = 1) -> str:
+    """Write a results file as scenarios/default.yaml makes it (3 cases, 32 tokens a request; a run
+    every `interval` seconds, `requests` requests per case) on `targets` targets for `days` days,
+    then time LiveStats.rebuild on it in a fresh process, configured with that scenario as the
+    exporter is at start-up (its schedule sets how far back the rebuild reads), and report its peak
+    memory."""
     from exporter.results import ResultsWriter
 
     path = os.path.join(workdir, "results.jsonl")
     writer = ResultsWriter(path)
     rng = random.Random(1)
-    for run in range(int(days * 1440)):
-        start = T0 + run * 60
+    for run in range(int(days * DAY / interval)):
+        start = T0 + run * interval
         for target in range(targets):
-            for k, case in enumerate(("short", "medium", "long")):
-                ttft = (0.05, 0.3, 1.2)[k] * rng.lognormvariate(0, 0.05)
+            for k, case in enumerate(("short", "medium", "long") * requests):
+                ttft = (0.05, 0.3, 1.2)[k % 3] * rng.lognormvariate(0, 0.05)
                 gaps = [0.035 * rng.lognormvariate(0, 0.1) for _ in range(31)]
                 t = start + 3 * k
                 writer.write(ProbeResult(
                     target=f"t{target}" if targets > 1 else "local", scenario="default", model="llama3.2:1b", case=case,
                     run_id=f"r{run}-{target}", ok=True,
-                    options={"temperature": 0, "seed": 42, "num_predict": 32}, prompt_chars=(11, 170, 560)[k],
+                    options={"temperature": 0, "seed": 42, "num_predict": 32}, prompt_chars=(11, 170, 560)[k % 3],
                     started_at=t, ended_at=t + ttft + sum(gaps), connect_duration_s=0.0002, ttft_s=ttft,
                     request_duration_s=ttft + sum(gaps), inter_token_gaps_s=gaps, output_chunks=32, response_chars=150,
-                    load_duration_s=0.004, prompt_eval_count=(30, 60, 130)[k], prompt_eval_duration_s=ttft * 0.9,
+                    load_duration_s=0.004, prompt_eval_count=(30, 60, 130)[k % 3], prompt_eval_duration_s=ttft * 0.9,
                     eval_count=32, eval_duration_s=sum(gaps), total_duration_s=ttft + sum(gaps) - 0.001, done_reason="length",
                 ))
     writer.close()
     size = os.path.getsize(path)
     code = ("import resource, sys, time\n"
+            "from types import SimpleNamespace\n"
             "from tests.kit.exporters import open_live_stats\n"
             "began = time.monotonic()\n"
-            "s = open_live_stats().rebuild(sys.argv[1])\n"
+            "live = open_live_stats()\n"
+            "live.configure(SimpleNamespace(scenarios=[SimpleNamespace(name='default', regression=None,"
+            " interval=float(sys.argv[2]))]))\n"
+            "s = live.rebuild(sys.argv[1])\n"
             "print(s.records, s.runs, s.series, s.bytes_read, time.monotonic() - began,"
             " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
-    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", code, path, str(interval)], capture_output=True, text=True, check=True,
                          cwd=ROOT).stdout.split()
     records, runs, series, read, took, rss_kb = int(out[0]), int(out[1]), int(out[2]), int(out[3]), float(out[4]), int(out[5])
     os.unlink(path)
-    return (f"rebuild: {size / 1e6:.0f} MB results file ({days:g} days of scenarios/default.yaml on {targets} target(s)): "
+    every = f"a run every {interval:g} s, {requests} request(s) a case"
+    return (f"rebuild: {size / 1e6:.0f} MB results file ({days:g} days of scenarios/default.yaml, {every}, on {targets} target(s)): "
             f"read {read / 1e6:.0f} MB, {records} records, {runs} runs, {series} series in {took:.1f}s, "
             f"peak RSS {rss_kb / 1024:.0f} MB")
 
@@ -464,12 +475,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="4 days, schedules 1m and 1h, few cases, checked with promtool")
     ap.add_argument("--days", type=int, help="simulated days per schedule (default 28, 14 at 15 s; quick 4)")
-    ap.add_argument("--schedules", default=None, help="comma-separated subset of 15s,1m,5m,1h")
+    ap.add_argument("--schedules", default=None, help="comma-separated, of 15s,1m,5m,1h (the default: all four) "
+                    "and 2m,10m,30m (schedules no target was tuned on)")
     ap.add_argument("--seed", type=int, default=10)
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--keep", help="write the generated promtool files to this folder instead of a temp dir")
-    ap.add_argument("--rebuild", metavar="DAYS,TARGETS", help="only time a rebuild from a results file of DAYS days "
-                    "of scenarios/default.yaml on TARGETS targets (e.g. 7,10)")
+    ap.add_argument("--rebuild", metavar="DAYS,TARGETS[,INTERVAL_S[,REQUESTS]]",
+                    help="only time a rebuild from a results file of DAYS days of scenarios/default.yaml on TARGETS "
+                    "targets (e.g. 7,10; 29,10,3600,5 for an hourly schedule with 5 requests a case)")
     args = ap.parse_args(argv)
     schedules = args.schedules.split(",") if args.schedules else (["1m", "1h"] if args.quick else list(SCHEDULES))
     days = {s: args.days or (4 if args.quick else (14 if s == "15s" else 28)) for s in schedules}
@@ -477,8 +490,8 @@ def main(argv=None) -> int:
     os.makedirs(workdir, exist_ok=True)
     try:
         if args.rebuild:
-            days_, targets_ = args.rebuild.split(",")
-            print(rebuild_timing(workdir, float(days_), int(targets_)))
+            days_, targets_, *rest = args.rebuild.split(",")
+            print(rebuild_timing(workdir, float(days_), int(targets_), *(f(x) for f, x in zip((float, int), rest))))
             return 0
         lines = evaluate(schedules, days, args.quick, args.seed, args.jobs, workdir)
     finally:
