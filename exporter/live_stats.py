@@ -36,7 +36,7 @@ from . import live_restart
 from .keyspace import CASE
 from .live_restart import REBUILD_MAX_BYTES, RebuildStats
 from .live_window import Policy, Series, Snapshot, quantile
-from .regression import Detector, Settings
+from .regression import Detector, Settings, block_seconds
 from .results import (
     Acceptance,
     ProbeResult,
@@ -199,12 +199,14 @@ class LiveStats(Sink):
         with self._lock:
             self._by_scenario = {sc.name: to_settings(getattr(sc, "regression", None), self.settings)
                                  for sc in config.scenarios}
-            # A block is max(recent, interval) long; a cron schedule's interval is not known here,
-            # so it is taken as hourly (the longest history a common schedule keeps).
+            # The history holds baseline_blocks blocks of the schedule's runs; a cron schedule's
+            # interval is not known here, so it is taken as hourly (the longest history a common
+            # schedule keeps).
             self._history_s = {}
             for sc in config.scenarios:
                 st = self._by_scenario[sc.name]
-                self._history_s[sc.name] = st.history_s(max(st.recent_s, getattr(sc, "interval", None) or 3600.0))
+                interval = getattr(sc, "interval", None) or 3600.0
+                self._history_s[sc.name] = st.history_s(block_seconds(interval, st.recent_s, st.recent_runs))
 
         def follow(state: LiveCase, ctx, key) -> Optional[bool]:
             st = self._settings(key[1])

@@ -150,7 +150,7 @@ class Detector:
             times = [a for a, _ in self._early]
             gap = _median([b - a for a, b in zip(times, times[1:])])
             self.gap = max(gap, 1.0)
-            self.w = _block_seconds(self.gap, self.s.recent_s, self.s.recent_runs)
+            self.w = block_seconds(self.gap, self.s.recent_s, self.s.recent_runs)
             early, self._early = self._early, []
             for a, b in early:
                 self._add(a, b)
@@ -431,7 +431,7 @@ class Detector:
         return True
 
 
-def _block_seconds(gap: float, recent_s: float, recent_runs: int) -> float:
+def block_seconds(gap: float, recent_s: float, recent_runs: int) -> float:
     """The block: m runs, m the largest number that divides a recent window's runs and fits in
     max(recent, gap). Every block then holds as many runs as every other, and a recent window is a
     whole number of blocks, so the statistic measured over the history is the one judged: 15 min of

@@ -6,7 +6,7 @@ from statistics import median
 
 import pytest
 
-from exporter.regression import Detector, Settings, _block_seconds
+from exporter.regression import Detector, Settings, block_seconds
 from exporter.thresholds import spread, threshold_of, z_for
 
 T0 = 1_780_000_000.0
@@ -143,7 +143,7 @@ def test_a_block_holds_whole_runs_and_a_recent_window_whole_blocks():
     # window of 15 minutes holds 7 or 8); one run of a 10-minute, 30-minute or hourly schedule,
     # whose recent window is 3 runs. 15-minute blocks held 1 and 2 runs of 10 minutes in turn.
     for every, block in ((15, 900), (60, 900), (120, 840), (300, 900), (600, 600), (1800, 1800), (3600, 3600)):
-        assert _block_seconds(every, 900, 3) == block, every
+        assert block_seconds(every, 900, 3) == block, every
     det = Detector(Settings())
     drive(det, 60, lambda t: 1.0, random.Random(1), every=600)
     assert det.w == 600 and det._k() == 3
