@@ -11,9 +11,12 @@ request duration and decode tokens/s. Nothing of the prompt or answer is kept.
         --out tests/data/traces/ollama-0.33.1-quiet.csv
     taskset -c 1 python scripts/record_trace.py --threads 1 --minutes 75 --busy \
         --out tests/data/traces/ollama-0.33.1-busy.csv
+    taskset -c 1 python scripts/record_trace.py --threads 1 --minutes 120 --busy --append \
+        --out tests/data/traces/ollama-0.33.1-busy.csv
 
-(the checked-in traces; the other core ran alert evaluations, then the busy recording, while
-the quiet one was recorded).
+(the checked-in traces; the other core ran alert evaluations meanwhile. The busy trace is two
+sessions 3 hours apart, 3 h 15 min in all: `--append` continues a trace 15 s after its last
+request. The second session's server ran about 5 % faster, as a real one does from hour to hour.)
 
 `--threads` sets the model's num_thread: pinned to fewer cores than the machine has, llama.cpp's
 default (one thread per physical core) spins threads on a core they share and a 13-token prompt
@@ -49,8 +52,15 @@ CASES = {
 }
 
 
-def write_csv(results: Path, out: Path) -> int:
+def write_csv(results: Path, out: Path, append: bool = False) -> int:
+    """The warm requests of a results file as trace rows; with append, after the rows `out` holds
+    (15 s after its last request). Returns the rows written in this session."""
     rows = []
+    kept: list = []
+    if append and out.exists():
+        with open(out) as f:
+            kept = [tuple(r.values()) for r in csv.DictReader(f)]
+    shift = float(kept[-1][0]) + 15.0 if kept else 0.0
     t0 = None
     with open(results) as f:
         for line in f:
@@ -59,12 +69,13 @@ def write_csv(results: Path, out: Path) -> int:
                 continue
             t0 = r["started_at"] if t0 is None else t0
             tps = r["eval_count"] / r["eval_duration_s"] if r.get("eval_count") and r.get("eval_duration_s") else ""
-            rows.append((round(r["started_at"] - t0, 3), r["case"], round(r["ttft_s"], 6),
+            rows.append((round(r["started_at"] - t0 + shift, 3), r["case"], round(r["ttft_s"], 6),
                          round(r["request_duration_s"], 6), round(tps, 3) if tps else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("t_s", "case", "ttft_s", "request_duration_s", "tokens_per_s"))
+        w.writerows(kept)
         w.writerows(rows)
     return len(rows)
 
@@ -76,6 +87,7 @@ def main() -> int:
     ap.add_argument("--busy", action="store_true", help="another client decodes nonstop meanwhile")
     ap.add_argument("--threads", type=int, help="num_thread of the model (default: the server's choice)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--append", action="store_true", help="continue the trace in --out (another session)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="trace-"))
     server = OllamaServer(ollama_binary(), str(work / "models"), free_port(), str(work / "ollama.log"))
@@ -107,7 +119,7 @@ def main() -> int:
         if exporter is not None:
             stop_process(exporter)
         server.stop()
-    n = write_csv(work / "results.jsonl", Path(args.out))
+    n = write_csv(work / "results.jsonl", Path(args.out), args.append)
     print(f"{n} requests -> {args.out}")
     return 0 if n else 1
 

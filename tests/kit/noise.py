@@ -181,8 +181,8 @@ BACKGROUNDS = {
     "drift+1%/d": Noise("drift+1%/d", drift_per_day=0.01),
     "server": Noise("server", tau_s=2 * H, daily=0.10, bursts_per_day=4, slow_requests=0.01),
     # Recorded from Ollama 0.33.1 with smollm2-135m on one core of this repository's 2-core CI
-    # machine (num_thread 1; the other core ran alert evaluations): 2 h quiet, and 75 min with
-    # another client decoding nonstop (scripts/record_trace.py).
+    # machine (num_thread 1; the other core ran alert evaluations): 2 h quiet, and 3 h 15 min (two
+    # sessions) with another client decoding nonstop (scripts/record_trace.py).
     "ollama-quiet": Noise("ollama-quiet", trace="ollama-0.33.1-quiet.csv"),
     "ollama-busy": Noise("ollama-busy", trace="ollama-0.33.1-busy.csv"),
 }
