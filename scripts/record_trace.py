@@ -15,8 +15,9 @@ request duration and decode tokens/s. Nothing of the prompt or answer is kept.
         --out tests/data/traces/ollama-0.33.1-busy.csv
 
 (the checked-in traces; the other core ran alert evaluations meanwhile. The busy trace is two
-sessions 3 hours apart, 3 h 15 min in all: `--append` continues a trace 15 s after its last
-request. The second session's server ran about 5 % faster, as a real one does from hour to hour.)
+sessions under an hour apart, 3 h 15 min in all: `--append` continues a trace one interval after
+its last request. The second session's server ran about 5 % faster, as a real one does from hour
+to hour.)
 
 `--threads` sets the model's num_thread: pinned to fewer cores than the machine has, llama.cpp's
 default (one thread per physical core) spins threads on a core they share and a 13-token prompt
@@ -39,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # noqa: E402
 
+from exporter.config_types import parse_duration  # noqa: E402
 from tests.kit.exporters import free_port, stop_process  # noqa: E402
 from tests.kit.real_ollama import MODEL, OllamaServer, keep_decoding, ollama_binary  # noqa: E402
 
@@ -52,15 +54,15 @@ CASES = {
 }
 
 
-def write_csv(results: Path, out: Path, append: bool = False) -> int:
+def write_csv(results: Path, out: Path, append: bool = False, interval_s: float = 15.0) -> int:
     """The warm requests of a results file as trace rows; with append, after the rows `out` holds
-    (15 s after its last request). Returns the rows written in this session."""
+    (one interval after its last request). Returns the rows written in this session."""
     rows = []
     kept: list = []
     if append and out.exists():
         with open(out) as f:
             kept = [tuple(r.values()) for r in csv.DictReader(f)]
-    shift = float(kept[-1][0]) + 15.0 if kept else 0.0
+    shift = float(kept[-1][0]) + interval_s if kept else 0.0
     t0 = None
     with open(results) as f:
         for line in f:
@@ -119,7 +121,7 @@ def main() -> int:
         if exporter is not None:
             stop_process(exporter)
         server.stop()
-    n = write_csv(work / "results.jsonl", Path(args.out), args.append)
+    n = write_csv(work / "results.jsonl", Path(args.out), args.append, parse_duration(args.interval))
     print(f"{n} requests -> {args.out}")
     return 0 if n else 1
 

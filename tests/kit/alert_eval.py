@@ -59,7 +59,7 @@ EPISODE_GAP_MIN = 5
 # (seconds between runs, requests per run per case)
 SCHEDULES = {"15s": (15, 1), "1m": (60, 1), "5m": (300, 3), "1h": (3600, 5)}
 # Not in the table, for checking the method where no target was tuned (--schedules):
-# a recent window of 2 blocks (10 min) and of 3 (30 min), and a 2-minute schedule with 2 requests.
+# blocks of 7 runs (2 min), and blocks of one run with a recent window of 3 (10 and 30 min).
 EXTRA_SCHEDULES = {"2m": (120, 2), "10m": (600, 3), "30m": (1800, 4)}
 ALL_SCHEDULES = {**SCHEDULES, **EXTRA_SCHEDULES}
 BASE = {"time_to_first_token_seconds": 0.3, "request_duration_seconds": 3.0, "output_tokens_per_second": 40.0}
@@ -490,8 +490,8 @@ def main(argv=None) -> int:
     os.makedirs(workdir, exist_ok=True)
     try:
         if args.rebuild:
-            days_, targets_, *rest = args.rebuild.split(",")
-            print(rebuild_timing(workdir, float(days_), int(targets_), *(f(x) for f, x in zip((float, int), rest))))
+            days_, targets_, interval_, requests_ = (args.rebuild.split(",") + ["60", "1"])[:4]
+            print(rebuild_timing(workdir, float(days_), int(targets_), float(interval_), int(requests_)))
             return 0
         lines = evaluate(schedules, days, args.quick, args.seed, args.jobs, workdir)
     finally:
