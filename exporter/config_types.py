@@ -267,7 +267,9 @@ class Regression(Strict):
     recent: Duration = 15 * 60.0  # the recent window: last max(3 runs, this)
     # The history the noise and the daily profile are measured on (at least 672 blocks: 4 weeks hourly).
     baseline: Duration = 7 * 86400.0
-    seasonality: Literal["auto", "daily", "off"] = "auto"  # compare with the same time of day
+    # Compare with the same time of day (daily), and of the week (weekly: both), where the history
+    # shows it (auto), always, or never (off).
+    seasonality: Literal["auto", "daily", "weekly", "off"] = "auto"
     accept_after: Duration = 7 * 86400.0  # a regression not accepted by then becomes the new normal
 
     @model_validator(mode="after")

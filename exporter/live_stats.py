@@ -101,7 +101,8 @@ EPISODE_START = Family(
     "accept_after)." + BG)
 SEASONAL = Family(
     "llm_probe_regression_seasonal", "gauge",
-    "1 if the case is compared with the same time of day (its history shows a daily cycle), else 0." + BG)
+    "What the case is compared with beyond its reference: 1 the same time of day (its history shows a daily "
+    "cycle), 2 the same time of week (a weekly pattern), 3 both, 0 neither." + BG)
 HISTORY = Family(
     "llm_probe_regression_history_seconds", "gauge",
     "Span of the history the threshold and the daily profile are measured on; shorter than the "
@@ -109,7 +110,7 @@ HISTORY = Family(
 LIVE_FAMILIES = (RECENT_QUANTILE, RECENT_REQUESTS, RECENT_RUNS, BASELINE_MEDIAN, EXPECTED, BASELINE_NOISE,
                  BASELINE_RUNS, THRESHOLD_RATIO, IMPROVEMENT, EPISODE_START, SEASONAL, HISTORY)
 SETTING_NAMES = ("recent", "baseline", "accept_after", "seasonality")
-SEASONALITY_CODE = {"off": 0, "auto": 1, "daily": 2}
+SEASONALITY_CODE = {"off": 0, "auto": 1, "daily": 2, "weekly": 3}
 
 
 class LiveCase:
@@ -141,7 +142,7 @@ class LiveCase:
             if v.threshold is not None:
                 values += [(BASELINE_MEDIAN, v.reference), (EXPECTED, v.expected),
                            (BASELINE_NOISE, v.noise * v.reference), (THRESHOLD_RATIO, v.threshold),
-                           (IMPROVEMENT, v.improvement), (SEASONAL, 1 if v.seasonal else 0)]
+                           (IMPROVEMENT, v.improvement), (SEASONAL, (1 if v.seasonal else 0) + (2 if v.weekly else 0))]
             if v.since is not None:
                 values.append((EPISODE_START, v.since))
             for family, value in values:
@@ -163,7 +164,7 @@ class RegressionSettings:
         family = GaugeMetricFamily(
             "llm_probe_regression_setting_seconds",
             "Regression settings in force per scenario (recent, baseline, accept_after), in seconds; "
-            "seasonality: 0 off, 1 auto, 2 daily.", labels=["scenario", "setting"])
+            "seasonality: 0 off, 1 auto, 2 daily, 3 weekly.", labels=["scenario", "setting"])
         for name, st in sorted(self.live.scenario_settings().items()):
             for setting, value in zip(SETTING_NAMES, (st.recent_s, st.baseline_s, st.accept_after_s,
                                                       SEASONALITY_CODE[st.seasonality])):
@@ -206,7 +207,7 @@ class LiveStats(Sink):
             for sc in config.scenarios:
                 st = self._by_scenario[sc.name]
                 interval = getattr(sc, "interval", None) or 3600.0
-                self._history_s[sc.name] = st.history_s(block_seconds(interval, st.recent_s, st.recent_runs))
+                self._history_s[sc.name] = st.memory_s(block_seconds(interval, st.recent_s, st.recent_runs))
 
         def follow(state: LiveCase, ctx, key) -> Optional[bool]:
             st = self._settings(key[1])
@@ -364,7 +365,7 @@ class LiveStats(Sink):
         with self._lock:
             settings = [self.settings, *self._by_scenario.values()]
             # Not configured (no schedules known): as long as an hourly schedule's history.
-            history = list(self._history_s.values()) or [self.settings.history_s(3600.0)]
+            history = list(self._history_s.values()) or [self.settings.memory_s(3600.0)]
         return max(history) + max(st.reference_s for st in settings)
 
     def rebuild(self, path: str | os.PathLike, max_bytes: int = REBUILD_MAX_BYTES) -> RebuildStats:

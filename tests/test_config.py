@@ -281,7 +281,7 @@ scenarios:
         900, 7 * 86400, "auto", 7 * 86400)
     assert (b.regression.recent, b.regression.baseline, b.regression.seasonality, b.regression.accept_after) == (
         1800, 14 * 86400, "daily", 3 * 86400)
-    for bad, where in (("{seasonality: weekly}", "regression.seasonality"), ("{baseline: 6h}", "regression"),
+    for bad, where in (("{seasonality: hourly}", "regression.seasonality"), ("{baseline: 6h}", "regression"),
                        ("{recnt: 5m}", "regression.recnt"), ("{accept_after: soon}", "regression.accept_after")):
         with pytest.raises(ConfigError) as exc:
             load_text(f"scenarios: [{{name: s, model: m, regression: {bad}, cases: {{x: {{prompt: p}}}}}}]")

@@ -191,3 +191,37 @@ def test_tokens_per_second_lower_is_worse():
     on = drive(det, 3 * 1440, lambda t: 40.0 if t < T0 + 2 * DAY else 28.0, rng)
     assert on and on[0] - 2 * 1440 <= 30
     assert det.verdict.change == pytest.approx(0.3, abs=0.05)  # 30 % fewer tokens/s
+
+
+def weekend(t):
+    """Saturdays and Sundays (UTC) 20 % faster (1970-01-01 was a Thursday)."""
+    return 0.8 if (int(t // DAY) + 3) % 7 >= 5 else 1.0
+
+
+def starts(on, every_min=5):
+    return [m for i, m in enumerate(on) if i == 0 or m - on[i - 1] > every_min]
+
+
+def test_a_weekly_pattern_is_learnt_and_a_regression_on_its_monday_still_pages():
+    rng = random.Random(8)
+    days = 28
+    # Without a weekly profile every Monday is 25 % slower than the Sunday before it.
+    daily = Detector(Settings(seasonality="daily"))
+    assert len(starts(drive(daily, days * 1440, weekend, rng, every=300))) >= 3
+    assert not daily.verdict.weekly
+    # With one, only the first Monday pages: no weekend had been seen before it.
+    det = Detector(Settings())
+    history = []
+    on = drive(det, days * 1440, weekend, rng, every=300, history=history)
+    assert det.verdict.weekly and not det.verdict.firing
+    assert all(m < 8 * 1440 for m in starts(on)), starts(on)
+    # A regression that lands with the weekly rise, at Monday 00:00, still pages at once.
+    monday = (math.floor((T0 + days * DAY) / DAY) + (7 - (math.floor((T0 + days * DAY) / DAY) + 3) % 7)) * DAY
+    first = int((monday - T0) // 300)
+    drive(det, int(monday - T0) // 60 - days * 1440, weekend, rng, start=days * 1440 // 5, every=300, history=history)
+    on = drive(det, 6 * 60, lambda t: 1.3 * weekend(t), rng, start=first, every=300, history=history)
+    assert on and on[0] - (monday - T0) / 60 <= 30
+    # Settings that never follow a week: a flat series gets no weekly profile.
+    flat = Detector(Settings())
+    drive(flat, 21 * 1440, lambda t: 1.0, rng, every=300)
+    assert not flat.verdict.weekly

@@ -49,7 +49,7 @@ from statistics import median
 
 from exporter.results import ProbeResult, RunSummary
 from .exporters import ROOT, open_live_stats
-from .noise import BACKGROUNDS, DAY, STEP_BACKGROUNDS, TRACE_STEP_BACKGROUNDS, Level
+from .noise import BACKGROUNDS, DAY, STEP_BACKGROUNDS, TRACE_STEP_BACKGROUNDS, WEEKLY_BACKGROUNDS, Level
 
 RULES = os.path.join(ROOT, "prometheus", "rules", "regression.yml")
 T0 = 1_780_000_000.0  # simulated wall clock at minute 0 (a multiple of 60)
@@ -127,7 +127,7 @@ def plan(days: int, quick: bool, rng: random.Random) -> list[Case]:
 
     # The recorded traces come last, so the simulated models' cases keep their names and draws.
     noise_cases(("indep", "drift-30m", "daily-10%") if quick else
-                tuple(bg for bg in BACKGROUNDS if bg not in TRACE_STEP_BACKGROUNDS))
+                tuple(bg for bg in BACKGROUNDS if bg not in TRACE_STEP_BACKGROUNDS + WEEKLY_BACKGROUNDS))
     step_cases([("indep", 0.25), ("indep", 0.5)] if quick else
                [("indep", 0.10)] + [(bg, e) for bg in STEP_BACKGROUNDS for e in (0.25, 0.5)])
     if not quick and days >= 14:
@@ -141,6 +141,8 @@ def plan(days: int, quick: bool, rng: random.Random) -> list[Case]:
     if not quick:
         noise_cases(TRACE_STEP_BACKGROUNDS)
         step_cases([(bg, e) for bg in TRACE_STEP_BACKGROUNDS for e in (0.25, 0.5)])
+        noise_cases(WEEKLY_BACKGROUNDS)
+        step_cases([(bg, e) for bg in WEEKLY_BACKGROUNDS for e in (0.25, 0.5)])
     return cases
 
 
@@ -270,6 +272,7 @@ class Outcome:
     detected: list = field(default_factory=list)  # (delay minutes, delay runs) per detected injection
     missed: int = 0
     false_alerts: int = 0
+    first_week: int = 0  # of the false alerts, those in the first 7 days
     case_weeks: float = 0.0
     held: list = field(default_factory=list)  # hold cases: (hours firing without a break from detection, hours wanted)
 
@@ -300,7 +303,9 @@ def score(schedule: str, days: int, cases: list[Case], fired: dict) -> dict[tupl
                 while m in on and m < hits[0] + want:
                     m += 1
                 o.held.append(((m - hits[0]) / 60, want / 60, sum(1 for x in minutes if x > end + 180) / 60))
-        o.false_alerts += sum(1 for m in episodes(minutes) if not any(x <= m <= y for x, y in excluded))
+        false = [m for m in episodes(minutes) if not any(x <= m <= y for x, y in excluded)]
+        o.false_alerts += len(false)
+        o.first_week += sum(1 for m in false if m < 7 * 1440)
         o.case_weeks += (days * 1440 - sum(min(y, days * 1440) - x for x, y in excluded)) / 10080
     return rows
 
@@ -344,9 +349,12 @@ def report(schedule: str, days: int, rows: dict, info: dict) -> tuple[list[str],
     by_noise: dict = {}
     for (kind, bg, _, _), o in rows.items():
         if kind == "noise":
-            fa, wk = by_noise.get(bg, (0, 0.0))
-            by_noise[bg] = (fa + o.false_alerts, wk + o.case_weeks)
-    for bg, (fa, wk) in sorted(by_noise.items()):
+            fa, first, wk = by_noise.get(bg, (0, 0, 0.0))
+            by_noise[bg] = (fa + o.false_alerts, first + o.first_week, wk + o.case_weeks)
+    for bg, (fa, first, wk) in sorted(by_noise.items()):
+        if bg in WEEKLY_BACKGROUNDS:  # shown, no target (tests/kit/noise.py)
+            lines.append(f"  no target: {bg}: {fa} false alerts in {wk:.0f} case-weeks, {first} of them in the first week")
+            continue
         ok = 4 * fa / wk <= 0.5
         met.append(ok)
         if not ok:

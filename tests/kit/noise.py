@@ -5,6 +5,8 @@ A case's request value is  base x exp(level(t) + request noise), with, in log sp
   an Ornstein-Uhlenbeck (continuous AR(1)) process with the same stationary size and a
   correlation time tau (the run's level follows the server's other traffic, GPU clocks, ...);
 - a daily cycle of amplitude A (a sinusoid plus a second harmonic, peak at a random hour);
+- a weekly pattern: weekends (Saturday and Sunday, UTC) quieter by a fraction, from midnight to
+  midnight;
 - bursts of competing load: episodes of +x % lasting minutes, at random (Poisson) times;
 - a slow drift (+1 %/day);
 - heavy tails: 1 % of requests 3x slower, or Student-t (3 degrees of freedom) run-level noise;
@@ -58,6 +60,7 @@ class Noise:
     req: float = 0.05  # request-level log-sd
     tau_s: float = 0.0  # correlation time of the run-level part (0: independent runs)
     daily: float = 0.0  # daily cycle: the level swings by about +-daily
+    weekend: float = 0.0  # Saturdays and Sundays (UTC) this fraction faster
     bursts_per_day: float = 0.0
     burst_s: tuple = (60.0, 360.0)
     burst_effect: float = 0.30
@@ -139,6 +142,8 @@ class Level:
             w = 2 * math.pi * (t % DAY) / DAY
             shape = (0.8 * math.sin(w + self._phase) + 0.2 * math.sin(2 * w + self._phase2)) / 0.92
             x += math.log1p(n.daily * shape)
+        if n.weekend and (int(t // DAY) + 3) % 7 >= 5:  # 1970-01-01 was a Thursday
+            x -= math.log1p(n.weekend)
         if n.drift_per_day:
             x += math.log1p(n.drift_per_day) * (t - t0) / DAY
         for start, end, f in self._events:
@@ -180,6 +185,8 @@ BACKGROUNDS = {
     "bursts": Noise("bursts", bursts_per_day=6),
     "drift+1%/d": Noise("drift+1%/d", drift_per_day=0.01),
     "server": Noise("server", tau_s=2 * H, daily=0.10, bursts_per_day=4, slow_requests=0.01),
+    # A server that is quieter at weekends: the Monday after each is 18 % slower than the Sunday.
+    "weekend-15%": Noise("weekend-15%", weekend=0.15),
     # Recorded from Ollama 0.33.1 with smollm2-135m on one core of this repository's 2-core CI
     # machine (num_thread 1; the other core ran alert evaluations): 2 h quiet, and 3 h 15 min (two
     # sessions) with another client decoding nonstop (scripts/record_trace.py).
@@ -190,3 +197,6 @@ BACKGROUNDS = {
 STEP_BACKGROUNDS = ("indep", "drift-10m", "drift-30m", "drift-2h", "daily-5%", "daily-10%")
 # Steps shown on the recorded traces too (no target: the issue's are for the models above).
 TRACE_STEP_BACKGROUNDS = ("ollama-quiet", "ollama-busy")
+# The weekly profile's check (no target of issue 19: a weekly pattern cannot be known before a
+# weekend has been seen, so the first Monday after the first weekend pages).
+WEEKLY_BACKGROUNDS = ("weekend-15%",)
