@@ -295,13 +295,14 @@ class Detector:
         history shows no weekly pattern worth following.
 
         Per hour of the memory (the median of its blocks, less the daily profile), its departure
-        from the median of the week centred on it (the memory's first or last week near its ends): a quieter weekend, busier office hours. The
-        profile at a time is the median of the departures at its hour and the hours either side,
-        1, 2 and 3 weeks before (offset 1w, 2w, 3w), so the history's blocks are judged against
-        weeks they are not part of: `auto` uses it where that makes the statistic the tests judge
-        scatter 10 % less, as for the daily profile, over every block but the current episode's
-        (until the profile knew it, a weekly pattern paged, and its blocks left the null). Blocks
-        with no week before them keep their departure."""
+        from the median of the week centred on it (near the memory's ends, its first or last
+        week): a quieter weekend, busier office hours. The profile at a time is the median of the
+        departures at its hour and the hours either side, 1, 2 and 3 weeks before (offset 1w, 2w,
+        3w), so the history's blocks are judged against weeks they are not part of. `auto` uses
+        it where that makes the statistic the tests judge scatter 10 % less, as for the daily
+        profile, over every block but the current episode's: until the profile knew it, a weekly
+        pattern paged, and its blocks left the null. Blocks with no week before them keep their
+        departure."""
         s = self.s
         if not s.weekly:
             return None
