@@ -148,6 +148,10 @@ def test_queries_use_only_defined_variables(name):
         assert "[[" not in expr, "deprecated [[var]] syntax"
 
 
+# Exporter-wide series labelled by scenario only (the regression settings in force).
+PER_SCENARIO = ("llm_probe_regression_setting_seconds",)
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_probe_queries_filter_on_the_dashboard_variables(name):
     """A probe-metric query that ignores $target/$model/$scenario would show other servers' data."""
@@ -155,6 +159,10 @@ def test_probe_queries_filter_on_the_dashboard_variables(name):
         for t in p.get("targets", []):
             for metric in re.findall(r"\b(llm_probe_\w+|\w+:llm_probe_\w+:\w+)\{([^}]*)\}", t["expr"]):
                 selector = metric[1]
+                if metric[0] in PER_SCENARIO:
+                    # Per scenario, no target: only joined on scenario with the selected targets' runs.
+                    assert 'scenario=~"$scenario"' in selector and "on (scenario)" in t["expr"], t["expr"]
+                    continue
                 assert 'target=~"$target"' in selector, f"{p['title']}: {t['expr']}"
                 # Optional topology: `.*` (All) also matches a single-site stack without the labels.
                 assert 'site=~"$site"' in selector and 'cluster=~"$cluster"' in selector, f"{p['title']}: {t['expr']}"
