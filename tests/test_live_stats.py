@@ -210,7 +210,7 @@ def test_accepting_a_new_level_ends_the_episode_and_moves_the_reference():
     assert gauge(registry, "llm_probe_regression_since_timestamp_seconds") is None
 
 
-def _run_both(tmp_path, runs, interval, writer_kw=None, accept_at=None):
+def _run_both(tmp_path, runs, interval, writer_kw=None, accept_at=None, pattern=lambda t: 1.0):
     path = tmp_path / "results.jsonl"
     writer = ResultsWriter(path, **(writer_kw or {}))
     registry = CollectorRegistry()
@@ -219,7 +219,7 @@ def _run_both(tmp_path, runs, interval, writer_kw=None, accept_at=None):
     for i in range(runs):
         t = T0 + interval * i
         for case in ("short", "long"):
-            level = 1.4 if accept_at and i >= accept_at - 60 and case == "short" else 1.0
+            level = (1.4 if accept_at and i >= accept_at - 60 and case == "short" else 1.0) * pattern(t)
             values = [level * rng.lognormvariate(math.log(0.3 if case == "short" else 2.0), 0.05) for _ in range(3)]
             feed(live, t, values, run_id=f"{case}{i}", sinks=[writer], case=case,
                  eval_count=64, eval_duration_s=rng.uniform(2, 2.2), request_duration_s=3.0)
@@ -335,6 +335,21 @@ def test_accept_endpoint_and_command_record_the_acceptance(tmp_path):
     # With the exporter stopped, the command appends the record for the next start to replay.
     assert main(["accept", "--target", "t1", "--case", "short", "--results.file", str(results)]) == 0
     assert sum(1 for a in map(parse_acceptance_line, results.read_bytes().splitlines()) if a) == 2
+
+
+def test_rebuild_keeps_the_weeks_of_the_weekly_profile(tmp_path):
+    # 22 days of runs every 15 minutes, weekends 20 % faster: blocks older than the 7-day history
+    # live on as hourly medians, and the rebuild reads far enough back to find them again.
+    def weekend(t):
+        return 0.8 if (int(t // 86400) + 3) % 7 >= 5 else 1.0  # 1970-01-01 was a Thursday
+
+    registry, rebuilt, stats = _run_both(tmp_path, runs=22 * 96, interval=900, pattern=weekend)
+    assert stats.runs == 2 * 22 * 96
+    seasonal = {dict(labels)["quantity"]: v for name, labels, v in samples(registry)
+                if name == "llm_probe_regression_seasonal" and dict(labels)["case"] == "short"}
+    # The time to first token follows the weekends; tokens/s (from the decode time) does not.
+    assert seasonal["time_to_first_token_seconds"] == 2 and seasonal["output_tokens_per_second"] == 0
+    assert samples(rebuilt) == samples(registry)
 
 
 def test_rebuild_skips_what_is_older_than_the_history_it_needs(tmp_path):
