@@ -87,7 +87,8 @@ def create_app(
     `reload` returns (ok, message) and may be absent (then /-/reload is 404); `ready` says
     whether the probes run; `landing` gives the landing page's current contents; `accept`
     takes a scope (target, scenario, model, case, concurrency, start, quantity: None matches any)
-    and returns (series accepted, message): POST /-/accept?target=...&case=... (docs/regression.md).
+    and returns (series accepted, message), -1 series while it cannot now (503): POST
+    /-/accept?target=...&case=... (docs/regression.md).
     """
 
     def app(environ, start_response):
@@ -123,7 +124,8 @@ def create_app(
                 return reply("400 Bad Request", b"target is required (and scenario, model, case, concurrency, "
                                                 b"start, quantity narrow it)\n")
             n, message = accept({k: query[k][-1] if k in query else None for k in ACCEPT_SCOPE})
-            return reply("200 OK" if n else "404 Not Found", (message + "\n").encode())
+            status = "200 OK" if n > 0 else "503 Service Unavailable" if n < 0 else "404 Not Found"
+            return reply(status, (message + "\n").encode())
         if method not in ("GET", "HEAD"):
             return reply("405 Method Not Allowed", b"method not allowed\n")
         if path == "/":

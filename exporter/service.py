@@ -63,10 +63,10 @@ class Exporter:
         self.discovery = TargetDiscovery(DiscoveryMetrics(self.registry), self._targets_changed, self._check_targets)
         self.discovery.configure(config.target_files)
         self._install(config)
-        if results_path:
-            # A restart must not reset the baseline that regressions are judged against; the
-            # key space is in place, so only the current config's cases are rebuilt.
-            self.live_stats.rebuild(results_path)
+        self.results_path = results_path
+        self.rebuilt = threading.Event()  # the live statistics are replayed; probes may run
+        self._stopped = False
+        self._start_lock = threading.Lock()  # shutdown against the start that follows the rebuild
 
     def _resolve(self, config: Config, discovered=None) -> Config:
         discovered = self.discovery.current() if discovered is None else discovered
@@ -113,17 +113,38 @@ class Exporter:
         self.exporter_metrics.label_combinations.set(config.label_combinations)
         self.exposition.invalidate()
 
+    def rebuild(self) -> None:
+        """Replay the results file into the live statistics: a restart must not reset the
+        baseline that regressions are judged against. The key space is in place, so only the
+        current config's cases are rebuilt; a reload waits for it."""
+        if self.results_path and not self.rebuilt.is_set():
+            with self._reload_lock:
+                self.live_stats.rebuild(self.results_path)
+            self.exposition.invalidate()
+        self.rebuilt.set()
+
     def start(self) -> None:
-        self.scheduler.start()
-        self.discovery.start()
-        shard = f" (shard {self.shard.index} of {self.shard.count})" if self.shard.count > 1 else ""
-        log.info(
-            "probing %d scenario(s) on %d target(s) from %s%s",
-            len(self.config.scenarios), len(self.config.targets), self.config.source, shard,
-        )
+        """Rebuild, then probe, on a thread of its own: /metrics is served meanwhile (four weeks of
+        results take minutes to replay, and an exporter that answers no scrape for that long is
+        down to Prometheus). No probe runs before the rebuild: its runs must come after the
+        replayed ones."""
+        def begin() -> None:
+            self.rebuild()
+            with self._start_lock:
+                if self._stopped:
+                    return
+                self.scheduler.start()
+                self.discovery.start()
+            shard = f" (shard {self.shard.index} of {self.shard.count})" if self.shard.count > 1 else ""
+            log.info(
+                "probing %d scenario(s) on %d target(s) from %s%s",
+                len(self.config.scenarios), len(self.config.targets), self.config.source, shard,
+            )
+
+        threading.Thread(target=begin, name="start", daemon=True).start()
 
     def ready(self) -> bool:
-        return self.scheduler.running and not self.scheduler.stop.is_set()
+        return self.rebuilt.is_set() and self.scheduler.running and not self.scheduler.stop.is_set()
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the config file; a bad one is refused and the running config stays."""
@@ -158,7 +179,11 @@ class Exporter:
 
     def accept(self, scope: dict) -> tuple[int, str]:
         """Accept the current level of the series in scope as their new regression reference:
-        recorded in the results file (a restart replays it), then applied. Returns (series, message)."""
+        recorded in the results file (a restart replays it), then applied. Returns (series, message);
+        series is -1 while the rebuild at start-up runs (an acceptance then would land among the
+        replayed runs)."""
+        if not self.rebuilt.is_set():
+            return -1, "the live statistics are being rebuilt from the results file; try again when /-/ready says ready"
         a = Acceptance(at=time.time(), **scope)
         n = self.live_stats.accept(a)
         what = ", ".join(f"{k}={v}" for k, v in scope.items() if v is not None) or "every series"
@@ -173,6 +198,8 @@ class Exporter:
 
     def shutdown(self, grace: float = 10.0) -> bool:
         """Stop probing; True if every run ended within the grace period."""
+        with self._start_lock:
+            self._stopped = True
         self.discovery.stop()
         finished = self.scheduler.shutdown(grace)
         if not finished:

@@ -295,6 +295,7 @@ def test_the_exporter_rebuilds_its_baseline_at_start_up(tmp_path):
     cfg_path = tmp_path / "s.yaml"
     cfg_path.write_text(scenario_yaml("http://127.0.0.1:9", model="m"))
     exporter = Exporter(str(cfg_path), load_text(cfg_path.read_text(), "test"), results_path=str(results))
+    exporter.rebuild()  # start() runs it on its own thread, then the probes
     assert 53 <= gauge(exporter, "llm_probe_baseline_runs") <= 59  # counted at the last refresh
     assert gauge(exporter, "llm_probe_baseline_median") == pytest.approx(0.302)
     setting = {"scenario": "s", "setting": "baseline"}
@@ -319,6 +320,10 @@ def test_accept_endpoint_and_command_record_the_acceptance(tmp_path):
     cfg_path = tmp_path / "s.yaml"
     cfg_path.write_text(scenario_yaml("http://127.0.0.1:9", model="m"))
     exporter = Exporter(str(cfg_path), load_text(cfg_path.read_text(), "test"), results_path=str(results))
+    app = exporter.app()
+    # Until the rebuild at start-up has run, an acceptance would land among the replayed runs.
+    assert _call(app, "POST", "/-/accept", "target=t1")[0].startswith("503")
+    exporter.rebuild()
     for i in range(16 * 60):
         feed(exporter.live_stats, T0 + 60 * i, [0.3 + 0.001 * (i % 5)], scenario="s")
     app = exporter.app()
@@ -335,6 +340,45 @@ def test_accept_endpoint_and_command_record_the_acceptance(tmp_path):
     # With the exporter stopped, the command appends the record for the next start to replay.
     assert main(["accept", "--target", "t1", "--case", "short", "--results.file", str(results)]) == 0
     assert sum(1 for a in map(parse_acceptance_line, results.read_bytes().splitlines()) if a) == 2
+
+
+def test_the_exporter_serves_metrics_while_it_rebuilds_and_probes_after(tmp_path, monkeypatch):
+    """Weeks of results take minutes to replay: /metrics answers meanwhile (no "exporter down"),
+    /-/ready says not ready, and no probe runs before the replay is done."""
+    import threading
+
+    import requests
+
+    from exporter.live_stats import LiveStats
+    from tests.kit.exporters import ThreadedExporter, wait_for
+    from tests.kit.fake_ollama import FakeOllama
+
+    replaying, release = threading.Event(), threading.Event()
+    original = LiveStats.rebuild
+
+    def slow_rebuild(self, path, *args, **kwargs):
+        replaying.set()
+        assert release.wait(30)
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(LiveStats, "rebuild", slow_rebuild)
+    results = tmp_path / "results.jsonl"
+    writer = ResultsWriter(results)
+    for i in range(60):
+        writer.write(record(f"r{i}", T0 + 3600 * i, 0.3))
+    writer.close()
+    with FakeOllama() as fake:
+        cfg_path = tmp_path / "s.yaml"
+        cfg_path.write_text(scenario_yaml(fake.url, model="m"))
+        with ThreadedExporter(str(cfg_path), results_path=str(results)) as running:
+            assert replaying.wait(10)
+            assert requests.get(running.base + "/metrics", timeout=5).status_code == 200
+            assert requests.get(running.base + "/-/ready", timeout=5).status_code == 503
+            assert not running.exporter.scheduler.running and not fake.requests
+            release.set()
+            wait_for(lambda: requests.get(running.base + "/-/ready", timeout=5).status_code == 200, timeout=20,
+                     what="ready after the rebuild")
+            assert running.exporter.rebuilt.is_set()
 
 
 def test_rebuild_keeps_the_weeks_of_the_weekly_profile(tmp_path):
