@@ -225,3 +225,14 @@ def test_a_weekly_pattern_is_learnt_and_a_regression_on_its_monday_still_pages()
     flat = Detector(Settings())
     drive(flat, 21 * 1440, lambda t: 1.0, rng, every=300)
     assert not flat.verdict.weekly
+
+
+def test_office_hours_on_weekdays_stop_paging_once_weeks_of_them_are_known():
+    def office(t):  # Monday to Friday, 9:00 to 17:00 UTC, 30 % slower
+        return 1.3 if (int(t // DAY) + 3) % 7 < 5 and 9 <= (t % DAY) / 3600 < 17 else 1.0
+
+    rng = random.Random(9)
+    det = Detector(Settings())
+    on = drive(det, 28 * 1440, office, rng, every=300)
+    # The first weekdays page: no cycle is known yet. Once weeks of them are, none does.
+    assert det.verdict.weekly and [m for m in starts(on) if m >= 14 * 1440] == []
