@@ -11,7 +11,11 @@ In log space, worse positive (y = log value, or -log value for tokens/s):
   least 672 blocks); blocks of an alert episode are left out of it.
 - the daily profile (seasonality): per slot of the day, the median of the blocks' deviations over
   the days of history; used when, measured out of sample (each day against the profile of the
-  other days), it makes the blocks scatter less (auto), or always (daily).
+  other days), it makes the blocks scatter less (auto), or always (daily, weekly).
+- the weekly profile: per hour, less the daily profile, its departure from the week around it;
+  the profile at a time is the median of the departures at that hour 1, 2 and 3 weeks before
+  (hours older than the history are kept as one median an hour); used like the daily one (auto),
+  or always (weekly).
 - the reference: the median of the deseasonalised blocks of the last day before the recent window;
   it follows slow drift, but never the blocks of an alert episode, so a regression stays one.
 - the level test: the recent statistic minus reference and profile, d. Its null distribution is
@@ -124,7 +128,7 @@ class Null:
     t_jump: Optional[float]
     t_runs: float  # what two odd runs of three explain (slow schedules; else -inf)
     t_better: float  # how far below its reference the level must be to count as an improvement
-    weekly: Optional[dict]  # per hour: the level's usual departure from its reference that hour of the week
+    weekly: Optional[dict]  # the weekly profile's data: per hour, its departure from the week around it
     spread: float
     blocks: int
     runs: int
@@ -191,16 +195,17 @@ class Detector:
         while self.blocks and self.blocks[0][0] < start - keep:
             old = self.blocks.popleft()
             if old[2] != HELD and self.s.weekly:
-                self._fold_in(old[0], old[1])
+                self._fold_in(old[0], old[1], start)
 
-    def _fold_in(self, t: float, y: float) -> None:
-        """A block leaving the history: kept as its hour's median for the weekly profile."""
+    def _fold_in(self, t: float, y: float, now: float) -> None:
+        """A block leaving the history: kept as its hour's median for the weekly profile, as far
+        back as the memory reaches (what a rebuild reads again)."""
         h = int(t // HOUR)
         hour, values = self._fold
         if hour is not None and h != hour:
             self.hours[hour] = _median(values)
             values = []
-            horizon = h - int(self.s.memory_s(self.w) // HOUR)
+            horizon = int((now - self.s.memory_s(self.w)) // HOUR)
             while self.hours and next(iter(self.hours)) < horizon:
                 del self.hours[next(iter(self.hours))]
         values.append(y)
@@ -347,8 +352,8 @@ class Detector:
             return None
         if s.seasonality == "auto":
             flat = spread(_window_medians([x for x, _ in known], k)[k - 1:])[1]
-            weekly = spread(_window_medians([x - p for x, p in known], k)[k - 1:])[1]
-            if not weekly < 0.9 * flat:
+            followed = spread(_window_medians([x - p for x, p in known], k)[k - 1:])[1]
+            if not followed < 0.9 * flat:
                 return None
         return departure
 
