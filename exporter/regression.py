@@ -42,12 +42,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
+from .seasonality import HOUR, WEEK, daily_profile, profile_value, week_at, weekly_departures
 from .thresholds import median as _median
-from .thresholds import spread, threshold_of
+from .thresholds import quick_median, threshold_of, window_medians
 
-HOUR = 3600.0
 DAY = 86400.0
-WEEK = 7 * DAY
 FOUR_WEEKS = 28 * DAY
 ADMITTED, HELD, EXCLUDED = 0, 1, 2
 IMPROVEMENT_S = 3600.0  # how long an improvement must last before the gauge shows it
@@ -232,14 +231,14 @@ class Detector:
         # k blocks make a recent window (1 on a fast schedule; 3 on an hourly one, a block a run):
         # the statistic over the history is the median of k consecutive blocks.
         k = self._k()
-        profile, loo = self._season(adm, span, k)
+        profile, loo = daily_profile(adm, w, self._slots(), span, s.seasonality, k)
         z = [y - p for y, p in zip(ys, loo)] if profile else ys
         weekly = self._weekly(profile, k)
         if weekly:
-            z = [x - _week_at(weekly, b[0] + w / 2, s.weeks) for x, b in zip(z, adm)]
+            z = [x - week_at(weekly, b[0] + w / 2, s.weeks) for x, b in zip(z, adm)]
         # The level statistic over the history: each block's median (the recent window's statistic
         # at the block's end) against the reference it had then.
-        zk, yk = _window_medians(z, k), _window_medians(ys, k)
+        zk, yk = window_medians(z, k), window_medians(ys, k)
         level = self._against_reference(adm, z, zk, k)
         tests = FOUR_WEEKS / w
         budget = s.false_alerts_per_4_weeks / 2  # two tests share it
@@ -265,8 +264,8 @@ class Detector:
             if adm[i][0] - adm[i - p - k + 1][0] <= (p + k) * w * 1.5:
                 jump = yk[i] - _median(ys[i - p - k + 1:i - k + 1])
                 if weekly:  # what the hour of the week usually adds between the two
-                    jump -= (_week_at(weekly, adm[i][0] + w / 2, s.weeks)
-                             - _week_at(weekly, adm[i - k][0] + w / 2, s.weeks))
+                    jump -= (week_at(weekly, adm[i][0] + w / 2, s.weeks)
+                             - week_at(weekly, adm[i - k][0] + w / 2, s.weeks))
                 jumps.append(jump)
         t_jump = (max(threshold_of(jumps, tests, budget, per_block)[0], t_low)
                   if len(jumps) >= s.min_blocks else None)
@@ -292,70 +291,21 @@ class Detector:
             # Only against a reference of at least half its span: a shorter one would hide the
             # slow part of the noise (drift, the daily cycle) from the null.
             if i >= blocks - 1 and window and b[0] - adm[lo][0] >= s.reference_s / 2:
-                out.append(stat[i] - _quick_median(window))
+                out.append(stat[i] - quick_median(window))
         return out
 
     def _weekly(self, profile: Optional[list], k: int) -> Optional[dict]:
-        """The weekly profile (per hour, its departure from the week around it), or None where the
-        history shows no weekly pattern worth following.
-
-        Per hour of the memory (the median of its blocks, less the daily profile), its departure
-        from the median of the week centred on it (near the memory's ends, its first or last
-        week): a quieter weekend, busier office hours. The profile at a time is the median of the
-        departures at its hour and the hours either side, 1, 2 and 3 weeks before (offset 1w, 2w,
-        3w), so the history's blocks are judged against weeks they are not part of. `auto` uses
-        it where that makes the statistic the tests judge scatter 10 % less, as for the daily
-        profile, over every block but the current episode's: until the profile knew it, a weekly
-        pattern paged, and its blocks left the null. Blocks with no week before them keep their
-        departure."""
-        s = self.s
-        if not s.weekly:
+        """The weekly profile's departures (seasonality.weekly_departures) from every hour the
+        series remembers: the blocks older than the history, one median an hour, and the blocks
+        of the history but the current episode's (until the profile knew it, a weekly pattern
+        paged, and its blocks left the null)."""
+        if not self.s.weekly:
             return None
         blocks = [b for b in self.blocks if b[2] != HELD]
-        by_hour: dict = {}
-        for b in blocks:
-            by_hour.setdefault(int(b[0] // HOUR), []).append(b[1])
         hourly = dict(self.hours)
         if self._fold[0] is not None:
             hourly[self._fold[0]] = _median(self._fold[1])
-        hourly.update((h, _median(v)) for h, v in by_hour.items())
-        if len(hourly) < 168:
-            return None
-        slot_s = DAY / len(profile) if profile else DAY
-
-        def daily(t: float) -> float:
-            return _profile_value(profile, slot_s, t) if profile else 0.0
-
-        hourly = {h: v - daily((h + 0.5) * HOUR) for h, v in hourly.items()}
-        hours = sorted(hourly)
-        values = [hourly[h] for h in hours]
-        departure, window, lo, hi = {}, [], 0, 0
-        for i, h in enumerate(hours):
-            # The week centred on h, or the first or last week of the memory near its ends: a
-            # sorted window sliding with h.
-            a = max(min(h - 84, hours[-1] - 167), hours[0])
-            while hi < len(hours) and hours[hi] < a + 168:
-                bisect.insort(window, values[hi])
-                hi += 1
-            while hours[lo] < a:
-                del window[bisect.bisect_left(window, values[lo])]
-                lo += 1
-            if len(window) >= 84:
-                departure[h] = values[i] - _quick_median(window)
-        known = []
-        for b in blocks:
-            p = _week_at(departure, b[0] + self.w / 2, s.weeks, None)
-            if p is not None:
-                known.append((b[1] - daily(b[0] + self.w / 2), p))
-        # Judged once two days of the history have a week before them.
-        if len(known) < max(s.min_blocks, 2 * DAY / self.w, k):
-            return None
-        if s.seasonality == "auto":
-            flat = spread(_window_medians([x for x, _ in known], k)[k - 1:])[1]
-            followed = spread(_window_medians([x - p for x, p in known], k)[k - 1:])[1]
-            if not followed < 0.9 * flat:
-                return None
-        return departure
+        return weekly_departures(hourly, blocks, self.w, profile, self.s, k)
 
     def _runs_bounds(self, adm: list, z: list, k: int, tests: float, budget: float) -> tuple[float, float]:
         """Where a recent window is the median of k runs (a block a run), two floors from the tail
@@ -375,52 +325,9 @@ class Detector:
         p = (budget / (tests * math.comb(k, h))) ** (1 / h)
         return threshold_of(odd, 1 / p, 1.0)[0], threshold_of([-x for x in odd], tests, budget)[0]
 
-    def _season(self, adm: list, span: float, k: int = 1):
-        """The daily profile (per slot, smoothed) and each block's out-of-sample profile value,
-        or (None, None) when the history shows no daily cycle worth following."""
-        mode = self.s.seasonality
-        if mode == "off" or span < (3 if mode == "auto" else 2) * DAY:
-            return None, None
-        n = self._slots()
-        slot_s = DAY / n
-        centre = _median([b[1] for b in adm])
-        cells: dict = {}
-        for b in adm:
-            mid = b[0] + self.w / 2
-            cells.setdefault((int(mid // DAY), int((mid % DAY) // slot_s)), []).append(b[1] - centre)
-        per_slot: list[dict] = [dict() for _ in range(n)]
-        for (day, slot), v in cells.items():
-            per_slot[slot][day] = _median(v)
-
-        def smooth(raw: list) -> list:
-            # A 3-slot running mean where slots are short (w <= 1 h); a long slot is already smooth.
-            return [(raw[i - 1] + raw[i] + raw[(i + 1) % n]) / 3 if n >= 24 else raw[i] for i in range(n)]
-
-        full = smooth([_median(list(d.values())) if d else 0.0 for d in per_slot])
-        days = sorted({day for day, _ in cells})
-        loo_by_day = {}
-        for day in days:
-            raw = []
-            for d in per_slot:
-                others = [v for k, v in d.items() if k != day]
-                raw.append(_median(others) if others else 0.0)
-            loo_by_day[day] = smooth(raw)
-        loo = []
-        for b in adm:
-            mid = b[0] + self.w / 2
-            loo.append(loo_by_day[int(mid // DAY)][int((mid % DAY) // slot_s)])
-        if mode == "auto":
-            # Judged on the statistic the tests judge, the median of k blocks (whole windows): on an
-            # hourly schedule a median of 3 runs has a third of a run's noise and all of the cycle.
-            flat = spread(_window_medians([b[1] for b in adm], k)[k - 1:])[1]
-            seasonal = spread(_window_medians([b[1] - p for b, p in zip(adm, loo)], k)[k - 1:])[1]
-            if not seasonal < 0.9 * flat:
-                return None, None
-        return full, loo
-
     def _profile_at(self, null: Null, t: float) -> float:
-        daily = _profile_value(null.profile, null.slot_s, t) if null.profile else 0.0
-        return daily + (_week_at(null.weekly, t, self.s.weeks) if null.weekly else 0.0)
+        daily = profile_value(null.profile, null.slot_s, t) if null.profile else 0.0
+        return daily + (week_at(null.weekly, t, self.s.weeks) if null.weekly else 0.0)
 
     # ---- judging the recent window ----
     def judge(self, now: float, recent_value: float, recent_start: float) -> Verdict:
@@ -448,8 +355,8 @@ class Detector:
         if len(before) == self.s.jump_blocks:
             jump = yr - _median(before)
             if null is not None and null.weekly:  # what the hour of the week usually adds since then
-                jump -= (_week_at(null.weekly, (recent_start + now) / 2, self.s.weeks)
-                         - _week_at(null.weekly, before_t, self.s.weeks))
+                jump -= (week_at(null.weekly, (recent_start + now) / 2, self.s.weeks)
+                         - week_at(null.weekly, before_t, self.s.weeks))
         if null is None:
             self._d = None
             v.expected = v.reference = v.threshold = v.noise = v.change = None
@@ -552,31 +459,3 @@ def block_seconds(gap: float, recent_s: float, recent_runs: int) -> float:
     fit = max(1, math.floor(max(recent_s, gap) / gap + 1e-9))
     m = max(d for d in range(1, min(runs, fit) + 1) if runs % d == 0)
     return float(max(60, round(m * gap)))
-
-
-def _profile_value(profile: list, slot_s: float, t: float) -> float:
-    """The daily profile at t, interpolated between the slots' centres."""
-    n = len(profile)
-    pos = (t % DAY) / slot_s - 0.5
-    i = math.floor(pos)
-    f = pos - i
-    return (1 - f) * profile[i % n] + f * profile[(i + 1) % n]
-
-
-def _week_at(departure: dict, t: float, weeks: int, default: Optional[float] = 0.0) -> Optional[float]:
-    """The weekly profile at t: the median departure at its hour and the hours either side, 1 to
-    `weeks` weeks before."""
-    h = int(t // HOUR)
-    found = [departure[x] for j in range(1, weeks + 1) for x in (h - 168 * j - 1, h - 168 * j, h - 168 * j + 1)
-             if x in departure]
-    return _median(found) if found else default
-
-
-def _window_medians(xs: list, k: int) -> list:
-    """Per position, the median of the k values ending there (fewer at the start)."""
-    return xs if k == 1 else [_median(xs[max(i - k + 1, 0):i + 1]) for i in range(len(xs))]
-
-
-def _quick_median(s: list) -> float:
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])

@@ -14,6 +14,17 @@ def median(xs: list) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
+def quick_median(s: list) -> float:
+    """The median of a list already sorted."""
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def window_medians(xs: list, k: int) -> list:
+    """Per position, the median of the k values ending there (fewer at the start)."""
+    return xs if k == 1 else [median(xs[max(i - k + 1, 0):i + 1]) for i in range(len(xs))]
+
+
 # The variance of a normal sample winsorised at 2 standard deviations, and how precise its
 # standard deviation is against a plain one (as many values as this fraction).
 WINSOR_VARIANCE = 0.9205
