@@ -94,8 +94,8 @@ class Settings:
 
     def memory_s(self, w: float) -> float:
         """How far back a series remembers: its history, and the weeks of the weekly profile (kept
-        as one number an hour) with the day before them that their reference needs."""
-        return max(self.history_s(w), (self.weeks + 1) * WEEK + self.reference_s if self.weekly else 0.0)
+        as one number an hour): the week before each of the last 3 and the week being judged."""
+        return max(self.history_s(w), (self.weeks + 1) * WEEK if self.weekly else 0.0)
 
 
 @dataclass
@@ -224,7 +224,7 @@ class Detector:
         span = (now - adm[0][0]) if adm else 0.0
         self.verdict.history_s, self.verdict.blocks, self.verdict.runs = span, len(adm), runs
         if len(adm) < self.s.min_blocks:
-            self._null = None
+            self._keep_or_drop_null()
             return
         w, s = self.w, self.s
         ys = [b[1] for b in adm]
@@ -247,7 +247,7 @@ class Detector:
             # smaller share keeps the real rate as far under the budget as confirming does.
             budget /= s.slow_budget_divisor
         if len(level) < s.min_blocks:
-            self._null = None
+            self._keep_or_drop_null()
             return
         per_block = max(1, round(w / self.gap))
         t_level, sd = threshold_of(level, tests, budget, per_block)
@@ -263,8 +263,8 @@ class Detector:
         for i in range(p + k - 1, len(adm)):
             if adm[i][0] - adm[i - p - k + 1][0] <= (p + k) * w * 1.5:
                 jump = yk[i] - _median(ys[i - p - k + 1:i - k + 1])
-                if weekly:  # what the hour of the week usually adds between the two
-                    jump -= (week_at(weekly, adm[i][0] + w / 2, s.weeks)
+                if weekly:  # what the hour of the week usually adds between the two (window midpoints)
+                    jump -= (week_at(weekly, (adm[i - k + 1][0] + adm[i][0] + w) / 2, s.weeks)
                              - week_at(weekly, adm[i - k][0] + w / 2, s.weeks))
                 jumps.append(jump)
         t_jump = (max(threshold_of(jumps, tests, budget, per_block)[0], t_low)
@@ -275,6 +275,13 @@ class Detector:
         ref = _median(recent if len(recent) >= 4 else z)
         self._null = Null(ref, profile, DAY / self._slots(), t_level, _median(level), t_jump, t_runs, t_better,
                           weekly, sd, len(adm), runs, span)
+
+    def _keep_or_drop_null(self) -> None:
+        """Too few admitted blocks for a null. During an episode that is the episode's doing (its
+        blocks, and those of earlier ones, fill the history): the last null stays, so the alert
+        keeps firing and the episode can still end, be accepted, or reach accept_after."""
+        if self.since is None:
+            self._null = None
 
     def _against_reference(self, adm: list, z: list, stat: list, blocks: int) -> list:
         """stat (of a window of `blocks` blocks ending at each block) against the reference it had

@@ -66,6 +66,7 @@ class Exporter:
         self.results_path = results_path
         self.rebuilt = threading.Event()  # the live statistics are replayed; probes may run
         self._stopped = False
+        self._reload_pending = False  # a reload asked for while the rebuild ran
         self._start_lock = threading.Lock()  # shutdown against the start that follows the rebuild
 
     def _resolve(self, config: Config, discovered=None) -> Config:
@@ -116,12 +117,22 @@ class Exporter:
     def rebuild(self) -> None:
         """Replay the results file into the live statistics: a restart must not reset the
         baseline that regressions are judged against. The key space is in place, so only the
-        current config's cases are rebuilt; a reload waits for it."""
+        current config's cases are rebuilt. A reload asked for meanwhile runs after it. Whatever
+        goes wrong, the exporter goes on with what was rebuilt (a history builds up again from
+        new runs) rather than never probing."""
         if self.results_path and not self.rebuilt.is_set():
-            with self._reload_lock:
-                self.live_stats.rebuild(self.results_path)
+            try:
+                with self._reload_lock:
+                    self.live_stats.rebuild(self.results_path)
+            except Exception:
+                log.exception("cannot rebuild live statistics from %s; going on without the rest of them",
+                              self.results_path)
             self.exposition.invalidate()
-        self.rebuilt.set()
+        with self._start_lock:
+            self.rebuilt.set()
+            pending, self._reload_pending = self._reload_pending, False
+        if pending:
+            self.reload()
 
     def start(self) -> None:
         """Rebuild, then probe, on a thread of its own: /metrics is served meanwhile (four weeks of
@@ -147,7 +158,13 @@ class Exporter:
         return self.rebuilt.is_set() and self.scheduler.running and not self.scheduler.stop.is_set()
 
     def reload(self) -> tuple[bool, str]:
-        """Re-read the config file; a bad one is refused and the running config stays."""
+        """Re-read the config file; a bad one is refused and the running config stays. While the
+        rebuild at start-up runs (minutes, holding the lock), it is queued, not waited for."""
+        if not self.rebuilt.is_set() and self.results_path:
+            with self._start_lock:
+                if not self.rebuilt.is_set():
+                    self._reload_pending = True
+                    return True, "the live statistics are being rebuilt; the config is reloaded right after"
         with self._reload_lock:
             try:
                 config = load_file(self.config_path)

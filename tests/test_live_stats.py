@@ -375,10 +375,36 @@ def test_the_exporter_serves_metrics_while_it_rebuilds_and_probes_after(tmp_path
             assert requests.get(running.base + "/metrics", timeout=5).status_code == 200
             assert requests.get(running.base + "/-/ready", timeout=5).status_code == 503
             assert not running.exporter.scheduler.running and not fake.requests
+            # A reload meanwhile is queued, not waited for (the rebuild holds the lock for minutes).
+            cfg_path.write_text(scenario_yaml(fake.url, model="m", cases={"other": "hello"}))
+            r = requests.post(running.base + "/-/reload", timeout=5)
+            assert r.status_code == 200 and "right after" in r.text
             release.set()
             wait_for(lambda: requests.get(running.base + "/-/ready", timeout=5).status_code == 200, timeout=20,
                      what="ready after the rebuild")
             assert running.exporter.rebuilt.is_set()
+            assert [c.name for c in running.exporter.config.scenarios[0].cases] == ["other"]
+
+
+def test_an_exporter_whose_rebuild_fails_still_probes(tmp_path, monkeypatch, caplog):
+    import requests
+
+    from exporter.live_stats import LiveStats
+    from tests.kit.exporters import ThreadedExporter, wait_for
+    from tests.kit.fake_ollama import FakeOllama
+
+    def broken(self, path, *args, **kwargs):
+        raise RuntimeError("a bug in the replay")
+
+    monkeypatch.setattr(LiveStats, "rebuild", broken)
+    with FakeOllama() as fake:
+        cfg_path = tmp_path / "s.yaml"
+        cfg_path.write_text(scenario_yaml(fake.url, model="m"))
+        with ThreadedExporter(str(cfg_path), results_path=str(tmp_path / "results.jsonl")) as running:
+            wait_for(lambda: requests.get(running.base + "/-/ready", timeout=5).status_code == 200, timeout=20,
+                     what="ready although the rebuild failed")
+            wait_for(lambda: fake.requests, timeout=20, what="a probe")
+    assert "cannot rebuild live statistics" in caplog.text
 
 
 def test_rebuild_keeps_the_weeks_of_the_weekly_profile(tmp_path):

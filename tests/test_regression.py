@@ -236,3 +236,14 @@ def test_office_hours_on_weekdays_stop_paging_once_weeks_of_them_are_known():
     on = drive(det, 28 * 1440, office, rng, every=300)
     # The first weekdays page: no cycle is known yet. Once weeks of them are, none does.
     assert det.verdict.weekly and [m for m in starts(on) if m >= 14 * 1440] == []
+
+
+def test_a_regression_longer_than_the_history_is_still_accepted_after_accept_after():
+    # The episode's blocks fill the 7-day history before accept_after (7 days) has passed: the
+    # detector must keep judging (and accept) instead of losing its null and its gauges.
+    rng = random.Random(10)
+    det = Detector(Settings())
+    on = drive(det, 12 * 1440, lambda t: 1.0 if t < T0 + 3 * DAY else 1.5, rng, every=300)
+    assert on and on[0] - 3 * 1440 <= 30
+    assert not det.verdict.firing and det.verdict.threshold is not None
+    assert det.verdict.reference == pytest.approx(1.5, rel=0.05)
