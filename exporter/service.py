@@ -152,7 +152,10 @@ class Exporter:
                 len(self.config.scenarios), len(self.config.targets), self.config.source, shard,
             )
 
-        threading.Thread(target=begin, name="start", daemon=True).start()
+        if self.results_path:
+            threading.Thread(target=begin, name="start", daemon=True).start()
+        else:
+            begin()  # nothing to replay
 
     def ready(self) -> bool:
         return self.rebuilt.is_set() and self.scheduler.running and not self.scheduler.stop.is_set()
