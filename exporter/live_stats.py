@@ -183,7 +183,7 @@ class LiveStats(Sink):
         self.policy = policy
         self.settings = settings  # for scenarios that configure() has not given their own
         self._by_scenario: dict[str, Settings] = {}
-        self._history_s: dict[str, float] = {}  # per scenario: how far back its detectors' history reaches
+        self._memory_s: dict[str, float] = {}  # per scenario: how far back its detectors remember
         self.settings_collector = RegressionSettings(self)
         self.store = store
         store.add_part(Part(CASE, self.PART, LIVE_FAMILIES, lambda key, ctx: LiveCase(),
@@ -203,11 +203,11 @@ class LiveStats(Sink):
             # The history holds baseline_blocks blocks of the schedule's runs; a cron schedule's
             # interval is not known here, so it is taken as hourly (the longest history a common
             # schedule keeps).
-            self._history_s = {}
+            self._memory_s = {}
             for sc in config.scenarios:
                 st = self._by_scenario[sc.name]
                 interval = getattr(sc, "interval", None) or 3600.0
-                self._history_s[sc.name] = st.memory_s(block_seconds(interval, st.recent_s, st.recent_runs))
+                self._memory_s[sc.name] = st.memory_s(block_seconds(interval, st.recent_s, st.recent_runs))
 
         def follow(state: LiveCase, ctx, key) -> Optional[bool]:
             st = self._settings(key[1])
@@ -360,13 +360,14 @@ class LiveStats(Sink):
 
     # ---- restart ----
     def span(self) -> float:
-        """How far back a rebuild must read: the longest history (baseline, or baseline_blocks
-        blocks on a slow schedule) plus the reference's day."""
+        """How far back a rebuild must read: the longest memory (the history: baseline, or
+        baseline_blocks blocks on a slow schedule; the weekly profile's 4 weeks) plus the
+        reference's day."""
         with self._lock:
             settings = [self.settings, *self._by_scenario.values()]
-            # Not configured (no schedules known): as long as an hourly schedule's history.
-            history = list(self._history_s.values()) or [self.settings.memory_s(3600.0)]
-        return max(history) + max(st.reference_s for st in settings)
+            # Not configured (no schedules known): as long as an hourly schedule's memory.
+            memory = list(self._memory_s.values()) or [self.settings.memory_s(3600.0)]
+        return max(memory) + max(st.reference_s for st in settings)
 
     def rebuild(self, path: str | os.PathLike, max_bytes: int = REBUILD_MAX_BYTES) -> RebuildStats:
         """The state rebuilt from the results file (live_restart.py); configure() and the key space first."""

@@ -42,7 +42,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
-from .seasonality import HOUR, WEEK, daily_profile, profile_value, week_at, weekly_departures
+from .seasonality import HOUR, WEEK, daily_profile, profile_value, week_at, week_change, weekly_departures
 from .thresholds import median as _median
 from .thresholds import quick_median, threshold_of, window_medians
 
@@ -264,8 +264,8 @@ class Detector:
             if adm[i][0] - adm[i - p - k + 1][0] <= (p + k) * w * 1.5:
                 jump = yk[i] - _median(ys[i - p - k + 1:i - k + 1])
                 if weekly:  # what the hour of the week usually adds between the two (window midpoints)
-                    jump -= (week_at(weekly, (adm[i - k + 1][0] + adm[i][0] + w) / 2, s.weeks)
-                             - week_at(weekly, adm[i - k][0] + w / 2, s.weeks))
+                    jump -= week_change(weekly, (adm[i - k + 1][0] + adm[i][0] + w) / 2, adm[i - k][0] + w / 2,
+                                        s.weeks)
                 jumps.append(jump)
         t_jump = (max(threshold_of(jumps, tests, budget, per_block)[0], t_low)
                   if len(jumps) >= s.min_blocks else None)
@@ -362,8 +362,7 @@ class Detector:
         if len(before) == self.s.jump_blocks:
             jump = yr - _median(before)
             if null is not None and null.weekly:  # what the hour of the week usually adds since then
-                jump -= (week_at(null.weekly, (recent_start + now) / 2, self.s.weeks)
-                         - week_at(null.weekly, before_t, self.s.weeks))
+                jump -= week_change(null.weekly, (recent_start + now) / 2, before_t, self.s.weeks)
         if null is None:
             self._d = None
             v.expected = v.reference = v.threshold = v.noise = v.change = None

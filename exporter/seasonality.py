@@ -124,6 +124,11 @@ def profile_value(profile: list, slot_s: float, t: float) -> float:
     return (1 - f) * profile[i % n] + f * profile[(i + 1) % n]
 
 
+def week_change(departure: dict, after: float, before: float, weeks: int) -> float:
+    """What the weekly profile adds from time `before` to time `after` (the jump test's two windows)."""
+    return week_at(departure, after, weeks) - week_at(departure, before, weeks)
+
+
 def week_at(departure: dict, t: float, weeks: int, default: Optional[float] = 0.0) -> Optional[float]:
     """The weekly profile at t: the median departure at its hour and the hours either side, 1 to
     `weeks` weeks before."""
